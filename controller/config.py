@@ -1,0 +1,214 @@
+"""Load and validate site profiles (profiles/sites/*.toml).
+
+A corrupt or implausible profile must stop start-up with one message per problem, naming the file,
+the key and its line, so a technician fixes it in one pass instead of one restart per typo.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - 3.10 gateways
+    import tomli as tomllib
+
+from controller.schema import ArrayOf, Field, MapOf, Problem, ProfileError, Table, Validator
+
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+SITES_DIR = PROFILES_DIR / "sites"
+
+ROLES = ("grid_meter", "pv_meter", "pcs", "bms", "genset", "compute", "pv_inverter", "weather", "grid")
+STRATEGIES = ("rule", "none")  # "mpc" joins with the MPC issue
+
+F = Field
+SITE_SCHEMA = Table({
+    "site": Table({
+        "name": F("string", required=True),
+        "gateway_id": F("string", required=True),
+        "timezone": F("string", required=True),
+        "latitude": F("number", required=True, min=-90, max=90),
+        "longitude": F("number", required=True, min=-180, max=180),
+        "altitude_m": F("number", default=0.0, min=-500, max=9000),
+        "currency": F("string", default="CNY"),
+        "description": F("string", default=""),
+    }, required=True),
+    "control": Table({
+        "period_s": F("number", default=1.0, min=0.1, max=5.0),
+        "strategy": F("string", default="rule", choices=STRATEGIES),
+        "bms_stale_cycles": F("integer", default=3, min=1, max=100),
+        "meter_stale_cycles": F("integer", default=3, min=1, max=100),
+    }),
+    "buses": MapOf(Table({
+        "kind": F("string", required=True, choices=("modbus_rtu", "can", "sim")),
+        "port": F("string", default=""),
+        "baud": F("integer", default=9600, choices=(1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)),
+        "parity": F("string", default="N", choices=("N", "E", "O")),
+        "interface": F("string", default="socketcan"),
+        "channel": F("string", default=""),
+        "bitrate": F("integer", default=500000, min=10000, max=1000000),
+    })),
+    "devices": ArrayOf(Table({
+        "name": F("string", required=True),
+        "role": F("string", required=True, choices=ROLES),
+        "profile": F("string", default=""),
+        "bus": F("string", required=True),
+        "unit": F("integer", default=1, min=0, max=247),
+        "simulated": F("boolean", default=False),
+    }), required=True, min_items=1),
+    "battery": Table({
+        "capacity_kwh": F("number", required=True, min=0, min_exclusive=True),
+        "soc_min_pct": F("number", default=10.0, min=0, max=100),
+        "soc_max_pct": F("number", default=95.0, min=0, max=100),
+        "reserve_pct": F("number", default=30.0, min=0, max=100),
+        "charge_max_kw": F("number", required=True, min=0),
+        "discharge_max_kw": F("number", required=True, min=0),
+        "eta_charge": F("number", default=0.96, min=0, max=1, min_exclusive=True),
+        "eta_discharge": F("number", default=0.96, min=0, max=1, min_exclusive=True),
+        "cells_series": F("integer", default=16, min=1, max=1000),
+        "nominal_v": F("number", default=51.2, min=0, min_exclusive=True),
+        "cell_v_max": F("number", default=3.55, min=2.0, max=4.5),
+        "cell_v_min": F("number", default=2.85, min=1.5, max=4.0),
+        "wear_cost_per_kwh": F("number", default=0.0, min=0),
+        "ramp_kw_per_s": F("number", default=1000.0, min=0, min_exclusive=True),
+    }, required=True),
+    "pcs": Table({
+        "rated_kw": F("number", required=True, min=0, min_exclusive=True),
+    }, required=True),
+    "pv": Table({
+        "rated_kw": F("number", default=0.0, min=0),
+    }),
+    "genset": Table({
+        "rated_kw": F("number", required=True, min=0, min_exclusive=True),
+        "p_min_kw": F("number", default=0.0, min=0),
+        "fuel_l_per_kwh": F("number", default=0.244, min=0),
+        "fuel_l_per_h_on": F("number", default=3.7, min=0),
+        "fuel_price_per_l": F("number", default=7.5, min=0),
+        "start_delay_s": F("number", default=15.0, min=0),
+        "min_run_s": F("number", default=1800.0, min=0),
+        "cooldown_s": F("number", default=120.0, min=0),
+        "start_soc_pct": F("number", default=25.0, min=0, max=100),
+        "stop_soc_pct": F("number", default=60.0, min=0, max=100),
+        "start_cost": F("number", default=0.0, min=0),
+    }),
+    "grid": Table({
+        "import_max_kw": F("number", required=True, min=0),
+        "export_max_kw": F("number", default=0.0, min=0),
+        "import_margin_kw": F("number", default=2.0, min=0),
+    }, required=True),
+    "tariff": Table({
+        "kind": F("string", default="flat", choices=("flat", "tou", "spot")),
+        "import_price_per_kwh": F("number_or_numbers", default=0.6, min=-10, max=100, length=(24,)),
+        "export_price_per_kwh": F("number", default=0.0, min=-10, max=100),
+        "peak_price_per_kw": F("number", default=0.0, min=0),
+        "source": F("string", default=""),
+    }),
+    "emissions": Table({
+        "grid_kg_per_kwh": F("number", required=True, min=0, max=2),
+        "grid_factor_source": F("string", default=""),
+        "grid_factor_year": F("integer", default=0, min=0, max=2100),
+        "diesel_kg_per_l": F("number", default=2.66, min=0, max=5),
+        "diesel_source": F("string", default="UK DEFRA 2024, mineral diesel"),
+        "carbon_price_per_kg": F("number", default=0.0, min=0),
+    }, required=True),
+    "limits": Table({
+        "bms_max_age_s": F("number", default=5.0, min=0, min_exclusive=True),
+        "meter_max_age_s": F("number", default=5.0, min=0, min_exclusive=True),
+        "slow_max_age_s": F("number", default=120.0, min=0, min_exclusive=True),
+    }),
+})
+
+
+class SiteConfig(dict):
+    """A validated site profile: the parsed tables with defaults filled in, and where it came from."""
+
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self["site"]["name"]
+
+    @property
+    def all_simulated(self) -> bool:
+        return all(d["simulated"] for d in self["devices"])
+
+    def device(self, role: str) -> dict | None:
+        return next((d for d in self["devices"] if d["role"] == role), None)
+
+
+def resolve_site(name_or_path: str | Path) -> Path:
+    """A site given by name (profiles/sites/NAME.toml) or by path."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        return path
+    return SITES_DIR / f"{name_or_path}.toml"
+
+
+def parse_toml(path: Path) -> tuple[dict, str]:
+    """Read a TOML file, turning I/O and syntax errors into a ProfileError with the parser's line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ProfileError([Problem(str(path), "(file)", "no such file")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError([Problem(str(path), "(file)", f"cannot read: {exc}")]) from None
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as exc:
+        # The message carries "(at line L, column C)".
+        raise ProfileError([Problem(str(path), "(syntax)", f"not valid TOML: {exc}")]) from None
+
+
+def load_site(name_or_path: str | Path) -> SiteConfig:
+    """Load a site profile, raising ProfileError listing every problem found."""
+    path = resolve_site(name_or_path)
+    doc, text = parse_toml(path)
+    validator = Validator(str(path), text)
+    data = validator.walk(SITE_SCHEMA, doc, "")
+    if not validator.problems:
+        _cross_checks(data, validator)
+    if validator.problems:
+        raise ProfileError(validator.problems)
+    cfg = SiteConfig(data)
+    cfg.path = path
+    return cfg
+
+
+def _cross_checks(cfg: dict, v: Validator) -> None:
+    """Rules that span keys: each becomes one problem naming the key a person should change."""
+    bat = cfg["battery"]
+    if bat["soc_min_pct"] >= bat["soc_max_pct"]:
+        v.problem("battery.soc_min_pct", f"must be below battery.soc_max_pct "
+                  f"({bat['soc_min_pct']} >= {bat['soc_max_pct']})")
+    if not bat["soc_min_pct"] <= bat["reserve_pct"] <= bat["soc_max_pct"]:
+        v.problem("battery.reserve_pct", "expected between battery.soc_min_pct and battery.soc_max_pct, "
+                  f"got {bat['reserve_pct']}")
+    if bat["cell_v_min"] >= bat["cell_v_max"]:
+        v.problem("battery.cell_v_min", "must be below battery.cell_v_max")
+    try:
+        ZoneInfo(cfg["site"]["timezone"])
+    except (ZoneInfoNotFoundError, ValueError):
+        v.problem("site.timezone", f"expected an IANA time zone like 'Asia/Shanghai', "
+                  f"got {cfg['site']['timezone']!r}")
+    gen = cfg.get("genset")
+    if gen:
+        if gen["p_min_kw"] > gen["rated_kw"]:
+            v.problem("genset.p_min_kw", f"must not exceed genset.rated_kw ({gen['rated_kw']})")
+        if gen["start_soc_pct"] >= gen["stop_soc_pct"]:
+            v.problem("genset.start_soc_pct", "must be below genset.stop_soc_pct (hysteresis)")
+    names = set()
+    for i, dev in enumerate(cfg["devices"]):
+        key = f"devices[{i}]"
+        if dev["name"] in names:
+            v.problem(f"{key}.name", f"duplicate device name {dev['name']!r}")
+        names.add(dev["name"])
+        if dev["bus"] not in cfg["buses"]:
+            defined = ", ".join(sorted(cfg["buses"])) or "none"
+            v.problem(f"{key}.bus", f"device {dev['name']!r} is on bus {dev['bus']!r}, "
+                      f"which is not defined under [buses] (defined: {defined})")
+        elif cfg["buses"][dev["bus"]]["kind"] == "sim" and not dev["simulated"]:
+            v.problem(f"{key}.simulated", f"device {dev['name']!r} is on a 'sim' bus; set simulated = true")
+    for role in ("bms", "pcs"):
+        if not any(d["role"] == role for d in cfg["devices"]):
+            v.problem("devices", f"the site needs a device with role = {role!r}")

@@ -1,0 +1,258 @@
+"""Planning instances: load + validate the JSON contract of issue 4, and render a plan as JSON.
+
+Why a strict loader: the solver kernel trusts its arrays (no NaN, right lengths, sane signs) so it can
+stay branch-free and bounded; every malformed instance is stopped here with a message that names the
+field and says what was expected, and `edge-ems plan` exits 2 on it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+__all__ = [
+    "InstanceError", "Battery", "Diesel", "PlanInstance",
+    "load_instance", "instance_from_dict", "instance_to_dict", "result_to_json", "plan_main",
+]
+
+
+class InstanceError(ValueError):
+    """A malformed planning instance; the message names the offending field."""
+
+
+@dataclass(frozen=True)
+class Battery:
+    capacity_kwh: float
+    soc0_pct: float
+    soc_min_pct: float
+    soc_max_pct: float
+    charge_max_kw: float
+    discharge_max_kw: float
+    eta_charge: float
+    eta_discharge: float
+    wear_cost_per_kwh: float
+    terminal_value_per_kwh: float
+    reserve_pct: np.ndarray  # length H (a scalar in the JSON is broadcast)
+
+
+@dataclass(frozen=True)
+class Diesel:
+    p_min_kw: float
+    p_max_kw: float
+    fuel_l_per_kwh: float
+    fuel_l_per_h_on: float
+    fuel_price_per_l: float
+    co2_kg_per_l: float
+    start_cost: float
+    on0: bool
+
+
+@dataclass(frozen=True)
+class PlanInstance:
+    dt_h: float
+    load_kw: np.ndarray
+    pv_kw: np.ndarray
+    grid_price: np.ndarray
+    export_price: np.ndarray
+    grid_co2_kg_per_kwh: np.ndarray
+    grid_import_max_kw: np.ndarray
+    export_max_kw: float
+    carbon_price_per_kg: float
+    peak_price_per_kw: float
+    unserved_penalty_per_kwh: float
+    soc_shortfall_penalty_per_kwh: float
+    battery: Battery
+    diesel: Optional[Diesel]
+
+    @property
+    def horizon(self) -> int:
+        return int(self.load_kw.shape[0])
+
+    def floor_pct(self) -> np.ndarray:
+        """The soft SOC floor per step: max(soc_min, reserve_t)."""
+        return np.maximum(self.battery.soc_min_pct, self.battery.reserve_pct)
+
+    def soc_ceiling_pct(self) -> float:
+        """The hard SOC ceiling. A battery that starts above soc_max may not be forced to shed energy it
+        cannot (the site may have nowhere to put it), so the ceiling is relaxed to soc0 in that case:
+        the plan can never raise SOC above where it started, and is never infeasible."""
+        return max(self.battery.soc_max_pct, self.battery.soc0_pct)
+
+
+_TOP_ARRAYS = ("load_kw", "pv_kw", "grid_price", "export_price", "grid_co2_kg_per_kwh", "grid_import_max_kw")
+_TOP_SCALARS = ("dt_h", "export_max_kw", "carbon_price_per_kg", "peak_price_per_kw",
+                "unserved_penalty_per_kwh", "soc_shortfall_penalty_per_kwh")
+_BATTERY_KEYS = ("capacity_kwh", "soc0_pct", "soc_min_pct", "soc_max_pct", "charge_max_kw",
+                 "discharge_max_kw", "eta_charge", "eta_discharge", "wear_cost_per_kwh",
+                 "terminal_value_per_kwh", "reserve_pct")
+_DIESEL_KEYS = ("p_min_kw", "p_max_kw", "fuel_l_per_kwh", "fuel_l_per_h_on", "fuel_price_per_l",
+                "co2_kg_per_l", "start_cost", "on0")
+# Arrays whose values must not be negative (prices and carbon intensities may be: negative prices exist).
+_NONNEG_ARRAYS = ("load_kw", "pv_kw", "grid_import_max_kw")
+
+
+def _number(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InstanceError(f"{field}: expected a number, got {type(value).__name__}")
+    out = float(value)
+    if not math.isfinite(out):
+        raise InstanceError(f"{field}: expected a finite number, got {value!r}")
+    return out
+
+
+def _array(value: Any, field: str, horizon: Optional[int]) -> np.ndarray:
+    if not isinstance(value, list):
+        raise InstanceError(f"{field}: expected an array of numbers, got {type(value).__name__}")
+    if horizon is not None and len(value) != horizon:
+        raise InstanceError(f"{field}: expected {horizon} values (the length of load_kw), got {len(value)}")
+    out = np.empty(len(value), dtype=np.float64)
+    for i, item in enumerate(value):
+        out[i] = _number(item, f"{field}[{i}]")
+    return out
+
+
+def _check_keys(obj: Any, keys: tuple, where: str) -> None:
+    if not isinstance(obj, dict):
+        raise InstanceError(f"{where}: expected an object, got {type(obj).__name__}")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        field = missing[0] if where == "instance" else f"{where}.{missing[0]}"
+        raise InstanceError(f"{field}: missing key (required)")
+    unknown = sorted(k for k in obj if k not in keys)
+    if unknown:
+        raise InstanceError(f"{where}: unknown key {unknown[0]!r} (expected only {', '.join(keys)})")
+
+
+def _require(cond: bool, field: str, expected: str, value: Any) -> None:
+    if not cond:
+        raise InstanceError(f"{field}: expected {expected}, got {value!r}")
+
+
+def _battery(obj: Any, horizon: int) -> Battery:
+    _check_keys(obj, _BATTERY_KEYS, "battery")
+    vals = {k: _number(obj[k], f"battery.{k}") for k in _BATTERY_KEYS if k != "reserve_pct"}
+    _require(vals["capacity_kwh"] > 0, "battery.capacity_kwh", "a capacity > 0", vals["capacity_kwh"])
+    for k in ("soc0_pct", "soc_min_pct", "soc_max_pct"):
+        _require(0.0 <= vals[k] <= 100.0, f"battery.{k}", "a percentage in [0, 100]", vals[k])
+    _require(vals["soc_min_pct"] <= vals["soc_max_pct"], "battery.soc_min_pct",
+             f"soc_min_pct <= soc_max_pct ({vals['soc_max_pct']})", vals["soc_min_pct"])
+    for k in ("charge_max_kw", "discharge_max_kw", "wear_cost_per_kwh"):
+        _require(vals[k] >= 0, f"battery.{k}", "a value >= 0", vals[k])
+    for k in ("eta_charge", "eta_discharge"):
+        _require(0.0 < vals[k] <= 1.0, f"battery.{k}", "an efficiency in (0, 1]", vals[k])
+    raw = obj["reserve_pct"]
+    if isinstance(raw, list):
+        reserve = _array(raw, "battery.reserve_pct", horizon)
+    else:
+        reserve = np.full(horizon, _number(raw, "battery.reserve_pct"))
+    for i, r in enumerate(reserve):
+        _require(0.0 <= r <= 100.0, f"battery.reserve_pct[{i}]" if isinstance(raw, list)
+                 else "battery.reserve_pct", "a percentage in [0, 100]", float(r))
+    return Battery(reserve_pct=reserve, **vals)
+
+
+def _diesel(obj: Any) -> Optional[Diesel]:
+    if obj is None:
+        return None
+    _check_keys(obj, _DIESEL_KEYS, "diesel")
+    on0 = obj["on0"]
+    if not isinstance(on0, bool) and not (isinstance(on0, int) and on0 in (0, 1)):
+        raise InstanceError(f"diesel.on0: expected true/false (or 0/1), got {on0!r}")
+    vals = {k: _number(obj[k], f"diesel.{k}") for k in _DIESEL_KEYS if k != "on0"}
+    for k in ("p_min_kw", "p_max_kw", "fuel_l_per_kwh", "fuel_l_per_h_on", "fuel_price_per_l",
+              "co2_kg_per_l", "start_cost"):
+        _require(vals[k] >= 0, f"diesel.{k}", "a value >= 0", vals[k])
+    _require(vals["p_max_kw"] > 0, "diesel.p_max_kw", "a value > 0", vals["p_max_kw"])
+    _require(vals["p_min_kw"] <= vals["p_max_kw"], "diesel.p_min_kw",
+             f"p_min_kw <= p_max_kw ({vals['p_max_kw']})", vals["p_min_kw"])
+    return Diesel(on0=bool(on0), **vals)
+
+
+def instance_from_dict(obj: Any) -> PlanInstance:
+    """Validate a decoded instance JSON and build a PlanInstance (raises InstanceError)."""
+    _check_keys(obj, _TOP_ARRAYS + _TOP_SCALARS + ("battery", "diesel"), "instance")
+    load = _array(obj["load_kw"], "load_kw", None)
+    horizon = int(load.shape[0])
+    if horizon < 1:
+        raise InstanceError("load_kw: expected at least 1 value, got 0")
+    arrays = {"load_kw": load}
+    for k in _TOP_ARRAYS[1:]:
+        arrays[k] = _array(obj[k], k, horizon)
+    for k in _NONNEG_ARRAYS:
+        bad = np.flatnonzero(arrays[k] < 0)
+        if bad.size:
+            raise InstanceError(f"{k}[{bad[0]}]: expected a value >= 0, got {arrays[k][bad[0]]!r}")
+    scalars = {k: _number(obj[k], k) for k in _TOP_SCALARS}
+    _require(scalars["dt_h"] > 0, "dt_h", "a step length > 0 hours", scalars["dt_h"])
+    for k in ("export_max_kw", "peak_price_per_kw", "unserved_penalty_per_kwh",
+              "soc_shortfall_penalty_per_kwh"):
+        _require(scalars[k] >= 0, k, "a value >= 0", scalars[k])
+    return PlanInstance(battery=_battery(obj["battery"], horizon), diesel=_diesel(obj["diesel"]),
+                        **arrays, **scalars)
+
+
+def load_instance(path) -> PlanInstance:
+    """Read and validate an instance JSON file (raises InstanceError naming the field)."""
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            obj = json.load(fh)
+    except OSError as exc:
+        raise InstanceError(f"{path}: cannot read instance ({exc.strerror or exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise InstanceError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    return instance_from_dict(obj)
+
+
+def instance_to_dict(inst: PlanInstance) -> dict:
+    """The JSON form of an instance (the inverse of instance_from_dict); used by tools and tests."""
+    b = inst.battery
+    out = {k: [float(v) for v in getattr(inst, k)] for k in _TOP_ARRAYS}
+    out.update({k: float(getattr(inst, k)) for k in _TOP_SCALARS})
+    bat = {k: float(getattr(b, k)) for k in _BATTERY_KEYS if k != "reserve_pct"}
+    bat["reserve_pct"] = [float(v) for v in b.reserve_pct]
+    out["battery"] = bat
+    if inst.diesel is None:
+        out["diesel"] = None
+    else:
+        d = {k: float(getattr(inst.diesel, k)) for k in _DIESEL_KEYS if k != "on0"}
+        d["on0"] = bool(inst.diesel.on0)
+        out["diesel"] = d
+    return out
+
+
+def result_to_json(result) -> dict:
+    """The plan as the JSON contract of `edge-ems plan` (plain floats, soc_pct has H+1 values)."""
+    def arr(a):
+        return [float(v) for v in a]
+    return {
+        "objective": float(result.objective),
+        "solve_ms": float(result.solve_ms),
+        "grid_kw": arr(result.grid_kw),
+        "export_kw": arr(result.export_kw),
+        "charge_kw": arr(result.charge_kw),
+        "discharge_kw": arr(result.discharge_kw),
+        "diesel_kw": arr(result.diesel_kw),
+        "curtail_kw": arr(result.curtail_kw),
+        "unserved_kw": arr(result.unserved_kw),
+        "soc_pct": arr(result.soc_pct),
+        "diesel_on": [bool(v) for v in result.diesel_on],
+        "peak_kw": float(result.peak_kw),
+        "gap_bound": float(result.gap_bound),
+    }
+
+
+def plan_main(path) -> int:
+    """`edge-ems plan FILE.json`: print the plan JSON and return 0, or print the error and return 2."""
+    try:
+        inst = load_instance(path)
+    except InstanceError as exc:
+        print(f"edge-ems plan: bad instance: {exc}", file=sys.stderr)
+        return 2
+    from controller.core.mpc import solve  # imported here: loading numba is only needed to solve
+    result = solve(inst)
+    print(json.dumps(result_to_json(result)))
+    return 0

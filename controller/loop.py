@@ -1,0 +1,197 @@
+"""The scan cycle, PLC style: acquire -> freeze -> step -> actuate -> record, on a fixed period.
+
+This is the imperative shell around the pure `step`. It never catches up in bursts: an overrun is
+counted and the next cycle starts on the next period boundary. The same loop runs the gateway (real
+clock, real drivers) and the simulator (a clock that advances the simulated site instead of sleeping).
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+
+from controller.core import layout as L
+from controller.core.step import step
+from controller.points import BY_SOURCE, N_POINTS, Q_ERROR, Q_OK, Q_STALE, max_ages_s, new_image
+from drivers.base import Device
+
+# Which device role and canonical command each command slot drives.
+ACTUATION = {
+    "pcs": lambda cmd: {"setpoint_kw": float(cmd[L.C_BATTERY_KW])},
+    "genset": lambda cmd: {"run": float(cmd[L.C_GENSET_RUN]), "setpoint_kw": float(cmd[L.C_GENSET_KW])},
+    "pv_inverter": lambda cmd: {"limit_kw": float(cmd[L.C_PV_LIMIT_KW])},
+}
+
+
+class Clock(Protocol):
+    speed: float
+
+    def monotonic(self) -> float: ...
+    def utc_s(self) -> float: ...
+    def sleep_until(self, t_mono: float) -> None: ...
+
+
+class RealClock:
+    """The gateway's clock: monotonic for the period, wall time (UTC) only as the image's timestamp."""
+
+    speed = 1.0
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def utc_s(self) -> float:
+        return time.time()
+
+    def sleep_until(self, t_mono: float) -> None:
+        delay = t_mono - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
+class ImageBuilder:
+    """Collects readings as devices hand them over and freezes them into the process image."""
+
+    def __init__(self, devices_by_role: dict[str, str], limits: dict):
+        # (device name, canonical point) -> image slot
+        self.slot = {}
+        for role, device_name in devices_by_role.items():
+            for (src_role, point), idx in BY_SOURCE.items():
+                if src_role == role:
+                    self.slot[(device_name, point)] = idx
+        self.value = np.zeros(N_POINTS)
+        self.stamp = np.full(N_POINTS, -math.inf)
+        self.error = np.zeros(N_POINTS, dtype=np.uint8)
+        self.max_age = max_ages_s(limits)
+        self.unmapped = 0
+
+    def sink(self, device: str, point: str, value: float, t_mono_s: float, quality: int) -> None:
+        idx = self.slot.get((device, point))
+        if idx is None:
+            self.unmapped += 1
+            return
+        if quality == Q_OK:
+            self.value[idx] = value
+            self.stamp[idx] = t_mono_s
+            self.error[idx] = Q_OK
+        else:
+            self.error[idx] = quality
+
+    def freeze(self, image: np.ndarray, cycle: int, t_utc_s: float, now_mono_s: float) -> np.ndarray:
+        image["cycle"] = cycle
+        image["t_s"] = t_utc_s
+        image["value"][:] = self.value
+        stale = (now_mono_s - self.stamp) > self.max_age
+        quality = np.where(stale, Q_STALE, Q_OK).astype(np.uint8)
+        quality[stale & (self.error == Q_ERROR)] = Q_ERROR
+        image["quality"][:] = quality
+        return image
+
+
+@dataclass
+class CycleStats:
+    """Cycle-time histogram (log buckets, 10 us .. 10 s), overruns and the worst cycle."""
+
+    edges_s: np.ndarray = field(default_factory=lambda: np.logspace(-5, 1, 61))
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(62, dtype=np.int64))
+    cycles: int = 0
+    overruns: int = 0
+    max_s: float = 0.0
+    total_s: float = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.counts[int(np.searchsorted(self.edges_s, seconds))] += 1
+        self.cycles += 1
+        self.total_s += seconds
+        if seconds > self.max_s:
+            self.max_s = seconds
+
+    def quantile_ms(self, q: float) -> float:
+        """Upper edge of the bucket holding the q-quantile (conservative: never under-reports)."""
+        if self.cycles == 0:
+            return 0.0
+        idx = int(np.searchsorted(np.cumsum(self.counts), q * self.cycles))
+        edges = np.append(self.edges_s, np.inf)
+        return float(min(edges[idx], self.max_s)) * 1000.0
+
+    def as_dict(self) -> dict:
+        return {"cycles": self.cycles, "overruns": self.overruns, "p50_ms": self.quantile_ms(0.5),
+                "p99_ms": self.quantile_ms(0.99), "max_ms": self.max_s * 1000.0,
+                "mean_ms": 1000.0 * self.total_s / max(1, self.cycles)}
+
+
+Hook = Callable[["ScanLoop", np.ndarray, np.ndarray, np.ndarray, int], None]
+
+
+class ScanLoop:
+    """One process, one loop. `devices` maps device name -> Device; `roles` maps role -> device name."""
+
+    def __init__(self, params: np.ndarray, devices: dict[str, Device], roles: dict[str, str], limits: dict,
+                 clock: Clock, recorder=None, hooks: list[Hook] | None = None, state: np.ndarray | None = None):
+        self.params = params
+        self.devices = devices
+        self.roles = roles
+        self.clock = clock
+        self.recorder = recorder
+        self.hooks = list(hooks or [])
+        self.period_s = float(params[L.P_PERIOD_S])
+        self.builder = ImageBuilder(roles, limits)
+        self.image = new_image()
+        self.state = state if state is not None else L.new_state(clock.utc_s() - self.period_s)
+        self.commands = np.zeros(L.N_COMMANDS)
+        self.stats = CycleStats()
+        self.cycle_no = 0
+        self.events = deque(maxlen=1000)   # (t_s, code, value): the TUI and uplink read these
+        self.stop_requested = False
+
+    def cycle(self) -> None:
+        """One scan: acquire, freeze, step, actuate, record."""
+        t0 = time.perf_counter()
+        now = self.clock.monotonic()
+        for device in self.devices.values():                         # 1. acquire
+            device.acquire(now, self.builder.sink)
+        image = self.builder.freeze(self.image, self.cycle_no, self.clock.utc_s(), now)   # 2. freeze
+        state, cmd, events, n = step(self.params, self.state, float(image["t_s"]),      # 3. step
+                                     image["value"], image["quality"])
+        self.state, self.commands = state, cmd
+        for role, make in ACTUATION.items():                          # 4. actuate
+            name = self.roles.get(role)
+            if name is not None:
+                self.devices[name].actuate(make(cmd), now)
+        if self.recorder is not None:                                 # 5. record
+            self.recorder.append(image, cmd, events, n)
+        for i in range(n):
+            self.events.append((float(image["t_s"]), int(events[i, 0]), float(events[i, 1])))
+        for hook in self.hooks:
+            hook(self, image, cmd, events, n)
+        self.cycle_no += 1
+        spent = time.perf_counter() - t0
+        self.stats.add(spent)
+        if spent > self.period_s / self.clock.speed:
+            self.stats.overruns += 1
+
+    def run(self, cycles: int | None = None) -> None:
+        """Run on period boundaries of the monotonic clock until `cycles` are done or stop() is called."""
+        start = self.clock.monotonic()
+        k = 0
+        while not self.stop_requested and (cycles is None or k < cycles):
+            self.cycle()
+            k += 1
+            boundary = start + k * self.period_s
+            now = self.clock.monotonic()
+            if now > boundary:                       # late: skip to the next boundary, no burst
+                k = int((now - start) / self.period_s) + 1
+                boundary = start + k * self.period_s
+            self.clock.sleep_until(boundary)
+
+    def stop(self) -> None:
+        self.stop_requested = True
+
+    def close(self) -> None:
+        for device in self.devices.values():
+            device.close()
+        if self.recorder is not None:
+            self.recorder.close()

@@ -1,0 +1,105 @@
+"""The point catalogue and the process image.
+
+Every input the controller may use is a named point with a unit, a source (a device role and its
+canonical point) and a max age. The catalogue's order *is* the process-image layout: numba kernels
+index the image with the module constants below (``GRID_KW``...), which numba freezes as compile-time
+constants, so a lookup costs nothing and a typo is an import error, not a silent zero.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+FAST, BMS, SLOW = "fast", "bms", "slow"  # which limits.* max age applies
+
+
+@dataclass(frozen=True)
+class Point:
+    name: str
+    unit: str
+    role: str           # site device role that feeds it
+    device_point: str   # canonical point of that device class (drivers/base.py)
+    age_class: str      # FAST (meter_max_age_s), BMS (bms_max_age_s), SLOW (slow_max_age_s)
+    doc: str = ""
+
+
+CATALOGUE: tuple[Point, ...] = (
+    Point("grid_kw", "kW", "grid_meter", "power_kw", FAST, "site import (+) / export (-) at the connection point"),
+    Point("pv_kw", "kW", "pv_meter", "power_kw", FAST, "PV AC output"),
+    Point("battery_kw", "kW", "pcs", "power_kw", FAST, "PCS AC power, + discharge / - charge"),
+    Point("genset_kw", "kW", "genset", "power_kw", FAST, "genset output"),
+    Point("genset_running", "bool", "genset", "running", FAST, "1 when the set is up and breaker closed"),
+    Point("genset_available", "bool", "genset", "available", SLOW, "0 when in alarm / not in auto"),
+    Point("fuel_pct", "%", "genset", "fuel_pct", SLOW, "fuel tank level"),
+    Point("soc_pct", "%", "bms", "soc_pct", BMS, "BMS state of charge"),
+    Point("soh_pct", "%", "bms", "soh_pct", SLOW, "BMS state of health"),
+    Point("battery_v", "V", "bms", "voltage_v", BMS, "pack voltage"),
+    Point("battery_a", "A", "bms", "current_a", BMS, "pack current, + discharge"),
+    Point("battery_temp_c", "°C", "bms", "temp_c", BMS, "pack temperature"),
+    Point("bms_cvl_v", "V", "bms", "cvl_v", BMS, "charge voltage limit"),
+    Point("bms_ccl_a", "A", "bms", "ccl_a", BMS, "charge current limit"),
+    Point("bms_dcl_a", "A", "bms", "dcl_a", BMS, "discharge current limit"),
+    Point("cell_v_max", "V", "bms", "cell_v_max", BMS, "highest cell voltage"),
+    Point("cell_v_min", "V", "bms", "cell_v_min", BMS, "lowest cell voltage"),
+    Point("cell_temp_max_c", "°C", "bms", "cell_temp_max_c", BMS, "hottest cell"),
+    Point("cell_temp_min_c", "°C", "bms", "cell_temp_min_c", BMS, "coldest cell"),
+    Point("bms_charge_enable", "bool", "bms", "charge_enable", BMS, "0x35C bit 7"),
+    Point("bms_discharge_enable", "bool", "bms", "discharge_enable", BMS, "0x35C bit 6"),
+    Point("bms_force_charge", "bool", "bms", "force_charge", BMS, "0x35C bits 5/4"),
+    Point("bms_alarm_bits", "bits", "bms", "alarm_bits", BMS, "protection flags (0 = none)"),
+    Point("it_kw", "kW", "compute", "it_kw", FAST, "IT load of the compute node"),
+    Point("cooling_kw", "kW", "compute", "cooling_kw", FAST, "cooling load"),
+    Point("aux_kw", "kW", "compute", "aux_kw", FAST, "auxiliary load (lights, controls)"),
+    Point("grid_available", "bool", "grid", "available", FAST, "1 when the utility supply is present"),
+    Point("grid_price", "cur/kWh", "grid", "price_per_kwh", SLOW, "current import price"),
+    Point("grid_co2_kg_per_kwh", "kgCO2e/kWh", "grid", "co2_kg_per_kwh", SLOW, "current grid intensity"),
+    Point("ambient_c", "°C", "weather", "ambient_c", SLOW, "outdoor temperature"),
+)
+
+N_POINTS = len(CATALOGUE)
+INDEX = {p.name: i for i, p in enumerate(CATALOGUE)}
+BY_SOURCE = {(p.role, p.device_point): i for i, p in enumerate(CATALOGUE)}
+
+# Compile-time indices for the kernels (numba treats module-level ints as constants).
+GRID_KW, PV_KW, BATTERY_KW, GENSET_KW, GENSET_RUNNING, GENSET_AVAILABLE, FUEL_PCT = range(7)
+SOC_PCT, SOH_PCT, BATTERY_V, BATTERY_A, BATTERY_TEMP_C, BMS_CVL_V, BMS_CCL_A, BMS_DCL_A = range(7, 15)
+CELL_V_MAX, CELL_V_MIN, CELL_TEMP_MAX_C, CELL_TEMP_MIN_C = range(15, 19)
+BMS_CHARGE_ENABLE, BMS_DISCHARGE_ENABLE, BMS_FORCE_CHARGE, BMS_ALARM_BITS = range(19, 23)
+IT_KW, COOLING_KW, AUX_KW, GRID_AVAILABLE, GRID_PRICE, GRID_CO2, AMBIENT_C = range(23, 30)
+
+# Quality codes, as in drivers/base.py (kept equal by a test).
+Q_OK, Q_STALE, Q_ERROR = 0, 1, 2
+
+# The process image: one record, fixed layout, that the kernels take as two contiguous arrays.
+IMAGE_DTYPE = np.dtype([
+    ("cycle", "<i8"),                       # scan counter since start
+    ("t_s", "<f8"),                         # UTC epoch seconds at acquire (the step reads no clock)
+    ("value", "<f8", (N_POINTS,)),
+    ("quality", "u1", (N_POINTS,)),
+])
+
+
+def new_image() -> np.ndarray:
+    """A zeroed image with every point marked stale (nothing read yet)."""
+    image = np.zeros((), dtype=IMAGE_DTYPE)
+    image["quality"][:] = Q_STALE
+    return image
+
+
+def max_ages_s(limits: dict) -> np.ndarray:
+    """Per-point max age from the site profile's [limits] table."""
+    by_class = {FAST: limits["meter_max_age_s"], BMS: limits["bms_max_age_s"], SLOW: limits["slow_max_age_s"]}
+    return np.array([by_class[p.age_class] for p in CATALOGUE], dtype=np.float64)
+
+
+def _check_layout() -> None:
+    names = ("grid_kw pv_kw battery_kw genset_kw genset_running genset_available fuel_pct soc_pct soh_pct "
+             "battery_v battery_a battery_temp_c bms_cvl_v bms_ccl_a bms_dcl_a cell_v_max cell_v_min "
+             "cell_temp_max_c cell_temp_min_c bms_charge_enable bms_discharge_enable bms_force_charge "
+             "bms_alarm_bits it_kw cooling_kw aux_kw grid_available grid_price grid_co2_kg_per_kwh "
+             "ambient_c").split()
+    assert [p.name for p in CATALOGUE] == names, "index constants out of step with CATALOGUE"
+
+
+_check_layout()

@@ -1,0 +1,146 @@
+"""CAN BMS (Pylontech / SMA / Victron style frames), decoded with cantools from a DBC file.
+
+The BMS broadcasts its frames on its own schedule (typically every 1 s); nothing is polled. ``acquire``
+drains every frame received since the last cycle without waiting, keeps the newest value of each signal
+with the cycle time it arrived, and reports a point STALE once nothing has refreshed it for
+``max_age_s``: a silent BMS must not leave its last current limits looking valid.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import can
+import cantools
+
+from drivers.base import QUALITY_OK, QUALITY_STALE, Sink
+
+log = logging.getLogger(__name__)
+DEFAULT_DBC = Path(__file__).resolve().parents[1] / "profiles" / "can" / "pylon_sma_bms.dbc"
+KEEPALIVE_ID = 0x305
+MAX_FRAMES_PER_CYCLE = 1000  # a babbling node must not hold the scan cycle
+
+# (message name, signal name) -> canonical bms point
+SIGNAL_POINTS = {
+    ("BMS_Limits", "ChargeVoltageLimit"): "cvl_v",
+    ("BMS_Limits", "ChargeCurrentLimit"): "ccl_a",
+    ("BMS_Limits", "DischargeCurrentLimit"): "dcl_a",
+    ("BMS_Limits", "DischargeVoltageLimit"): "dvl_v",
+    ("BMS_SocSoh", "StateOfCharge"): "soc_pct",
+    ("BMS_SocSoh", "StateOfHealth"): "soh_pct",
+    ("BMS_Measurements", "BatteryVoltage"): "voltage_v",
+    ("BMS_Measurements", "BatteryCurrent"): "current_a",
+    ("BMS_Measurements", "BatteryTemperature"): "temp_c",
+    ("BMS_PylonAlarms", "Protection"): "alarm_bits",
+    ("BMS_PylonAlarms", "Warning"): "warning_bits",
+    ("BMS_Requests", "ChargeEnable"): "charge_enable",
+    ("BMS_Requests", "DischargeEnable"): "discharge_enable",
+    ("BMS_CellExtremes", "MaxCellVoltage"): "cell_v_max",
+    ("BMS_CellExtremes", "MinCellVoltage"): "cell_v_min",
+    ("BMS_CellExtremes", "MaxCellTemperature"): "cell_temp_max_c",
+    ("BMS_CellExtremes", "MinCellTemperature"): "cell_temp_min_c",
+}
+POINTS = ("soc_pct", "soh_pct", "voltage_v", "current_a", "temp_c", "cvl_v", "ccl_a", "dcl_a", "dvl_v",
+          "cell_v_max", "cell_v_min", "cell_temp_max_c", "cell_temp_min_c", "charge_enable",
+          "discharge_enable", "force_charge", "alarm_bits", "warning_bits")
+
+
+def active_2bit_flags(word: int, fields: int = 16) -> int:
+    """SMA/Victron 0x35A packs each alarm in 2 bits (01 ok, 10 active): one bit per active alarm."""
+    out = 0
+    for i in range(fields):
+        if (word >> (2 * i)) & 0b11 == 0b10:
+            out |= 1 << i
+    return out
+
+
+class CanBms:
+    """A Device (drivers.base) of kind 'bms' on a CAN bus."""
+
+    kind = "bms"
+
+    def __init__(self, name: str, bus: can.BusABC | None = None, *, interface: str = "socketcan",
+                 channel: str = "can0", bitrate: int = 500_000, dbc_path: str | Path = DEFAULT_DBC,
+                 max_age_s: float = 5.0, keepalive: bool = False):
+        self.name = name
+        self._own_bus = bus is None
+        self.bus = bus if bus is not None else can.Bus(interface=interface, channel=channel, bitrate=bitrate)
+        self.db = cantools.database.load_file(str(dbc_path))
+        self.max_age_s = max_age_s
+        self.keepalive = keepalive
+        self.manufacturer = ""
+        self.frames = 0
+        self.bad_frames = 0
+        self._values: dict[str, tuple[float, float]] = {}  # point -> (value, t)
+        self._pylon_alarms_seen = False
+        self._ids = {m.frame_id for m in self.db.messages}
+
+    def _decode(self, msg: can.Message, now_s: float) -> None:
+        if msg.is_error_frame or msg.is_remote_frame or msg.is_extended_id or msg.arbitration_id not in self._ids:
+            return
+        try:
+            message = self.db.get_message_by_frame_id(msg.arbitration_id)
+            signals = message.decode(bytes(msg.data), decode_choices=False)
+        except (cantools.database.DecodeError, ValueError, KeyError) as exc:
+            self.bad_frames += 1
+            log.debug("%s: bad frame 0x%X: %s", self.name, msg.arbitration_id, exc)
+            return
+        self.frames += 1
+        name = message.name
+        if name == "BMS_Manufacturer":
+            self.manufacturer = bytes(msg.data).decode("ascii", "replace").rstrip(" \x00")
+            return
+        if name == "BMS_SmaAlarms":
+            if not self._pylon_alarms_seen:  # 0x359 is richer; use 0x35A only from BMSs without it
+                self._values["alarm_bits"] = (float(active_2bit_flags(int(signals["Alarms"]))), now_s)
+                self._values["warning_bits"] = (float(active_2bit_flags(int(signals["Warnings"]))), now_s)
+            return
+        if name == "BMS_PylonAlarms":
+            self._pylon_alarms_seen = True
+        if name == "BMS_Requests":
+            force = int(signals["ForceChargeI"]) | int(signals["ForceChargeII"])
+            self._values["force_charge"] = (float(force), now_s)
+        for signal, value in signals.items():
+            point = SIGNAL_POINTS.get((name, signal))
+            if point is not None:
+                self._values[point] = (float(value), now_s)
+
+    def drain(self, now_s: float) -> int:
+        """Decode every frame waiting in the receive queue, without blocking. Returns the count."""
+        n = 0
+        while n < MAX_FRAMES_PER_CYCLE:
+            msg = self.bus.recv(timeout=0)
+            if msg is None:
+                break
+            self._decode(msg, now_s)
+            n += 1
+        return n
+
+    def readings(self, now_s: float) -> dict[str, tuple[float, float, int]]:
+        out = {}
+        for point in POINTS:
+            if point in self._values:
+                value, t = self._values[point]
+                out[point] = (value, t, QUALITY_OK if now_s - t <= self.max_age_s else QUALITY_STALE)
+            else:
+                out[point] = (math.nan, now_s, QUALITY_STALE)
+        return out
+
+    # --- Device contract --------------------------------------------------------------------------
+    def acquire(self, now_mono_s: float, sink: Sink) -> None:
+        try:
+            self.drain(now_mono_s)
+            if self.keepalive:
+                self.bus.send(can.Message(arbitration_id=KEEPALIVE_ID, data=bytes(8), is_extended_id=False))
+        except (can.CanError, OSError) as exc:
+            log.warning("%s: CAN bus error: %s", self.name, exc)
+        for point, (value, t, quality) in self.readings(now_mono_s).items():
+            sink(self.name, point, value, t, quality)
+
+    def actuate(self, commands: dict[str, float], now_mono_s: float) -> None:
+        """A BMS takes no commands from the EMS; its limits flow the other way."""
+
+    def close(self) -> None:
+        if self._own_bus:
+            self.bus.shutdown()

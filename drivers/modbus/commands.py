@@ -1,0 +1,46 @@
+"""Canonical commands -> register writes, one small function per handler kind named in a profile.
+
+Each handler returns [(start register, raw words)] to write with FC16, in order. They hold no state and
+do no I/O, so what goes on the wire for a command can be checked without a device.
+"""
+from __future__ import annotations
+
+from drivers.modbus.decode import encode_raw, unscaled
+
+
+def ones_complement(word: int) -> int:
+    return ~word & 0xFFFF
+
+
+def deepsea_key_writes(params: dict, value: float) -> list[tuple[int, list[int]]]:
+    """Deep Sea GenComm system control: key then its ones' complement, written together.
+
+    GenComm ignores a key without the matching complement in the next register, which is what makes a
+    stray write unable to start an engine. ``run`` >= 0.5 sends ``on_keys`` in order, else ``off_keys``.
+    """
+    keys = params["on_keys"] if value >= 0.5 else params["off_keys"]
+    return [(params["key_register"], [k & 0xFFFF, ones_complement(k)]) for k in keys]
+
+
+def register_writes(params: dict, value: float, byte_order: str, word_order: str) -> list[tuple[int, list[int]]]:
+    """A plain setpoint register: value / scale, encoded in the device's byte and word order."""
+    type_name = params["type"]
+    raw = unscaled(value, type_name, float(params.get("scale", 1.0)))
+    return [(params["register"], encode_raw(raw, type_name, byte_order, word_order))]
+
+
+def sunspec_storage_writes(params: dict, value_kw: float, model_start: int, max_kw: float,
+                           rate_sf: int) -> list[tuple[int, list[int]]]:
+    """SunSpec model 124: StorCtl_Mod = both limits, OutWRte = +p %, InWRte = -p % of WChaMax.
+
+    Positive ``value_kw`` discharges (generator convention). Setting both rates with opposite signs
+    forces the power rather than only capping it (the approach of Fronius' and SMA's SunSpec notes).
+    """
+    if max_kw <= 0:
+        raise ValueError("WChaMax unknown or zero: cannot express a setpoint as a percentage")
+    pct = max(-100.0, min(100.0, value_kw / max_kw * 100.0))
+    raw = max(-32767, min(32767, int(round(pct / 10.0 ** rate_sf))))
+    mode = encode_raw(int(params.get("mode_value", 3)), "uint16")
+    rates = encode_raw(raw, "int16") + encode_raw(-raw, "int16")
+    out_offset = params.get("out_offset", 10)
+    return [(model_start + params.get("mode_offset", 3), mode), (model_start + out_offset, rates)]

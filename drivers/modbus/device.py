@@ -1,0 +1,274 @@
+"""ModbusDevice: one unit on a ModbusBus, built from a profile, speaking canonical points.
+
+It keeps the latest raw value of every register point with the cycle time it was read, and turns them
+into canonical values with a quality at every ``acquire``: fresh -> OK, failed this cycle -> ERROR,
+older than its max age -> STALE. Field faults never raise out of ``acquire``/``actuate``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import struct
+
+import minimalmodbus
+import serial
+
+from drivers.base import QUALITY_ERROR, QUALITY_OK, QUALITY_STALE, Sink
+from drivers.modbus import commands as cmd
+from drivers.modbus import sunspec
+from drivers.modbus.backoff import Backoff
+from drivers.modbus.bus import DEVICE_ANSWERED, ModbusBus, get_bus
+from drivers.modbus.decode import decode_raw, is_not_implemented
+from drivers.modbus.plan import Block, plan
+from drivers.modbus.profile import DeviceProfile, PointSpec, load_profile
+
+log = logging.getLogger(__name__)
+FIELD_FAULTS = (minimalmodbus.ModbusException, serial.SerialException, OSError, ValueError, struct.error)
+NOT_IMPLEMENTED = object()
+
+
+class ModbusDevice:
+    """A Device (drivers.base) on a Modbus RTU bus."""
+
+    def __init__(self, name: str, profile: DeviceProfile, bus: ModbusBus, unit: int, *,
+                 timeout_s: float | None = None, retries: int | None = None,
+                 fast_max_age_s: float | None = None, slow_max_age_s: float | None = None,
+                 backoff: Backoff | None = None, emit_extras: bool = False, refresh_s: float = 10.0):
+        if not 1 <= unit <= 247:
+            raise ValueError(f"unit id {unit} outside 1..247")
+        self.name = name
+        self.kind = profile.kind
+        self.profile = profile
+        self.bus = bus
+        self.unit = unit
+        self.timeout_s = profile.timeout_s if timeout_s is None else timeout_s
+        self.retries = profile.retries if retries is None else retries
+        self.fast_max_age_s = profile.fast_max_age_s if fast_max_age_s is None else fast_max_age_s
+        self.slow_max_age_s = profile.slow_max_age_s if slow_max_age_s is None else slow_max_age_s
+        self.backoff = backoff or Backoff()
+        self.emit_extras = emit_extras
+        self.refresh_s = refresh_s
+        self.models: dict[int, int] = {}
+        self._points: dict[str, PointSpec] = {}
+        self._fast: list[Block] = []
+        self._slow: list[Block] = []
+        self._slow_next = 0
+        self._raw: dict[str, tuple[object, float]] = {}   # name -> (raw value or NOT_IMPLEMENTED, t read)
+        self._failed: set[str] = set()                    # points whose read failed in the last cycle
+        self._pending: dict[str, float] = {}
+        self._written: dict[str, tuple[float, float]] = {}  # command -> (value, t written)
+        if profile.discovery == "none":
+            self._set_plan(list(profile.points))
+        bus.attach(self)
+
+    # --- planning -------------------------------------------------------------------------------
+    @property
+    def placed(self) -> bool:
+        return bool(self._points)
+
+    def _set_plan(self, points: list[PointSpec]) -> None:
+        self._points = {p.name: p for p in points}
+        self._fast, self._slow = plan(points, self.profile.max_registers_per_read, self.profile.max_gap_registers)
+
+    def blocks(self) -> tuple[list[Block], list[Block]]:
+        """(fast, slow) read blocks; empty until SunSpec discovery has placed the points."""
+        return self._fast, self._slow
+
+    def _discover(self) -> None:
+        function = self.profile.points[0].function
+        _base, self.models = sunspec.discover(
+            lambda fc, start, count: self.bus.read(self.unit, fc, start, count, self.timeout_s, self.retries),
+            function)
+        placed, missing = sunspec.place(self.profile.points, self.models)
+        for p in missing:
+            log.warning("%s: model %s not on the device; %s is not available", self.name, p.model, p.name)
+        self._set_plan(placed)
+
+    # --- bus cycle hooks (called by ModbusBus.cycle) --------------------------------------------------
+    def poll(self, now_s: float) -> None:
+        """Run this cycle's reads: all fast blocks and the next slow block, unless backed off."""
+        self._failed = set()
+        if not self.backoff.ready(now_s):
+            return
+        probing = self.backoff.active
+        if not self.placed:
+            try:
+                self._discover()
+            except FIELD_FAULTS as exc:
+                log.info("%s: discovery failed: %s", self.name, exc)
+                self._failed = {p.name for p in self.profile.points}
+                self.backoff.failed(now_s)
+                return
+        due = list(self._fast)
+        if self._slow:
+            due.append(self._slow[self._slow_next % len(self._slow)])
+            self._slow_next += 1
+        retries = 0 if probing else self.retries
+        for block in due:
+            try:
+                regs = self.bus.read(self.unit, block.function, block.start, block.count, self.timeout_s, retries)
+            except DEVICE_ANSWERED as exc:  # alive but refuses this block: the profile does not fit
+                log.warning("%s: block %s@%d refused: %s", self.name, block.function, block.start, exc)
+                self._failed.update(p.name for p in block.points)
+                continue
+            except FIELD_FAULTS as exc:
+                log.info("%s: read failed: %s", self.name, exc)
+                for b in due[due.index(block):]:
+                    self._failed.update(p.name for p in b.points)
+                self.backoff.failed(now_s)
+                return
+            self._store(block, regs, now_s)
+        self.backoff.succeeded()
+
+    def _store(self, block: Block, regs: list[int], now_s: float) -> None:
+        bo, wo = self.profile.byte_order, self.profile.word_order
+        sunspec_sentinels = self.profile.sentinels == "sunspec"
+        for p in block.points:
+            words = regs[p.register - block.start: p.register - block.start + p.count]
+            if (sunspec_sentinels or p.type == "float32") and is_not_implemented(words, p.type, bo, wo):
+                self._raw[p.name] = (NOT_IMPLEMENTED, now_s)
+            else:
+                self._raw[p.name] = (decode_raw(words, p.type, bo, wo), now_s)
+
+    def flush_writes(self, now_s: float) -> None:
+        """Send pending commands; a failed one stays pending (latest value wins) for the next cycle."""
+        for name in list(self._pending):
+            value = self._pending[name]
+            try:
+                for start, words in self._command_writes(name, value):
+                    self.bus.write(self.unit, start, words, self.timeout_s, self.retries)
+            except FIELD_FAULTS as exc:
+                log.info("%s: write %s=%s failed: %s", self.name, name, value, exc)
+                continue
+            del self._pending[name]
+            self._written[name] = (value, now_s)
+
+    def _command_writes(self, name: str, value: float) -> list[tuple[int, list[int]]]:
+        spec = next(c for c in self.profile.commands if c.name == name)
+        if spec.handler == "deepsea_key":
+            return cmd.deepsea_key_writes(spec.params, value)
+        if spec.handler == "register":
+            return cmd.register_writes(spec.params, value, self.profile.byte_order, self.profile.word_order)
+        model = spec.params.get("model", 124)
+        if model not in self.models:
+            raise ValueError(f"SunSpec model {model} not discovered yet")
+        max_point = self._value(spec.params.get("max_point", "wchamax_kw"), now_s=math.inf)
+        max_kw = 0.0 if max_point is None or math.isnan(max_point[0]) else max_point[0]
+        sf_raw = self._raw.get(sunspec.sf_point_name(model, spec.params.get("rate_sf_offset", 23)))
+        rate_sf = 0 if sf_raw is None or sf_raw[0] is NOT_IMPLEMENTED else int(sf_raw[0])
+        return cmd.sunspec_storage_writes(spec.params, value, self.models[model], max_kw, rate_sf)
+
+    # --- values ---------------------------------------------------------------------------------------
+    def _max_age(self, p: PointSpec) -> float:
+        return self.fast_max_age_s if p.fast else self.slow_max_age_s
+
+    def _value(self, name: str, now_s: float) -> tuple[float, float, int] | None:
+        """(engineering value, t, quality) of a register point; None when the device lacks it."""
+        p = self._points.get(name)
+        if p is None:
+            return None if self.placed else (math.nan, now_s, QUALITY_STALE)
+        raw_t = self._raw.get(name)
+        if raw_t is not None and raw_t[0] is NOT_IMPLEMENTED:
+            return None
+        if raw_t is None:
+            value, t = math.nan, now_s
+            quality = QUALITY_ERROR if name in self._failed else QUALITY_STALE
+        else:
+            raw, t = raw_t
+            value = float(raw) * p.scale
+            if p.sf_offset is not None:
+                sf = self._raw.get(sunspec.sf_point_name(p.model, p.sf_offset))
+                if sf is None or sf[0] is NOT_IMPLEMENTED:
+                    return None if sf is not None else (math.nan, now_s, QUALITY_STALE)
+                value *= 10.0 ** int(sf[0])
+            if name in self._failed:
+                quality = QUALITY_ERROR
+            else:
+                quality = QUALITY_OK if now_s - t <= self._max_age(p) else QUALITY_STALE
+        for ref in p.multiply_by:
+            other = self._value(ref, now_s)
+            if other is None:
+                continue
+            value *= other[0]
+            t = min(t, other[1])
+            quality = max(quality, other[2])
+        return value, t, quality
+
+    def _derived(self, d, now_s: float) -> tuple[float, float, int] | None:
+        parts = [self._value(n, now_s) for n in d.of]
+        if any(x is None for x in parts):
+            return None
+        values = [x[0] for x in parts]
+        t = min(x[1] for x in parts)
+        quality = max(x[2] for x in parts)
+        if d.op == "mean":
+            value = sum(values) / len(values)
+        elif d.op == "sum":
+            value = sum(values)
+        elif d.op == "nonzero":
+            value = float(values[0] != 0) if not math.isnan(values[0]) else math.nan
+        elif d.op == "pct_of":
+            value = values[0] * values[1] / 100.0
+        else:  # bit_set / bit_clear
+            if math.isnan(values[0]):
+                value = math.nan
+            else:
+                bit = (int(values[0]) >> d.bit) & 1
+                value = float(bit if d.op == "bit_set" else 1 - bit)
+        return value, t, quality
+
+    def readings(self, now_s: float, extras: bool = True) -> dict[str, tuple[float, float, int]]:
+        """Every point's (value, t, quality) as of ``now_s``; not-implemented points are left out."""
+        out = {}
+        for p in self.profile.points:
+            if p.extra and not extras:
+                continue
+            v = self._value(p.name, now_s)
+            if v is not None:
+                out[p.name] = v
+        for d in self.profile.derived:
+            if d.extra and not extras:
+                continue
+            v = self._derived(d, now_s)
+            if v is not None:
+                out[d.name] = v
+        return out
+
+    # --- Device contract --------------------------------------------------------------------------------
+    def acquire(self, now_mono_s: float, sink: Sink) -> None:
+        try:
+            self.bus.acquire_for(self, now_mono_s)
+        except FIELD_FAULTS as exc:  # the port itself went away (USB adapter unplugged...)
+            log.warning("%s: bus %s failed: %s", self.name, self.bus.url, exc)
+            self._failed = set(self._points)
+        for point, (value, t, quality) in self.readings(now_mono_s, extras=self.emit_extras).items():
+            sink(self.name, point, value, t, quality)
+
+    def actuate(self, commands: dict[str, float], now_mono_s: float) -> None:
+        known = {c.name for c in self.profile.commands}
+        for name, value in commands.items():
+            if name not in known:
+                log.warning("%s: no command %s in profile %s", self.name, name, self.profile.name)
+                continue
+            last = self._written.get(name)
+            spec = next(c for c in self.profile.commands if c.name == name)
+            edge_only = spec.handler == "deepsea_key"
+            if last is not None and last[0] == value and (edge_only or now_mono_s - last[1] < self.refresh_s):
+                continue
+            self._pending[name] = value
+        if self._pending:
+            try:
+                self.flush_writes(now_mono_s)
+            except FIELD_FAULTS as exc:
+                log.warning("%s: actuate failed: %s", self.name, exc)
+
+    def close(self) -> None:
+        self.bus.detach(self)
+
+
+def open_device(name: str, profile: str | DeviceProfile, port_url: str, unit: int, baud: int | None = None,
+                **kwargs) -> ModbusDevice:
+    """A ModbusDevice on the shared bus for ``port_url`` (opened on first use)."""
+    prof = profile if isinstance(profile, DeviceProfile) else load_profile(profile)
+    bus = get_bus(port_url, baud or prof.baud)
+    return ModbusDevice(name, prof, bus, unit, **kwargs)

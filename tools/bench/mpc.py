@@ -1,0 +1,152 @@
+"""Benchmark: our numba planner vs HiGHS on seeded instances (`python -m tools.bench.mpc`).
+
+Why in one process: both solvers see the same arrays, the same machine state, and HiGHS's time is
+the bare solver call (model building excluded), so the ratio flatters HiGHS, not us. Every plan of
+ours is re-checked for feasibility by an independent checker and its objective re-evaluated from the
+contract formula before any gap is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from controller.core.plan_instance import instance_from_dict
+
+__all__ = ["make_instance_dict", "make_instance", "KINDS", "main"]
+
+KINDS = ("convex", "peak", "genset", "genset_peak")
+
+
+def _solar(hours: np.ndarray, peak_kw: float, rng: np.random.Generator) -> np.ndarray:
+    day = np.clip(np.sin(np.pi * ((hours % 24.0) - 6.0) / 13.0), 0.0, None) ** 1.3
+    clouds = np.clip(1.0 - 0.6 * rng.random(len(hours)) * (rng.random(len(hours)) < 0.3), 0.0, 1.0)
+    daily = rng.uniform(0.5, 1.0, size=int(hours[-1] // 24) + 1)[(hours // 24).astype(int)]
+    return peak_kw * day * clouds * daily
+
+
+def make_instance_dict(seed: int, horizon: int = 96, kind: str = "convex", dt_h: float = 0.25) -> dict:
+    """A seeded, plausible edge-site instance as the JSON contract's dict. kind: convex (no peak, no
+    genset), peak (peak tariff), genset (grid outages + a diesel), genset_peak (both)."""
+    rng = np.random.default_rng(seed)
+    H = horizon
+    hours = (np.arange(H) * dt_h + rng.uniform(0, 24)) % (24.0 * 30)
+    load = rng.uniform(30, 70) + 10 * np.sin(2 * np.pi * hours / 24.0) + rng.normal(0, 4, H)
+    load = np.clip(load, 5, None)
+    pv = _solar(hours, rng.uniform(60, 160), rng)
+    hod = hours % 24.0
+    price = np.where((hod >= 8) & (hod < 11) | (hod >= 18) & (hod < 22), 1.0,
+                     np.where((hod >= 23) | (hod < 7), 0.3, 0.6)) * rng.uniform(0.8, 1.2)
+    price = price + rng.normal(0, 0.02, H)
+    if rng.random() < 0.3:  # sometimes negative midday prices
+        price = np.where((hod > 11) & (hod < 14), -0.05, price)
+    export_price = np.clip(price * rng.uniform(0.1, 0.5), -0.1, None)
+    co2 = 0.55 + 0.1 * np.sin(2 * np.pi * hod / 24.0)
+    gmax = np.full(H, rng.uniform(60, 120))
+    genset = kind.startswith("genset")
+    n_out = rng.integers(1, 3) if genset else int(rng.random() < 0.4)
+    for _ in range(n_out):  # forecast outages
+        a = int(rng.integers(0, H - 4))
+        gmax[a: a + int(rng.integers(4, max(5, H // 4)))] = 0.0
+    soc0 = float(rng.choice([rng.uniform(0, 100), rng.uniform(0, 8), rng.uniform(96, 100)], p=[.7, .15, .15]))
+    reserve = (20.0 + 10 * (rng.random(H) < 0.1)).tolist() if rng.random() < 0.5 else float(rng.uniform(0, 30))
+    cap = float(rng.uniform(100, 400))
+    inst = {
+        "dt_h": dt_h, "load_kw": load.tolist(), "pv_kw": pv.tolist(), "grid_price": price.tolist(),
+        "export_price": export_price.tolist(), "grid_co2_kg_per_kwh": co2.tolist(),
+        "grid_import_max_kw": gmax.tolist(), "export_max_kw": float(rng.choice([0.0, 30.0, 80.0])),
+        "carbon_price_per_kg": float(rng.uniform(0, 0.1)),
+        "peak_price_per_kw": float(rng.uniform(2, 15)) if kind in ("peak", "genset_peak") else 0.0,
+        "unserved_penalty_per_kwh": float(rng.uniform(3, 10)),
+        "soc_shortfall_penalty_per_kwh": float(rng.uniform(0.2, 2.0)),
+        "battery": {
+            "capacity_kwh": cap, "soc0_pct": soc0, "soc_min_pct": 10.0, "soc_max_pct": 95.0,
+            "charge_max_kw": float(cap * rng.uniform(0.25, 0.6)),
+            "discharge_max_kw": float(cap * rng.uniform(0.25, 0.6)),
+            "eta_charge": float(rng.uniform(0.9, 0.98)), "eta_discharge": float(rng.uniform(0.9, 0.98)),
+            "wear_cost_per_kwh": float(rng.uniform(0.0, 0.05)),
+            "terminal_value_per_kwh": float(rng.uniform(0.1, 0.5)), "reserve_pct": reserve,
+        },
+        "diesel": None,
+    }
+    if genset:
+        pmax = float(rng.uniform(60, 120))
+        inst["diesel"] = {
+            "p_min_kw": float(pmax * rng.uniform(0.25, 0.4)), "p_max_kw": pmax,
+            "fuel_l_per_kwh": 0.244, "fuel_l_per_h_on": float(pmax * 0.037),
+            "fuel_price_per_l": float(rng.uniform(0.9, 1.3)), "co2_kg_per_l": 2.66,
+            "start_cost": float(rng.uniform(1, 20)), "on0": bool(rng.random() < 0.2),
+        }
+    return inst
+
+
+def make_instance(seed: int, horizon: int = 96, kind: str = "convex"):
+    return instance_from_dict(make_instance_dict(seed, horizon, kind))
+
+
+def _time_ours(inst, repeats: int) -> tuple:
+    from controller.core.mpc import solve
+    best = None
+    times = []
+    for _ in range(repeats):
+        res = solve(inst)
+        times.append(res.solve_ms)
+        best = res
+    return best, statistics.median(times)
+
+
+def run(seeds: int, horizons, kinds, repeats: int, out=sys.stdout) -> int:
+    from controller.core.mpc import warm_up
+    from controller.core.mpc_reference import check_plan, solve_reference
+    t0 = time.perf_counter()
+    warm_up()
+    print(f"numba warm-up (compile or cache load): {(time.perf_counter() - t0) * 1e3:.0f} ms", file=out)
+    print(f"{'kind':<12}{'H':>5}{'seed':>6}{'ours':>12}{'highs':>12}{'gap%':>9}{'bound%':>8}"
+          f"{'viol':>9}{'ours ms':>9}{'highs ms':>9}{'ratio':>7}", file=out)
+    summary = []
+    failures = 0
+    for kind in kinds:
+        for H in horizons:
+            gaps, ratios, viols = [], [], []
+            for seed in range(seeds):
+                inst = make_instance(1000 * seed + H, H, kind)
+                ours, ours_ms = _time_ours(inst, repeats)
+                ref = solve_reference(inst)
+                viol = check_plan(inst, ours)
+                gap = (ours.objective - ref.objective) / max(1.0, abs(ref.objective)) * 100.0
+                ratio = ref.solve_ms / ours_ms
+                gaps.append(gap)
+                ratios.append(ratio)
+                viols.append(viol)
+                print(f"{kind:<12}{H:>5}{seed:>6}{ours.objective:>12.3f}{ref.objective:>12.3f}{gap:>9.4f}"
+                      f"{ours.gap_bound * 100:>8.3f}{viol:>9.1e}{ours_ms:>9.3f}{ref.solve_ms:>9.2f}"
+                      f"{ratio:>7.1f}", file=out)
+            limit = 1.0 if kind.startswith("genset") else 0.1
+            ok = max(gaps) <= limit and max(viols) <= 1e-6
+            failures += 0 if ok else 1
+            summary.append(f"{kind}/{H}: max gap {max(gaps):.4f}% (limit {limit}%), max viol "
+                           f"{max(viols):.1e}, median HiGHS/ours {statistics.median(ratios):.1f}x "
+                           f"{'OK' if ok else 'FAIL'}")
+    print("", file=out)
+    for line in summary:
+        print(line, file=out)
+    print(f"SUMMARY: {'PASS' if failures == 0 else 'FAIL'} ({len(summary) - failures}/{len(summary)} classes)",
+          file=out)
+    return 0 if failures == 0 else 1
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tools.bench.mpc", description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=10, help="instances per class")
+    ap.add_argument("--horizons", type=int, nargs="+", default=[96, 288])
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    ap.add_argument("--repeats", type=int, default=5, help="timed solves of ours per instance (median)")
+    args = ap.parse_args(argv)
+    return run(args.seeds, args.horizons, args.kinds, args.repeats)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

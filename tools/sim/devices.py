@@ -1,0 +1,151 @@
+"""In-process virtual devices: the simulated site behind the same Device contract as real drivers.
+
+Each speaks its class's canonical points (drivers/base.py). Scenario silences (bms_silent,
+meter_silent) make a device say nothing, exactly as a dead RS-485 or CAN link would.
+"""
+from __future__ import annotations
+
+from drivers.base import QUALITY_OK, Sink
+from tools.sim.site import SimSite
+
+
+class SimDevice:
+    kind = ""
+
+    def __init__(self, name: str, site: SimSite):
+        self.name = name
+        self.site = site
+
+    def silent(self) -> bool:
+        return False
+
+    def acquire(self, now_mono_s: float, sink: Sink) -> None:
+        if self.silent():
+            return
+        name = self.name
+        for point, value in self.read():
+            sink(name, point, value, now_mono_s, QUALITY_OK)
+
+    def read(self):
+        return ()
+
+    def actuate(self, commands: dict[str, float], now_mono_s: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class SimGridMeter(SimDevice):
+    kind = "meter"
+
+    def silent(self):
+        return self.site.series.flag("meter_silent", self.site.t_s)
+
+    def read(self):
+        f, m = self.site.flows, self.site.meters
+        up = self.site.grid_up()
+        return (("power_kw", f.grid_kw), ("voltage_v", 230.0 if up else 0.0),
+                ("frequency_hz", 50.0 if up else 0.0), ("import_kwh", m.grid_import_kwh),
+                ("export_kwh", m.grid_export_kwh))
+
+
+class SimPvMeter(SimDevice):
+    kind = "meter"
+
+    def read(self):
+        return (("power_kw", self.site.flows.pv_kw), ("import_kwh", self.site.meters.pv_used_kwh))
+
+
+class SimPvInverter(SimDevice):
+    kind = "pv_inverter"
+
+    def actuate(self, commands, now_mono_s):
+        if "limit_kw" in commands:
+            self.site.actuate_pv_limit(commands["limit_kw"])
+
+
+class SimPcs(SimDevice):
+    kind = "pcs"
+
+    def read(self):
+        return (("power_kw", self.site.flows.battery_kw), ("setpoint_kw", self.site.battery_sp_kw))
+
+    def actuate(self, commands, now_mono_s):
+        if "setpoint_kw" in commands:
+            self.site.actuate_pcs(commands["setpoint_kw"])
+
+
+class SimBms(SimDevice):
+    kind = "bms"
+
+    def silent(self):
+        return self.site.series.flag("bms_silent", self.site.t_s)
+
+    def read(self):
+        b = self.site.battery
+        cell_max, cell_min = b.cell_v_range()
+        pack_v = b.pack_v()
+        return (("soc_pct", round(b.soc_pct, 1)), ("soh_pct", b.soh_pct), ("voltage_v", pack_v),
+                ("current_a", b.current_a()), ("temp_c", b.temp_c), ("cvl_v", b.cells * 3.5),
+                ("ccl_a", b.ccl_a()), ("dcl_a", b.dcl_a()), ("dvl_v", b.cells * 2.9),
+                ("cell_v_max", cell_max), ("cell_v_min", cell_min), ("cell_temp_max_c", b.temp_c + 1.5),
+                ("cell_temp_min_c", b.temp_c - 1.5), ("charge_enable", 1.0 if b.soc_pct < 99.9 else 0.0),
+                ("discharge_enable", 1.0 if b.soc_pct > 1.0 else 0.0), ("force_charge", 0.0),
+                ("alarm_bits", 0.0))
+
+
+class SimGenset(SimDevice):
+    kind = "genset"
+
+    def read(self):
+        g = self.site.genset
+        if g is None:
+            return ()
+        return (("power_kw", g.power_kw if g.running else 0.0), ("running", 1.0 if g.running else 0.0),
+                ("available", 1.0 if g.fuel_pct > 1.0 else 0.0), ("fuel_pct", g.fuel_pct),
+                ("run_hours_h", g.run_s / 3600.0), ("starts", float(g.starts)))
+
+    def actuate(self, commands, now_mono_s):
+        if "run" in commands:
+            self.site.actuate_genset(commands["run"] > 0.5, commands.get("setpoint_kw"))
+
+
+class SimCompute(SimDevice):
+    kind = "compute"
+
+    def read(self):
+        s, t = self.site.series, self.site.t_s
+        return (("it_kw", s.at("it_kw", t)), ("cooling_kw", s.at("cooling_kw", t)), ("aux_kw", s.at("aux_kw", t)))
+
+
+class SimGrid(SimDevice):
+    """The utility side: availability (a relay contact) and the cloud-pushed price and intensity."""
+
+    kind = "grid"
+
+    def read(self):
+        s, t = self.site.series, self.site.t_s
+        return (("available", 1.0 if self.site.grid_up() else 0.0), ("price_per_kwh", s.at("price_per_kwh", t)),
+                ("co2_kg_per_kwh", s.at("co2_kg_per_kwh", t)))
+
+
+class SimWeather(SimDevice):
+    kind = "weather"
+
+    def read(self):
+        return (("ambient_c", self.site.series.at("ambient_c", self.site.t_s)),)
+
+
+SIM_DEVICE_BY_ROLE = {
+    "grid_meter": SimGridMeter, "pv_meter": SimPvMeter, "pv_inverter": SimPvInverter, "pcs": SimPcs,
+    "bms": SimBms, "genset": SimGenset, "compute": SimCompute, "grid": SimGrid, "weather": SimWeather,
+}
+
+
+def build_sim_devices(site: SimSite) -> dict[str, SimDevice]:
+    """One virtual device per [[devices]] entry of the site profile, keyed by device name."""
+    devices = {}
+    for dev in site.scn.site["devices"]:
+        devices[dev["name"]] = SIM_DEVICE_BY_ROLE[dev["role"]](dev["name"], site)
+    return devices

@@ -1,0 +1,183 @@
+"""What the site does not control: PV resource, compute load, weather, grid supply, prices, carbon.
+
+Computed once per run as 1-minute series (pvlib is vectorised; a per-cycle call would dominate the
+run), then sampled by the physics each cycle. Seeded: the same scenario and seed give the same site.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+import pvlib
+
+from tools.sim.scenario import Scenario
+
+MINUTE_S = 60.0
+
+
+@dataclass
+class Series:
+    """1-minute series over the run (index 0 = scenario start). kW unless named otherwise."""
+
+    t_min: np.ndarray
+    pv_avail_kw: np.ndarray
+    pv_clear_kw: np.ndarray        # without events (what a forecaster would expect)
+    it_kw: np.ndarray
+    cooling_kw: np.ndarray
+    aux_kw: np.ndarray
+    ambient_c: np.ndarray
+    grid_up: np.ndarray            # 1.0 / 0.0
+    price_per_kwh: np.ndarray
+    co2_kg_per_kwh: np.ndarray
+    bms_silent: np.ndarray         # 1.0 while the BMS is silent
+    meter_silent: np.ndarray
+    jobs: list                     # announced jobs: dicts with at_h, start_h, duration_min, kw
+
+    def at(self, name: str, t_s: float) -> float:
+        """Linear interpolation for continuous series."""
+        arr = getattr(self, name)
+        x = t_s / MINUTE_S
+        i = int(x)
+        if i >= len(arr) - 1:
+            return float(arr[-1])
+        f = x - i
+        return float(arr[i] * (1.0 - f) + arr[i + 1] * f)
+
+    def flag(self, name: str, t_s: float) -> bool:
+        arr = getattr(self, name)
+        i = min(int(t_s / MINUTE_S), len(arr) - 1)
+        return arr[i] > 0.5
+
+
+def _local_hours(times_utc: pd.DatetimeIndex, tz: str) -> np.ndarray:
+    local = times_utc.tz_convert(ZoneInfo(tz))
+    return np.asarray(local.hour + local.minute / 60.0, dtype=float)
+
+
+def pv_series_kw(scn: Scenario, times: pd.DatetimeIndex, ambient_c: np.ndarray) -> np.ndarray:
+    """PV AC power at the site: TMY clearness shape x site clear sky, transposed and derated by pvlib."""
+    site, pv = scn.site["site"], scn["pv"]
+    if pv["kwp"] <= 0:
+        return np.zeros(len(times))
+    path = os.path.join(os.path.dirname(pvlib.__file__), "data", pv["tmy_file"])
+    tmy, meta = pvlib.iotools.read_tmy3(path, map_variables=True)
+    tmy_loc = pvlib.location.Location(meta["latitude"], meta["longitude"], altitude=meta["altitude"])
+    tmy_times = tmy.index
+    tmy_clear = tmy_loc.get_clearsky(tmy_times, model="ineichen")["ghi"].to_numpy()
+    kt = np.where(tmy_clear > 30.0, tmy["ghi"].to_numpy() / np.maximum(tmy_clear, 1.0), np.nan)
+    kt = np.clip(np.nan_to_num(kt, nan=1.0), 0.0, 1.1)
+    # The same day of year and local solar hour at the site picks the TMY hour.
+    tmy_solar_h = (tmy_times.hour.to_numpy() + 0.5 - meta["longitude"] / 15.0 + meta["TZ"]) % 24
+    tmy_doy = tmy_times.dayofyear.to_numpy()
+    kt_table = np.ones((367, 24))
+    kt_table[tmy_doy, tmy_solar_h.astype(int) % 24] = kt
+    loc = pvlib.location.Location(site["latitude"], site["longitude"], altitude=site["altitude_m"])
+    solpos = loc.get_solarposition(times)
+    clear = loc.get_clearsky(times, model="ineichen", solar_position=solpos)
+    solar_h = ((times.hour + times.minute / 60.0).to_numpy() + site["longitude"] / 15.0) % 24
+    doy = ((times.dayofyear.to_numpy() - 1 + pv["tmy_day_offset"]) % 365) + 1
+    ghi = clear["ghi"].to_numpy() * kt_table[doy, solar_h.astype(int) % 24]
+    erbs = pvlib.irradiance.erbs(ghi, solpos["zenith"], times)
+    poa = pvlib.irradiance.get_total_irradiance(
+        pv["tilt_deg"], pv["azimuth_deg"], solpos["apparent_zenith"], solpos["azimuth"],
+        erbs["dni"], ghi, erbs["dhi"], model="isotropic")["poa_global"].to_numpy()
+    poa = np.nan_to_num(poa, nan=0.0)
+    cell_c = pvlib.temperature.faiman(poa, ambient_c, wind_speed=2.0)
+    dc_w = pvlib.pvsystem.pvwatts_dc(poa, cell_c, pv["kwp"] * 1000.0, pv["temp_coeff_per_c"])
+    ac_kw = np.asarray(dc_w) / 1000.0 * (1.0 - pv["system_loss"]) * (1.0 - pv["soiling"])
+    return np.clip(np.nan_to_num(ac_kw, nan=0.0), 0.0, pv["kwp"])
+
+
+def _ar1(rng: np.random.Generator, n: int, persistence: float, sigma: float) -> np.ndarray:
+    out = np.zeros(n)
+    shocks = rng.normal(0.0, sigma * np.sqrt(1 - persistence ** 2), n)
+    for i in range(1, n):
+        out[i] = persistence * out[i - 1] + shocks[i]
+    return out
+
+
+def _window(t_h: np.ndarray, at_h: float, duration_min: float) -> np.ndarray:
+    return (t_h >= at_h) & (t_h < at_h + duration_min / 60.0)
+
+
+def build_series(scn: Scenario, hours: float, seed: int) -> Series:
+    rng = np.random.default_rng(seed)
+    n = int(np.ceil(hours * 60)) + 2
+    t_min = np.arange(n, dtype=float)
+    t_h = t_min / 60.0
+    times = pd.DatetimeIndex(pd.Timestamp(scn.start) + pd.to_timedelta(t_min, unit="min"))
+    tz = scn.site["site"]["timezone"]
+    local_h = _local_hours(times, tz)
+
+    amb = scn["ambient"]
+    ambient_c = amb["mean_c"] + amb["swing_c"] * np.cos(2 * np.pi * (local_h - amb["peak_hour"]) / 24.0)
+    ambient_c = ambient_c + _ar1(rng, n, 0.995, 1.0)
+
+    pv_clear_kw = pv_series_kw(scn, times, ambient_c)
+    pv_avail_kw = pv_clear_kw.copy()
+
+    load = scn["load"]
+    it_kw = load["it_idle_kw"] + load["inference_peak_kw"] * 0.5 * (
+        1.0 + np.cos(2 * np.pi * (local_h - load["inference_peak_hour"]) / 24.0))
+    n_jobs = rng.poisson(load["training_jobs_per_day"] * hours / 24.0)
+    for _ in range(n_jobs):
+        start_h = rng.uniform(0, hours)
+        dur_h = rng.uniform(load["training_hours_min"], load["training_hours_max"])
+        it_kw = it_kw + load["training_kw"] * ((t_h >= start_h) & (t_h < start_h + dur_h))
+    it_kw = it_kw + _ar1(rng, n, 0.9, load["noise_kw"])
+
+    grid_up = np.ones(n)
+    bms_silent = np.zeros(n)
+    meter_silent = np.zeros(n)
+    jobs = []
+    for ev in scn["events"]:
+        win = _window(t_h, ev["at_h"], ev["duration_min"])
+        kind = ev["kind"]
+        if kind == "grid_outage":
+            grid_up[win] = 0.0
+        elif kind == "pv_derate":
+            ramp_h = max(ev["ramp_min"], 1e-6) / 60.0
+            depth = np.clip((t_h - ev["at_h"]) / ramp_h, 0.0, 1.0) * ev["fraction"]
+            pv_avail_kw = np.where(win, pv_avail_kw * (1.0 - depth), pv_avail_kw)
+        elif kind == "load_step":
+            it_kw = it_kw + np.where(win, ev["kw"], 0.0)
+        elif kind == "bms_silent":
+            bms_silent[win] = 1.0
+        elif kind == "meter_silent":
+            meter_silent[win] = 1.0
+        elif kind == "job_announce":
+            it_kw = it_kw + np.where(_window(t_h, ev["start_h"], ev["duration_min"]), ev["kw"], 0.0)
+            jobs.append(dict(ev))
+    it_kw = np.clip(it_kw, 0.0, load["it_nameplate_kw"])
+
+    warm_c = np.maximum(0.0, ambient_c - load["free_cooling_below_c"])
+    cooling_kw = it_kw * (load["cooling_base_frac"] + load["cooling_per_c"] * warm_c)
+    aux_kw = np.full(n, load["aux_kw"])
+
+    market = scn["market"]
+    wind = np.clip(market["wind_mean"] + _ar1(rng, n, market["wind_persistence"] ** (1 / 60), 0.25), 0, 1)
+    if market["kind"] == "spot":
+        daily = np.exp(-((local_h - 8.0) ** 2) / 4.0) + np.exp(-((local_h - 18.0) ** 2) / 6.0)
+        hourly_idx = (t_min // 60).astype(int)
+        noise = rng.normal(0, market["spot_noise"], hourly_idx.max() + 1)[hourly_idx]
+        price = market["spot_base"] + market["spot_daily_amp"] * daily - market["spot_wind_coeff"] * (
+            wind - market["wind_mean"]) + noise
+        price = _hold_hourly(price, t_min)
+        co2 = _hold_hourly(np.clip(market["co2_base_kg_per_kwh"] - market["co2_wind_coeff"] * (
+            wind - market["wind_mean"]), 0.01, 2.0), t_min)
+    else:
+        tariff = scn.site["tariff"]["import_price_per_kwh"]
+        table = np.asarray(tariff if isinstance(tariff, list) else [tariff] * 24)
+        price = table[local_h.astype(int) % 24]
+        co2 = np.full(n, scn.site["emissions"]["grid_kg_per_kwh"])
+    return Series(t_min, pv_avail_kw, pv_clear_kw, it_kw, cooling_kw, aux_kw, ambient_c, grid_up, price,
+                  co2, bms_silent, meter_silent, jobs)
+
+
+def _hold_hourly(values: np.ndarray, t_min: np.ndarray) -> np.ndarray:
+    """Spot prices and intensities are published per hour: hold the value at each hour's start."""
+    first = (t_min // 60 * 60).astype(int)
+    return values[np.minimum(first, len(values) - 1)]
