@@ -27,6 +27,7 @@ class Point:
 CATALOGUE: tuple[Point, ...] = (
     Point("grid_kw", "kW", "grid_meter", "power_kw", FAST, "site import (+) / export (-) at the connection point"),
     Point("pv_kw", "kW", "pv_meter", "power_kw", FAST, "PV AC output"),
+    Point("pv_available_kw", "kW", "pv_inverter", "available_kw", FAST, "PV the inverters could give unlimited"),
     Point("battery_kw", "kW", "pcs", "power_kw", FAST, "PCS AC power, + discharge / - charge"),
     Point("genset_kw", "kW", "genset", "power_kw", FAST, "genset output"),
     Point("genset_running", "bool", "genset", "running", FAST, "1 when the set is up and breaker closed"),
@@ -62,11 +63,11 @@ INDEX = {p.name: i for i, p in enumerate(CATALOGUE)}
 BY_SOURCE = {(p.role, p.device_point): i for i, p in enumerate(CATALOGUE)}
 
 # Compile-time indices for the kernels (numba treats module-level ints as constants).
-GRID_KW, PV_KW, BATTERY_KW, GENSET_KW, GENSET_RUNNING, GENSET_AVAILABLE, FUEL_PCT = range(7)
-SOC_PCT, SOH_PCT, BATTERY_V, BATTERY_A, BATTERY_TEMP_C, BMS_CVL_V, BMS_CCL_A, BMS_DCL_A = range(7, 15)
-CELL_V_MAX, CELL_V_MIN, CELL_TEMP_MAX_C, CELL_TEMP_MIN_C = range(15, 19)
-BMS_CHARGE_ENABLE, BMS_DISCHARGE_ENABLE, BMS_FORCE_CHARGE, BMS_ALARM_BITS = range(19, 23)
-IT_KW, COOLING_KW, AUX_KW, GRID_AVAILABLE, GRID_PRICE, GRID_CO2, AMBIENT_C = range(23, 30)
+GRID_KW, PV_KW, PV_AVAILABLE_KW, BATTERY_KW, GENSET_KW, GENSET_RUNNING, GENSET_AVAILABLE, FUEL_PCT = range(8)
+SOC_PCT, SOH_PCT, BATTERY_V, BATTERY_A, BATTERY_TEMP_C, BMS_CVL_V, BMS_CCL_A, BMS_DCL_A = range(8, 16)
+CELL_V_MAX, CELL_V_MIN, CELL_TEMP_MAX_C, CELL_TEMP_MIN_C = range(16, 20)
+BMS_CHARGE_ENABLE, BMS_DISCHARGE_ENABLE, BMS_FORCE_CHARGE, BMS_ALARM_BITS = range(20, 24)
+IT_KW, COOLING_KW, AUX_KW, GRID_AVAILABLE, GRID_PRICE, GRID_CO2, AMBIENT_C = range(24, 31)
 
 # Quality codes, as in drivers/base.py (kept equal by a test).
 Q_OK, Q_STALE, Q_ERROR = 0, 1, 2
@@ -94,7 +95,7 @@ def max_ages_s(limits: dict) -> np.ndarray:
 
 
 def _check_layout() -> None:
-    names = ("grid_kw pv_kw battery_kw genset_kw genset_running genset_available fuel_pct soc_pct soh_pct "
+    names = ("grid_kw pv_kw pv_available_kw battery_kw genset_kw genset_running genset_available fuel_pct soc_pct soh_pct "
              "battery_v battery_a battery_temp_c bms_cvl_v bms_ccl_a bms_dcl_a cell_v_max cell_v_min "
              "cell_temp_max_c cell_temp_min_c bms_charge_enable bms_discharge_enable bms_force_charge "
              "bms_alarm_bits it_kw cooling_kw aux_kw grid_available grid_price grid_co2_kg_per_kwh "

@@ -23,7 +23,7 @@ With a genset the problem is mixed-integer (p_min, start cost). We solve the con
 improve the best pattern by a bounded local search over on-runs and off-gaps (each pattern is an
 exact convex DP), and report the certified bound gap_bound = (objective - LB) / |objective|.
 
-Everything below the public `solve` is numba `@njit(cache=True)` on plain arrays; `plan_kernel` is
+Everything below the public `solve` is numba `@njit(cache=True, error_model="numpy")` on plain arrays; `plan_kernel` is
 the raw entry the controller's numba step can call directly.
 """
 from __future__ import annotations
@@ -40,13 +40,13 @@ __all__ = ["PlanResult", "solve", "plan_kernel", "pack_instance", "warm_up",
            "PEAK_EVALS", "GENSET_EVALS"]
 
 # Bounded work: evaluations of the backward pass spent on the peak level and on genset patterns.
-PEAK_EVALS = 40
-GENSET_EVALS = 48
+PEAK_EVALS = 24
+GENSET_EVALS = 600
 
 # prm (float64 scalars) layout
 P_DT, P_XMAX, P_UNS, P_SF, P_CAP, P_E0, P_EHI, P_CMAX, P_DMAX, P_ETAC, P_ETAD, P_WEAR, P_TV = range(13)
-P_PMIN, P_PMAX, P_QCOST, P_ONCOST, P_START, P_ON0, P_PEAK, P_HASD = range(13, 21)
-N_PRM = 21
+P_PMIN, P_PMAX, P_QCOST, P_ONCOST, P_START, P_ON0, P_PEAK, P_HASD, P_SOC0 = range(13, 22)
+N_PRM = 22
 # steps (2-D float64, one column per step) layout
 S_LOAD, S_PV, S_GCOST, S_XPRICE, S_GMAX, S_FLOOR = range(6)
 N_STEPS = 6
@@ -61,7 +61,7 @@ INF = np.inf
 
 
 # ---------------------------------------------------------------- stage: bus sources and battery
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def _sources(t, steps, prm, mode_t, pcap, lo, hi, cost, order):
     """Fill the bus sources of step t (box + unit cost per kWh) sorted by cost into `order`.
     Returns (Lsum, F(Lsum)): the least bus demand the sources can take and its cost."""
@@ -93,7 +93,7 @@ def _sources(t, steps, prm, mode_t, pcap, lo, hi, cost, order):
     return lsum, f0
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def _f_eval(y, lsum, f0, lo, hi, cost, order):
     """F(y): the cheapest cost per hour of supplying bus demand y (greedy merit order)."""
     v = f0
@@ -108,7 +108,7 @@ def _f_eval(y, lsum, f0, lo, hi, cost, order):
     return v
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def _ystar(rho, lsum, lo, hi, cost, order):
     """Leftmost bus demand where F's slope reaches -rho: burning bus energy in battery losses
     (cost rho per kW absorbed) pays only below it."""
@@ -121,7 +121,7 @@ def _ystar(rho, lsum, lo, hi, cost, order):
     return pos
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def _battery_point(r, load, ystar, use_max_burn, prm):
     """Charge/discharge (kW) realising SOC rate r (kW of stored energy per hour), with the bus-power
     burn (simultaneous charge and discharge) moved towards ystar, or at its maximum."""
@@ -150,14 +150,14 @@ def _battery_point(r, load, ystar, use_max_burn, prm):
     return min(c, cmax), min(d, dmax)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def _hmax(r, load, prm):
     """Largest bus demand reachable at SOC rate r (charging as hard as the limits allow)."""
     c, d = _battery_point(r, load, 0.0, True, prm)
     return load + c - d
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def _inv_y0(y, load, prm):
     """The SOC rate at which the plain (no-burn) bus demand equals y."""
     if y >= load:
@@ -165,20 +165,19 @@ def _inv_y0(y, load, prm):
     return (y - load) / prm[P_ETAD]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def _inv_hmax(y, load, prm):
     """The SOC rate at which _hmax equals y (_hmax is increasing and PL with kinks at 0 and
     charge_max*eta_c - discharge_max/eta_d)."""
     ra = -prm[P_DMAX] / prm[P_ETAD]
     rd = prm[P_CMAX] * prm[P_ETAC]
     rk = rd - prm[P_DMAX] / prm[P_ETAD]
-    pts = np.empty(4)
-    pts[0], pts[1], pts[2], pts[3] = ra, min(rk, 0.0), max(rk, 0.0), rd
     prev_r, prev_h = ra, _hmax(ra, load, prm)
     if y <= prev_h:
         return ra
-    for i in range(1, 4):
-        rr = min(max(pts[i], ra), rd)
+    for i in range(3):  # the kinks min(rk, 0), max(rk, 0), then the end rd (no allocation)
+        rr = min(rk, 0.0) if i == 0 else (max(rk, 0.0) if i == 1 else rd)
+        rr = min(max(rr, ra), rd)
         hh = _hmax(rr, load, prm)
         if y <= hh:
             if hh - prev_h <= TINY:
@@ -188,7 +187,7 @@ def _inv_hmax(y, load, prm):
     return rd
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def _stage_cost(r, load, ystar, lsum, f0, lo, hi, cost, order, prm):
     """Stage cost per hour at SOC rate r: bus supply F(y) plus battery wear."""
     c, d = _battery_point(r, load, ystar, False, prm)
@@ -196,7 +195,7 @@ def _stage_cost(r, load, ystar, lsum, f0, lo, hi, cost, order, prm):
     return _f_eval(y, lsum, f0, lo, hi, cost, order) + prm[P_WEAR] * (c + d)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def _rate_range(load, lsum, prm):
     """Feasible SOC rates [rlo, rhi] of a step (the bus must be able to take the sources' minimum,
     e.g. a running genset's p_min); rlo > rhi means the step is infeasible."""
@@ -209,7 +208,7 @@ def _rate_range(load, lsum, prm):
     return min(_inv_hmax(lsum, load, prm), rd), rd
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def _add_cand(cand, n, r, rlo, rhi):
     if r > rlo and r < rhi and n < MAX_CAND:
         cand[n] = r
@@ -217,20 +216,13 @@ def _add_cand(cand, n, r, rlo, rhi):
     return n
 
 
-@njit(cache=True)
-def _stage_function(t, steps, prm, mode_t, pcap, lo, hi, cost, order, cand, fval, tl, ts):
-    """Build the reflected stage function f~(v) = f_t(-v) (v = -e, kWh) as convex PL segments
-    (tl lengths, ts slopes ascending). Returns (nseg, x0, value at x0, feasible)."""
+@njit(cache=True, error_model="numpy", inline="always")
+def _points_general(load, ys, rlo, rhi, lsum, f0, lo, hi, cost, order, cand, fval, prm):
+    """Stage function points by evaluation at every candidate kink (used when burning bus energy
+    in battery losses can pay: F has slopes below -rho)."""
     dt = prm[P_DT]
-    load = steps[S_LOAD, t]
-    lsum, f0 = _sources(t, steps, prm, mode_t, pcap, lo, hi, cost, order)
-    rlo, rhi = _rate_range(load, lsum, prm)
-    if rlo > rhi:
-        return 0, 0.0, 0.0, False
     ec, ed = prm[P_ETAC], prm[P_ETAD]
-    rho = prm[P_WEAR] * (1.0 + ec * ed) / (1.0 - ec * ed) if ec * ed < 1.0 else INF
-    ys = _ystar(rho, lsum, lo, hi, cost, order)
-    burn = ec * ed < 1.0 and ys > lsum
+    burn = True
     n = 0
     cand[n] = rlo
     n += 1
@@ -260,6 +252,77 @@ def _stage_function(t, steps, prm, mode_t, pcap, lo, hi, cost, order, cand, fval
             m += 1
     for i in range(m):
         fval[i] = dt * _stage_cost(cand[i], load, ys, lsum, f0, lo, hi, cost, order, prm)
+    return m
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _points_plain(load, ys, rlo, rhi, lsum, f0, lo, hi, cost, order, cand, fval, prm):
+    """Stage function points when no voluntary burn pays: f = F(y0(r)) + wear above the rate r_s
+    where the plain bus demand reaches the sources' minimum (slopes read off F's merit order, one
+    walk), and a forced-burn stretch [rlo, r_s] below it (linear but for the kink at r = 0)."""
+    dt = prm[P_DT]
+    ec, ed, w = prm[P_ETAC], prm[P_ETAD], prm[P_WEAR]
+    r_s = max(rlo, min(_inv_y0(lsum, load, prm), rhi))
+    n = 0
+    cand[n] = rlo
+    fval[n] = dt * _stage_cost(rlo, load, ys, lsum, f0, lo, hi, cost, order, prm)
+    n += 1
+    if rlo < 0.0 and r_s > 0.0:
+        cand[n] = 0.0
+        fval[n] = dt * _stage_cost(0.0, load, ys, lsum, f0, lo, hi, cost, order, prm)
+        n += 1
+    if r_s > cand[n - 1]:
+        cand[n] = r_s
+        fval[n] = dt * _stage_cost(r_s, load, ys, lsum, f0, lo, hi, cost, order, prm)
+        n += 1
+    r = cand[n - 1]
+    v = fval[n - 1]
+    y = load + (r / ec if r >= 0.0 else r * ed)
+    pos = lsum
+    i = 0
+    while i < N_SRC - 1 and pos + (hi[order[i]] - lo[order[i]]) <= y + TINY * (1.0 + abs(y)):
+        pos += hi[order[i]] - lo[order[i]]
+        i += 1
+    while r < rhi and n < MAX_CAND:
+        k = order[i]
+        last = i >= N_SRC - 1
+        y_end = pos + (hi[k] - lo[k])
+        r_next = rhi if last else min(_inv_y0(y_end, load, prm), rhi)
+        crosses_zero = r < 0.0 and r_next > 0.0
+        if crosses_zero:
+            r_next = 0.0
+        if r_next > r:
+            dfdr = ed * (cost[k] - w) if r < 0.0 else (cost[k] + w) / ec
+            v += dt * dfdr * (r_next - r)
+            cand[n] = r_next
+            fval[n] = v
+            n += 1
+            r = r_next
+        if not crosses_zero:  # the end of F's segment i (or of the rate range) is reached
+            if last:
+                break
+            pos = y_end
+            i += 1
+    return n
+
+
+@njit(cache=True, error_model="numpy")
+def _stage_function(t, steps, prm, mode_t, pcap, lo, hi, cost, order, cand, fval, tl, ts):
+    """Build the reflected stage function f~(v) = f_t(-v) (v = -e, kWh) as convex PL segments
+    (tl lengths, ts slopes ascending). Returns (nseg, x0, value at x0, feasible)."""
+    dt = prm[P_DT]
+    load = steps[S_LOAD, t]
+    lsum, f0 = _sources(t, steps, prm, mode_t, pcap, lo, hi, cost, order)
+    rlo, rhi = _rate_range(load, lsum, prm)
+    if rlo > rhi:
+        return 0, 0.0, 0.0, False
+    ec, ed = prm[P_ETAC], prm[P_ETAD]
+    rho = prm[P_WEAR] * (1.0 + ec * ed) / (1.0 - ec * ed) if ec * ed < 1.0 else INF
+    ys = _ystar(rho, lsum, lo, hi, cost, order)
+    if ec * ed < 1.0 and ys > lsum:
+        m = _points_general(load, ys, rlo, rhi, lsum, f0, lo, hi, cost, order, cand, fval, prm)
+    else:
+        m = _points_plain(load, ys, rlo, rhi, lsum, f0, lo, hi, cost, order, cand, fval, prm)
     # reflect: segments of f from right to left, slopes negated (ascending); clamp rounding noise
     nseg = 0
     prev = -INF
@@ -279,7 +342,7 @@ def _stage_function(t, steps, prm, mode_t, pcap, lo, hi, cost, order, cand, fval
 
 
 # ---------------------------------------------------------------- the backward pass
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _grow(a, need):
     if need <= a.shape[0]:
         return a
@@ -288,7 +351,7 @@ def _grow(a, need):
     return b
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _add_floor_penalty(wl, ws, nw, wx0, wv0, floor_kwh, slope):
     """W += slope * min(0, E - floor): the soft SOC floor's shortfall penalty (slope <= 0).
     Splits the segment holding the floor. Returns (nw, wv0)."""
@@ -314,10 +377,36 @@ def _add_floor_penalty(wl, ws, nw, wx0, wv0, floor_kwh, slope):
     return nw, wv0
 
 
-@njit(cache=True)
-def _backward(steps, prm, mode, pcap, want_store):
+@njit(cache=True, error_model="numpy")
+def _tables(steps, prm, modes, pcap):
+    """Reflected stage functions of every step, for each genset mode in `modes` (built once, then
+    reused by every DP pass that shares the peak level pcap). tn < 0 marks an infeasible step."""
+    H = steps.shape[1]
+    nm = modes.shape[0]
+    tl = np.empty((nm, H, MAX_CAND))
+    ts = np.empty((nm, H, MAX_CAND))
+    tn = np.zeros((nm, H), np.int64)
+    tx0 = np.zeros((nm, H))
+    tv0 = np.zeros((nm, H))
+    lo, hi, cost = np.empty(N_SRC), np.empty(N_SRC), np.empty(N_SRC)
+    order = np.empty(N_SRC, np.int64)
+    cand, fval = np.empty(MAX_CAND), np.empty(MAX_CAND)
+    for i in range(nm):
+        for t in range(H):
+            n, x0, v0, ok = _stage_function(t, steps, prm, modes[i], pcap, lo, hi, cost, order,
+                                            cand, fval, tl[i, t], ts[i, t])
+            tn[i, t] = n if ok else -1
+            tx0[i, t] = x0
+            tv0[i, t] = v0
+    return tl, ts, tn, tx0, tv0
+
+
+@njit(cache=True, error_model="numpy")
+def _backward(steps, prm, sel, want_store, tabs):
     """Build V_0..V_{H-1} (merged with their origin flags for the forward pass) and return
-    (V_0(E0) + fixed genset costs, store...). V = +inf when the pattern `mode` is infeasible."""
+    (V_0(E0), store...). sel[t] picks the table (genset mode) of step t. V = +inf when the
+    pattern is infeasible."""
+    tab_l, tab_s, tab_n, tab_x0, tab_v0 = tabs
     H = steps.shape[1]
     dt, ehi, e0 = prm[P_DT], prm[P_EHI], prm[P_E0]
     sf_slope = -dt * prm[P_SF]
@@ -336,20 +425,17 @@ def _backward(steps, prm, mode, pcap, want_store):
     cnt = np.zeros(H, np.int64)
     x0s = np.zeros(H)
     wx0s = np.zeros(H)
-    lo, hi, cost = np.empty(N_SRC), np.empty(N_SRC), np.empty(N_SRC)
-    order = np.empty(N_SRC, np.int64)
-    cand, fval = np.empty(MAX_CAND), np.empty(MAX_CAND)
-    tl, ts = np.empty(MAX_CAND), np.empty(MAX_CAND)
     ml = np.empty(wcap + MAX_CAND)
     ms = np.empty(wcap + MAX_CAND)
     mk = np.empty(wcap + MAX_CAND, np.int8)
     used = 0
     for t in range(H - 1, -1, -1):
         nw, wv0 = _add_floor_penalty(wl, ws, nw, wx0, wv0, steps[S_FLOOR, t], sf_slope)
-        nt, tx0, tv0, ok = _stage_function(t, steps, prm, mode[t], pcap, lo, hi, cost, order,
-                                           cand, fval, tl, ts)
-        if not ok:
+        m_t = sel[t]
+        nt, tx0, tv0 = tab_n[m_t, t], tab_x0[m_t, t], tab_v0[m_t, t]
+        if nt < 0:
             return INF, sl, ss, sk, start, cnt, x0s, wx0s
+        tl, ts = tab_l[m_t, t], tab_s[m_t, t]
         # infimal convolution: merge W and f~ segments by slope
         i = j = n = 0
         while i < nw or j < nt:
@@ -409,7 +495,7 @@ def _backward(steps, prm, mode, pcap, want_store):
     return INF, sl, ss, sk, start, cnt, x0s, wx0s
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _pl_value(ml, ms, n, x0, v0, e):
     """Value of a PL function (x0, v0, segments) at e; +inf outside its domain."""
     if e < x0 - 1e-9:
@@ -426,7 +512,7 @@ def _pl_value(ml, ms, n, x0, v0, e):
     return v
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _fixed_costs(mode, prm):
     """Genset costs that depend only on the on/off pattern: on-hours and starts."""
     total = 0.0
@@ -441,14 +527,34 @@ def _fixed_costs(mode, prm):
     return total
 
 
-@njit(cache=True)
-def _pattern_value(steps, prm, mode, pcap):
-    v = _backward(steps, prm, mode, pcap, False)[0]
-    return v + _fixed_costs(mode, prm)
+@njit(cache=True, error_model="numpy")
+def _tables_for(steps, prm, mode, pcap):
+    """Stage tables for a pattern: `mode` is OFF/ON per step (the selector indexes [OFF, ON]) or
+    RELAX everywhere (one table). Returns (tables, selector)."""
+    H = steps.shape[1]
+    sel = np.zeros(H, np.int64)
+    if H > 0 and mode[0] == MODE_RELAX:
+        return _tables(steps, prm, np.array([MODE_RELAX]), pcap), sel
+    any_on = False
+    for t in range(H):
+        if mode[t] == MODE_ON:
+            sel[t] = 1
+            any_on = True
+    if any_on:
+        return _tables(steps, prm, np.array([MODE_OFF, MODE_ON]), pcap), sel
+    return _tables(steps, prm, np.array([MODE_OFF]), pcap), sel
+
+
+@njit(cache=True, error_model="numpy")
+def _value(steps, prm, mode, pcap):
+    """Objective of the best plan for a genset pattern at peak level pcap (peak charged at pcap)."""
+    tabs, sel = _tables_for(steps, prm, mode, pcap)
+    v = _backward(steps, prm, sel, False, tabs)[0]
+    return v + _fixed_costs(mode, prm) + prm[P_PEAK] * pcap
 
 
 # ---------------------------------------------------------------- forward pass: the plan
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _forward(steps, prm, mode, pcap, sl, sk, start, cnt, x0s, wx0s, out):
     """Read the optimal SOC path off the stored merges and dispatch each step. out rows:
     g x c d q u l soc(H+1) on."""
@@ -460,7 +566,7 @@ def _forward(steps, prm, mode, pcap, sl, sk, start, cnt, x0s, wx0s, out):
     val = np.empty(N_SRC)
     rho = prm[P_WEAR] * (1.0 + ec * ed) / (1.0 - ec * ed) if ec * ed < 1.0 else INF
     e = prm[P_E0]
-    out[7, 0] = 100.0 * e / cap
+    out[7, 0] = prm[P_SOC0]
     for t in range(H):
         s = e - x0s[t]
         sw = 0.0
@@ -496,7 +602,7 @@ def _forward(steps, prm, mode, pcap, sl, sk, start, cnt, x0s, wx0s, out):
         out[7, t + 1] = 100.0 * e / cap
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _plan_objective(steps, prm, out):
     """The contract's objective evaluated on the plan (z is the implied SOC shortfall)."""
     H = steps.shape[1]
@@ -520,118 +626,181 @@ def _plan_objective(steps, prm, out):
 
 
 # ---------------------------------------------------------------- peak level and genset search
-@njit(cache=True)
-def _peak_value(steps, prm, mode, p):
-    return _pattern_value(steps, prm, mode, p) + prm[P_PEAK] * p
+@njit(cache=True, error_model="numpy")
+def _plan_at(steps, prm, mode, pcap, out):
+    """The plan for a genset pattern at peak level pcap, written to out. Returns its DP value."""
+    tabs, sel = _tables_for(steps, prm, mode, pcap)
+    res = _backward(steps, prm, sel, True, tabs)
+    if res[0] < INF:
+        _forward(steps, prm, mode, pcap, res[1], res[3], res[4], res[5], res[6], res[7], out)
+    return res[0]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _peak_search(steps, prm, mode, p_hi, evals):
-    """Golden-section search of the convex h(P) = Phi(P) + peak_price*P on [0, p_hi] with a fixed
-    number of evaluations. Returns (P, h(P))."""
+    """Minimise the convex PL h(P) = Phi(P) + peak_price*P on [0, p_hi] by tangent intersection
+    (Kelley's method in 1-D: finite for PL functions), slopes by one-sided differences, at most
+    `evals` DP passes. Returns (P, h(P), lower bound on min h)."""
     if prm[P_PEAK] <= 0.0 or p_hi <= 0.0:
-        return p_hi, _peak_value(steps, prm, mode, p_hi)
-    invphi = (np.sqrt(5.0) - 1.0) / 2.0
+        v = _value(steps, prm, mode, p_hi)
+        return p_hi, v, v
+    delta = 1e-7 * p_hi
     a, b = 0.0, p_hi
-    best_p, best_v = p_hi, _peak_value(steps, prm, mode, p_hi)
-    va = _peak_value(steps, prm, mode, a)
-    if va < best_v:
-        best_p, best_v = a, va
-    c = b - invphi * (b - a)
-    d = a + invphi * (b - a)
-    vc = _peak_value(steps, prm, mode, c)
-    vd = _peak_value(steps, prm, mode, d)
-    for _ in range(max(evals - 4, 0)):
-        if vc <= vd:
-            b, d, vd = d, c, vc
-            c = b - invphi * (b - a)
-            vc = _peak_value(steps, prm, mode, c)
+    ha = _value(steps, prm, mode, a)
+    sa = (_value(steps, prm, mode, a + delta) - ha) / delta
+    hb = _value(steps, prm, mode, b)
+    sb = (hb - _value(steps, prm, mode, b - delta)) / delta
+    used = 4
+    best_p, best_v = (a, ha) if ha <= hb else (b, hb)
+    if sa >= 0.0:
+        return a, ha, ha
+    if sb <= 0.0:
+        return b, hb, hb
+    lb = -INF
+    while used + 2 <= evals:
+        c = (hb - ha + sa * a - sb * b) / (sa - sb)
+        lb = max(lb, ha + sa * (c - a))
+        if best_v - lb <= 1e-9 * max(1.0, abs(best_v)):
+            break
+        w = b - a
+        c = min(max(c, a + 1e-4 * w), b - 1e-4 * w)
+        hc = _value(steps, prm, mode, c)
+        sc = (_value(steps, prm, mode, c + delta) - hc) / delta
+        used += 2
+        if hc < best_v:
+            best_p, best_v = c, hc
+        if sc >= 0.0:
+            b, hb, sb = c, hc, sc
         else:
-            a, c, vc = c, d, vd
-            d = a + invphi * (b - a)
-            vd = _peak_value(steps, prm, mode, d)
-    if vc < best_v:
-        best_p, best_v = c, vc
-    if vd < best_v:
-        best_p, best_v = d, vd
-    return best_p, best_v
+            a, ha, sa = c, hc, sc
+    return best_p, best_v, min(lb, best_v)
 
 
-@njit(cache=True)
-def _solve_pattern(steps, prm, mode, p_hi, evals, out):
-    """Best peak level for a fixed genset pattern, then the plan. Returns h(P*)."""
-    p, v = _peak_search(steps, prm, mode, p_hi, evals)
-    if v == INF:
-        return INF
-    res = _backward(steps, prm, mode, p, True)
-    _forward(steps, prm, mode, p, res[1], res[3], res[4], res[5], res[6], res[7], out)
-    return v
-
-
-@njit(cache=True)
-def _runs_toggle(mode, which, fill_gaps):
-    """Copy of `mode` with the `which`-th off-gap between on-runs filled (fill_gaps) or the
-    `which`-th on-run removed. Returns (new mode, found)."""
-    H = mode.shape[0]
-    m = mode.copy()
-    idx = 0
+@njit(cache=True, error_model="numpy")
+def _runs(mode, rs, re):
+    """On-runs of a pattern as [rs[j], re[j]) intervals. Returns their count."""
+    nr = 0
     t = 0
+    H = mode.shape[0]
     while t < H:
-        if (mode[t] == MODE_ON) != fill_gaps:
+        if mode[t] == MODE_ON:
             u = t
-            while u < H and (mode[u] == MODE_ON) != fill_gaps:
+            while u < H and mode[u] == MODE_ON:
                 u += 1
-            interior = t > 0 and u < H if fill_gaps else True
-            if interior:
-                if idx == which:
-                    for k in range(t, u):
-                        m[k] = MODE_ON if fill_gaps else MODE_OFF
-                    return m, True
-                idx += 1
+            rs[nr], re[nr] = t, u
+            nr += 1
             t = u
         else:
             t += 1
-    return m, False
+    return nr
 
 
-@njit(cache=True)
-def _genset_patterns(steps, prm, p_relax, q_relax, budget):
-    """Bounded search over on/off patterns: rounded relaxations, all-off, then local moves
-    (fill an off-gap, drop an on-run) on the incumbent. Returns (best mode, its value at P)."""
+MOVE_STEPS = (1, 2, 4, 8)
+
+
+@njit(cache=True, error_model="numpy")
+def _apply_move(mode, rs, re, nr, idx, m):
+    """Neighbour number idx of a pattern, written to m: per on-run, extend/shrink either end by
+    1/2/4/8 steps (16 moves), drop it, fill the gap after it; then start a one-step run at any
+    off step. Returns False when the move does not apply."""
+    H = mode.shape[0]
+    m[:] = mode
+    if idx < 16 * nr:
+        j, kind, k = idx // 16, (idx % 16) // 4, MOVE_STEPS[idx % 4]
+        s, e = rs[j], re[j]
+        if kind == 0:
+            if s - k < 0:
+                return False
+            m[s - k: s] = MODE_ON
+        elif kind == 1:
+            if e + k > H:
+                return False
+            m[e: e + k] = MODE_ON
+        elif kind == 2:
+            if k >= e - s:
+                return False
+            m[s: s + k] = MODE_OFF
+        else:
+            if k >= e - s:
+                return False
+            m[e - k: e] = MODE_OFF
+        return True
+    idx -= 16 * nr
+    if idx < nr:
+        m[rs[idx]: re[idx]] = MODE_OFF
+        return True
+    idx -= nr
+    if idx < nr - 1:
+        m[re[idx]: rs[idx + 1]] = MODE_ON
+        return True
+    idx -= nr - 1 if nr > 0 else 0
+    if idx < H:
+        if mode[idx] == MODE_ON:
+            return False
+        m[idx] = MODE_ON
+        return True
+    return False
+
+
+@njit(cache=True, error_model="numpy")
+def _pattern_objective(steps, prm, m, tabs, extra):
+    return _backward(steps, prm, m, False, tabs)[0] + _fixed_costs(m, prm) + extra
+
+
+@njit(cache=True, error_model="numpy")
+def _genset_patterns(steps, prm, pcap, q_relax, budget):
+    """Bounded search over on/off patterns at peak level pcap: rounded relaxations and all-off,
+    then first-improvement local search on the incumbent (see _apply_move), each candidate an
+    exact DP pass on stage tables built once. Returns (best pattern, its objective)."""
     H = steps.shape[1]
+    tabs = _tables(steps, prm, np.array([MODE_OFF, MODE_ON]), pcap)
+    extra = prm[P_PEAK] * pcap
     best = np.zeros(H, np.int64)
-    best_v = _pattern_value(steps, prm, best, p_relax) + prm[P_PEAK] * p_relax
+    best_v = _pattern_objective(steps, prm, best, tabs, extra)
     used = 1
-    cap_on = steps[S_LOAD] + prm[P_CMAX] + prm[P_XMAX]  # the bus can absorb p_min at all
     for frac in (1e-6, 0.25, 0.5, 1.0):
         m = np.zeros(H, np.int64)
         for t in range(H):
-            if q_relax[t] >= frac * prm[P_PMIN] and q_relax[t] > 1e-6 and cap_on[t] >= prm[P_PMIN]:
+            if q_relax[t] > 1e-6 and q_relax[t] >= frac * prm[P_PMIN] and tabs[2][1, t] >= 0:
                 m[t] = MODE_ON
-        v = _pattern_value(steps, prm, m, p_relax) + prm[P_PEAK] * p_relax
+        v = _pattern_objective(steps, prm, m, tabs, extra)
         used += 1
         if v < best_v:
             best, best_v = m, v
-    improved = True
-    while improved and used < budget:
-        improved = False
-        for fill in (True, False):
-            which = 0
-            while used < budget:
-                m, found = _runs_toggle(best, which, fill)
-                if not found:
-                    break
-                v = _pattern_value(steps, prm, m, p_relax) + prm[P_PEAK] * p_relax
-                used += 1
-                if v < best_v - 1e-9 * (1.0 + abs(best_v)):
-                    best, best_v = m, v
-                    improved = True
-                else:
-                    which += 1
+    rs = np.empty(H + 1, np.int64)
+    re = np.empty(H + 1, np.int64)
+    m = np.empty(H, np.int64)
+    nr = _runs(best, rs, re)
+    idx = 0
+    since = 0  # moves tried since the last improvement
+    while used < budget:
+        total = 18 * nr - 1 + H if nr > 0 else H
+        if since >= total:
+            break  # a local optimum: no move improves
+        idx = idx % total
+        if _apply_move(best, rs, re, nr, idx, m):
+            v = _pattern_objective(steps, prm, m, tabs, extra)
+            used += 1
+            if v < best_v - 1e-9 * (1.0 + abs(best_v)):
+                best_v = v
+                best[:] = m
+                nr = _runs(best, rs, re)
+                since = 0
+                continue
+        idx += 1
+        since += 1
     return best, best_v
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
+def _max_grid(out, H):
+    p = 0.0
+    for t in range(H):
+        p = max(p, out[0, t])
+    return p
+
+
+@njit(cache=True, error_model="numpy")
 def plan_kernel(steps, prm, peak_evals, genset_evals):
     """The raw planner. steps: (N_STEPS, H) float64; prm: (N_PRM,) float64 (see pack_instance).
     Returns (out, objective, lower_bound): out rows g x c d q u l soc(H+1) on, each H+1 wide."""
@@ -640,32 +809,24 @@ def plan_kernel(steps, prm, peak_evals, genset_evals):
     p_hi = 0.0
     for t in range(H):
         p_hi = max(p_hi, steps[S_GMAX, t])
-    if prm[P_HASD] < 0.5:
-        mode = np.zeros(H, np.int64)
-        if prm[P_PEAK] > 0.0:  # the best peak is at most the unconstrained plan's peak
-            _solve_pattern(steps, prm, mode, p_hi, 1, out)
-            p_hi = min(p_hi, _plan_objective(steps, prm, out)[1])
-        lb = _solve_pattern(steps, prm, mode, p_hi, peak_evals, out)
-        obj = _plan_objective(steps, prm, out)[0]
-        return out, obj, min(lb, obj)
-    relax = np.full(H, MODE_RELAX, np.int64)
-    p_r = p_hi
-    if prm[P_PEAK] > 0.0:
-        _solve_pattern(steps, prm, relax, p_hi, 1, out)
-        p_hi = min(p_hi, _plan_objective(steps, prm, out)[1])
-    lb = _solve_pattern(steps, prm, relax, p_hi, peak_evals, out)
-    p_r = 0.0
-    for t in range(H):
-        p_r = max(p_r, out[0, t])
-    if prm[P_PEAK] <= 0.0:
-        p_r = p_hi
-    q_relax = np.zeros(H)
-    # the relaxed plan's diesel use (out[4] is zeroed for non-ON modes; recompute from balance)
-    for t in range(H):
-        q_relax[t] = max(0.0, steps[S_LOAD, t] + out[2, t] + out[1, t] - steps[S_PV, t] + out[5, t]
-                         - out[3, t] - out[0, t] - out[6, t])
-    best, _ = _genset_patterns(steps, prm, p_r, q_relax, genset_evals)
-    _solve_pattern(steps, prm, best, p_hi, peak_evals, out)
+    has_peak = prm[P_PEAK] > 0.0
+    mode = np.zeros(H, np.int64)
+    if prm[P_HASD] > 0.5:
+        mode[:] = MODE_RELAX
+    if has_peak:  # the best peak is at most the peak of the plan without a peak constraint
+        _plan_at(steps, prm, mode, p_hi, out)
+        p_hi = min(p_hi, _max_grid(out, H))
+    p, v, lb = _peak_search(steps, prm, mode, p_hi, peak_evals)
+    _plan_at(steps, prm, mode, p, out)
+    if prm[P_HASD] > 0.5:
+        q_relax = np.zeros(H)  # the relaxed plan's diesel use, from its balance
+        for t in range(H):
+            q_relax[t] = max(0.0, steps[S_LOAD, t] + out[2, t] + out[1, t] - steps[S_PV, t] + out[5, t]
+                             - out[3, t] - out[0, t] - out[6, t])
+        mode, _ = _genset_patterns(steps, prm, p if has_peak else p_hi, q_relax, genset_evals)
+        if has_peak:
+            p, v, _ = _peak_search(steps, prm, mode, p_hi, peak_evals)
+        _plan_at(steps, prm, mode, p, out)
     obj = _plan_objective(steps, prm, out)[0]
     return out, obj, min(lb, obj)
 
@@ -707,6 +868,7 @@ def pack_instance(inst: PlanInstance):
     prm[P_SF] = inst.soc_shortfall_penalty_per_kwh
     prm[P_CAP] = cap
     prm[P_E0] = cap * bat.soc0_pct / 100.0
+    prm[P_SOC0] = bat.soc0_pct
     prm[P_EHI] = cap * inst.soc_ceiling_pct() / 100.0
     prm[P_CMAX] = bat.charge_max_kw
     prm[P_DMAX] = bat.discharge_max_kw

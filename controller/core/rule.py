@@ -33,7 +33,9 @@ def rule_setpoints(params, soc_pct, load_kw, pv_kw, genset_kw, cap_kw, grid_up, 
         gen_sp_kw = net_kw - cap_kw + params[P_CHARGE_MAX_KW]
         gen_sp_kw = min(max(gen_sp_kw, params[P_GEN_PMIN_KW]), params[P_GEN_RATED_KW])
     supply_kw = net_kw - genset_kw
-    if supply_kw > 0.0:
+    if genset_kw > 0.0:
+        battery_kw = supply_kw - cap_kw                 # set running: recharge with it and the grid
+    elif supply_kw > 0.0:
         if grid_up and soc_pct <= params[P_RESERVE_PCT]:
             battery_kw = max(0.0, supply_kw - cap_kw)   # hold the reserve: only shave above the cap
         else:

@@ -20,7 +20,7 @@ from controller.core.layout import (
 )
 from controller.core.rule import rule_setpoints
 from controller.points import (
-    AUX_KW, BATTERY_KW, BMS_CCL_A, BMS_DCL_A, COOLING_KW, GENSET_KW, GRID_AVAILABLE, GRID_KW, IT_KW, PV_KW,
+    AUX_KW, BATTERY_KW, BMS_CCL_A, BMS_DCL_A, COOLING_KW, GENSET_KW, GRID_AVAILABLE, GRID_KW, IT_KW, PV_AVAILABLE_KW, PV_KW,
     Q_OK, SOC_PCT,
 )
 
@@ -94,6 +94,8 @@ def step(params, state, t_s, value, quality):
 
     soc_pct = value[SOC_PCT]
     pv_kw = value[PV_KW] if quality[PV_KW] == Q_OK else 0.0
+    if quality[PV_AVAILABLE_KW] == Q_OK:
+        pv_kw = max(pv_kw, value[PV_AVAILABLE_KW])     # what PV could give if nobody curtailed it
     gen_kw = value[GENSET_KW] if quality[GENSET_KW] == Q_OK else 0.0
     gen_on = state[S_GEN_ON] > 0.5
 

@@ -60,6 +60,11 @@ class SimPvMeter(SimDevice):
 class SimPvInverter(SimDevice):
     kind = "pv_inverter"
 
+    def read(self):
+        f = self.site.flows
+        return (("power_kw", f.pv_kw), ("available_kw", f.pv_kw + f.curtailed_kw),
+                ("limit_kw", self.site.pv_limit_kw))
+
     def actuate(self, commands, now_mono_s):
         if "limit_kw" in commands:
             self.site.actuate_pv_limit(commands["limit_kw"])

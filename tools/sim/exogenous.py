@@ -71,14 +71,14 @@ def pv_series_kw(scn: Scenario, times: pd.DatetimeIndex, ambient_c: np.ndarray) 
     kt = np.clip(np.nan_to_num(kt, nan=1.0), 0.0, 1.1)
     # The same day of year and local solar hour at the site picks the TMY hour.
     tmy_solar_h = (tmy_times.hour.to_numpy() + 0.5 - meta["longitude"] / 15.0 + meta["TZ"]) % 24
-    tmy_doy = tmy_times.dayofyear.to_numpy()
+    tmy_doy = tmy_times.day_of_year.to_numpy()
     kt_table = np.ones((367, 24))
     kt_table[tmy_doy, tmy_solar_h.astype(int) % 24] = kt
     loc = pvlib.location.Location(site["latitude"], site["longitude"], altitude=site["altitude_m"])
     solpos = loc.get_solarposition(times)
     clear = loc.get_clearsky(times, model="ineichen", solar_position=solpos)
     solar_h = ((times.hour + times.minute / 60.0).to_numpy() + site["longitude"] / 15.0) % 24
-    doy = ((times.dayofyear.to_numpy() - 1 + pv["tmy_day_offset"]) % 365) + 1
+    doy = ((times.day_of_year.to_numpy() - 1 + pv["tmy_day_offset"]) % 365) + 1
     ghi = clear["ghi"].to_numpy() * kt_table[doy, solar_h.astype(int) % 24]
     erbs = pvlib.irradiance.erbs(ghi, solpos["zenith"], times)
     poa = pvlib.irradiance.get_total_irradiance(

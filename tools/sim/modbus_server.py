@@ -106,6 +106,11 @@ def register_image(profile: DeviceProfile, values: dict, sunspec_base: int = 400
                 raw = [float(vals[q.name]) / q.scale for q in users if vals.get(q.name) is not None]
                 sfs[p.name] = _choose_sf(raw or [0.0], users[0].type)
                 put(function, p.register, encode_raw(sfs[p.name], "sunssf", bo, wo))
+    for c in profile.commands:  # writable registers must exist, or the device answers "illegal address"
+        if c.handler == "deepsea_key":
+            put(3, c.params["key_register"], [0, 0])
+        elif c.handler == "register":
+            put(3, c.params["register"], [0] * TYPES[c.params["type"]][0])
     ratio = {name: float(vals.get(name) or 1.0) for p in profile.points for name in p.multiply_by}
     for p in placed:
         if p.type == "sunssf" or p.register is None:
@@ -151,6 +156,7 @@ class WireBridge(threading.Thread):
         self.host_path = os.ttyname(self._host_slave)
         self.device_path = os.ttyname(self._dev_slave)
         self.faults: dict[int, Fault] = {}
+        self.known_units: set[int] | None = None  # None: forward everything
         self.unit: int | None = None
         self._rng = random.Random(seed)
         self._queue: list[tuple[float, int, int, bytes]] = []
@@ -182,8 +188,8 @@ class WireBridge(threading.Thread):
         self._last_host_rx_s = now_s
         fault = self.faults.get(self.unit, Fault())
         end_s = self._on_wire(now_s, len(data))
-        if fault.kind == "silent":
-            return
+        if fault.kind == "silent" or (self.known_units is not None and self.unit not in self.known_units):
+            return  # nobody on the wire answers (pymodbus 3.16's SimDevice server would send an exception)
         self._schedule(end_s + self._gap_s, self._dev_master, data)
 
     def _from_device(self, data: bytes, now_s: float) -> None:
@@ -301,6 +307,7 @@ class SimBus:
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self, timeout_s: float = 10.0) -> "SimBus":
+        self.bridge.known_units = set(self.units)
         self.bridge.start()
         self._thread = threading.Thread(target=self._run, name="sim-modbus-server", daemon=True)
         self._thread.start()

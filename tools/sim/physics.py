@@ -197,8 +197,14 @@ def balance(load_kw, pv_avail_kw, pv_limit_kw, battery_sp_kw, charge_lim_kw, dis
         cut = min(-residual, pv_kw)
         pv_kw -= cut
         residual += cut
-        if residual < -1e-9 and gen_running:     # genset backs off to its minimum, never reverse power
-            back = min(-residual, gen_kw - gen_min_kw)
+        if residual < -1e-9 and gen_running:     # genset backs off to its minimum load
+            back = min(-residual, max(0.0, gen_kw - gen_min_kw))
             gen_kw -= back
             residual += back
+        if residual < -1e-9:
+            if grid_up:                          # physics wins over the export limit: it flows out
+                grid_kw += residual
+            else:                                # island: the set's governor follows the load
+                gen_kw = max(0.0, gen_kw + residual)
+            residual = 0.0
     return Flows(load_kw, pv_kw, grid_kw, bat_kw, gen_kw, unserved, pv_avail_kw - pv_kw)

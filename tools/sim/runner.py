@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from controller.loop import ScanLoop
 from controller.params import build_params
 from controller.core import layout as L
 from controller.replay import Recorder
+from controller.warmup import warmup
 from tools.sim.devices import build_sim_devices
 from tools.sim.scenario import Scenario
 from tools.sim.site import SimSite
@@ -88,7 +90,8 @@ def kpis_of(site: SimSite, loop: ScanLoop, hours: float, wall_s: float) -> dict:
 
 def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: str | None = None,
             out_dir: str | Path | None = None, speed: float = 0.0,
-            progress: Callable[[float], None] | None = None, hooks: list | None = None) -> SimResult:
+            progress: Callable[[float], None] | None = None, hooks: list | None = None,
+            install_signals: bool = False) -> SimResult:
     """Simulate `hours` of the scenario with the real scan loop; write kpis.json, recording, events."""
     hours = float(hours if hours is not None else scn["scenario"]["hours"])
     site = SimSite(scn, hours, seed)
@@ -112,14 +115,19 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
             event_log.append((float(image["t_s"]), int(events[i, 0]), float(events[i, 1])))
 
     loop = ScanLoop(params, devices, roles, cfg["limits"], clock, recorder, [keep_events, *(hooks or [])], state0)
+    if install_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: loop.stop())
+    warmup()                                      # compile or load kernels before the first cycle
     cycles = int(round(hours * 3600.0 / loop.period_s))
     wall0 = time.perf_counter()
     chunk = max(1, int(600 / loop.period_s))        # report progress every 10 simulated minutes
     done = 0
-    while done < cycles:
+    while done < cycles and not loop.stop_requested:
         n = min(chunk, cycles - done)
+        before = loop.cycle_no
         loop.run(n)
-        done += n
+        done += loop.cycle_no - before
         if progress:
             progress(done / cycles)
     wall_s = time.perf_counter() - wall0

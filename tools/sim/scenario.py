@@ -67,6 +67,7 @@ SCENARIO_SCHEMA = Table({
         "soc_pct": F("number", default=50.0, min=0, max=100),
         "battery_temp_c": F("number", default=25.0, min=-30, max=60),
         "fuel_pct": F("number", default=80.0, min=0, max=100),
+        "fuel_tank_l": F("number", default=1000.0, min=0, min_exclusive=True),
     }),
     "events": ArrayOf(Table({
         "kind": F("string", required=True, choices=EVENT_KINDS),

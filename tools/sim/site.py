@@ -21,7 +21,8 @@ class SimSite:
                                scn["init"]["soc_pct"], scn["init"]["battery_temp_c"])
         gen = site.get("genset")
         self.genset = Genset(gen["rated_kw"], gen["p_min_kw"], gen["fuel_l_per_kwh"], gen["fuel_l_per_h_on"],
-                             gen["start_delay_s"], fuel_pct=scn["init"]["fuel_pct"]) if gen else None
+                             gen["start_delay_s"], tank_l=scn["init"]["fuel_tank_l"],
+                             fuel_pct=scn["init"]["fuel_pct"]) if gen else None
         self.import_max_kw = site["grid"]["import_max_kw"]
         self.export_max_kw = site["grid"]["export_max_kw"]
         self.export_price = site["tariff"]["export_price_per_kwh"]

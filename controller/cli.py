@@ -1,0 +1,192 @@
+"""`edge-ems` command line: one entry point for the gateway, the lab and the technician.
+
+Exit codes: 0 ok, 1 a check failed (replay mismatch, ...), 2 bad input (profile, instance, arguments).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from controller.schema import ProfileError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _die_bad_input(message: str) -> int:
+    print(f"edge-ems: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _need_sim():
+    """The simulator's dependencies are an extra: say how to get them instead of a traceback."""
+    try:
+        import pvlib  # noqa: F401
+        import pandas  # noqa: F401
+    except ImportError as exc:
+        raise SystemExit(_die_bad_input(f"simulated devices need the simulator extra ({exc.name} is missing): "
+                                        "pip install 'edge-ems[sim]'"))
+
+
+def cmd_check(args) -> int:
+    from controller.config import load_site
+    cfg = load_site(args.site)
+    print(f"{cfg.path}: ok ({cfg.name}, {len(cfg['devices'])} devices, "
+          f"{'all simulated' if cfg.all_simulated else 'field devices'})")
+    return EXIT_OK
+
+
+def cmd_run(args) -> int:
+    """The gateway's entry point. Until field I/O lands it runs only all-simulated sites."""
+    from controller.config import load_site
+    cfg = load_site(args.site)
+    field = [d["name"] for d in cfg["devices"] if not d["simulated"]]
+    if field:
+        return _die_bad_input(
+            f"{cfg.path}: devices {', '.join(field)} are field devices (simulated = false); this build runs "
+            "only sites whose devices are all simulated. Set simulated = true to try the site in simulation.")
+    _need_sim()
+    from tools.sim.scenario import list_scenarios, load_scenario
+    from tools.sim.runner import run_sim
+    if args.scenario:
+        scn = load_scenario(args.scenario)
+    else:
+        match = [s for s in list_scenarios() if load_scenario(s)["scenario"]["site"] == cfg.name]
+        if not match:
+            return _die_bad_input(f"no scenario drives site {cfg.name!r}; pass --scenario NAME|FILE")
+        scn = load_scenario(match[0])
+    scn.site = cfg
+    hours = args.cycles * cfg["control"]["period_s"] / 3600.0 if args.cycles else 24.0 * 7
+    print(f"edge-ems run: site {cfg.name} (gateway {cfg['site']['gateway_id']}), simulated devices from "
+          f"scenario {scn.name}, period {cfg['control']['period_s']} s, real time", flush=True)
+    result = run_sim(scn, hours=hours, seed=args.seed, out_dir=args.out, speed=args.speed,
+                     install_signals=True)
+    print(json.dumps(result.loop.stats.as_dict()))
+    return EXIT_OK
+
+
+def cmd_sim(args) -> int:
+    _need_sim()
+    from rich.progress import Progress
+    from tools.sim.scenario import load_scenario
+    from tools.sim.runner import run_sim
+    scn = load_scenario(args.scenario)
+    with Progress(transient=True) as bar:
+        task = bar.add_task(f"{scn.name} {args.strategy}", total=1.0)
+        result = run_sim(scn, hours=args.hours, seed=args.seed, strategy=args.strategy, out_dir=args.out,
+                         speed=args.speed, progress=lambda f: bar.update(task, completed=f))
+    print(json.dumps(result.kpis, indent=2))
+    if args.out:
+        print(f"wrote {Path(args.out) / 'kpis.json'} and {Path(args.out) / 'recording'}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    _need_sim()
+    from tools.sim.demo import run_demo
+    return run_demo(args.out, hours=args.hours, seed=args.seed)
+
+
+def cmd_replay(args) -> int:
+    from controller.replay import RecordingError, verify
+    if not args.verify:
+        return _die_bad_input("replay needs --verify (more modes come with the interlocks issue)")
+    try:
+        result = verify(args.recording)
+    except (RecordingError, OSError) as exc:
+        return _die_bad_input(str(exc))
+    if result.torn:
+        print(f"note: {result.torn}: dropped, replayed up to the tear", file=sys.stderr)
+    print(("ok: " if result.ok else "MISMATCH: ") + result.message)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def cmd_plan(args) -> int:
+    from controller.core.plan_instance import plan_main
+    return plan_main(args.instance)
+
+
+def cmd_read(args) -> int:
+    from drivers.commissioning import read_device
+    print(json.dumps(read_device(args.port, args.profile, args.unit, args.baud), indent=2))
+    return EXIT_OK
+
+
+def cmd_scan(args) -> int:
+    from drivers.commissioning import scan_bus
+    print(json.dumps(scan_bus(args.port, args.baud)))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-ems", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="validate a site profile")
+    p.add_argument("--site", required=True, help="profile name (profiles/sites/NAME.toml) or path")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("run", help="run the controller (the gateway's entry point)")
+    p.add_argument("--site", required=True)
+    p.add_argument("--scenario", help="scenario driving simulated devices (default: the site's own)")
+    p.add_argument("--cycles", type=int, default=0, help="stop after N cycles (0: run until stopped)")
+    p.add_argument("--speed", type=float, default=1.0, help="simulated devices only: times real time")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", help="directory for the recording and KPIs")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sim", help="the real controller against a simulated site")
+    p.add_argument("--scenario", required=True, help="name (profiles/scenarios/NAME.toml) or file")
+    p.add_argument("--hours", type=float, default=None)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--strategy", choices=("rule", "none"), default="rule")
+    p.add_argument("--speed", type=float, default=0.0, help="times real time (0: as fast as possible)")
+    p.add_argument("--out", default=None, help="writes OUT/kpis.json, OUT/recording, OUT/events.jsonl")
+    p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser("demo", help="a simulated day at the inner-mongolia-mine site, live, with a report")
+    p.add_argument("--out", default="out/demo")
+    p.add_argument("--hours", type=float, default=24.0)
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("replay", help="re-run step on a recording")
+    p.add_argument("recording")
+    p.add_argument("--verify", action="store_true", help="exit 0 only if every command matches bit for bit")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("plan", help="solve one planning instance (JSON) and print the plan")
+    p.add_argument("instance")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("read", help="read one Modbus device's points (commissioning)")
+    p.add_argument("--port", required=True)
+    p.add_argument("--profile", required=True)
+    p.add_argument("--unit", type=int, required=True)
+    p.add_argument("--baud", type=int, default=9600)
+    p.set_defaults(func=cmd_read)
+
+    p = sub.add_parser("scan", help="list Modbus unit ids that answer on a port")
+    p.add_argument("--port", required=True)
+    p.add_argument("--baud", type=int, default=9600)
+    p.set_defaults(func=cmd_scan)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ProfileError as exc:
+        print(f"edge-ems: {len(exc.problems)} problem(s) in the profile, nothing was started:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,749 @@
+"""The demo's report: an HTML page with inline SVG charts, and the same story in the terminal.
+
+Both compare two runs of one scenario (normally the rule controller against no control) from the
+simulator's own per-minute meter log (`SimSite.meters.log`) and the runs' KPIs (`kpis.json`).
+Nothing here touches the controller: it only reads finished `SimResult`s.
+
+The HTML is self-contained (inline CSS and SVG, no script, no external asset) and well-formed XML,
+so it opens anywhere, prints, and can be archived next to the run's kpis.json.
+"""
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+
+# Columns of SimSite.meters.log (one row per simulated minute).
+T_H, SOC, PV, LOAD, GRID, BATT, GEN, UNSERVED, CURTAILED, GRID_CO2, PRICE, PV_AVAIL = range(12)
+
+EPS_KW = 1e-3
+
+# (kpis.json key, label, unit, better: "lower" / "higher" / None)
+KPI_ROWS = (
+    ("unserved_kwh", "Unserved energy", "kWh", "lower"),
+    ("grid_import_kwh", "Grid import", "kWh", None),
+    ("diesel_litres", "Diesel burnt", "L", "lower"),
+    ("pv_used_kwh", "PV used", "kWh", "higher"),
+    ("pv_curtailed_kwh", "PV curtailed", "kWh", "lower"),
+    ("renewable_share", "Renewable share", "%", "higher"),
+    ("co2_kg", "Emissions", "kg CO2e", "lower"),
+    ("cost", "Energy cost", "{currency}", "lower"),
+    ("soc_min_pct", "SOC min", "%", None),
+    ("soc_max_pct", "SOC max", "%", None),
+    ("interlock_trips", "Interlock trips", "", "lower"),
+    ("cycle_p99_ms", "Scan cycle p99", "ms", "lower"),
+)
+
+COLORS = {"pv": "#f2b701", "battery": "#2a9d8f", "charge": "#8fd3c9", "grid": "#5b7db1", "genset": "#b5543c",
+          "unserved": "#d62828", "load": "#1d1d1d", "rule": "#2a6f97", "none": "#9a9a9a",
+          "reserve": "#e76f51", "min": "#d62828", "max": "#6c757d", "outage": "#5b7db1", "sandstorm": "#c9a227",
+          "other": "#888888"}
+
+
+# --- numbers ------------------------------------------------------------------------------------
+
+def fmt_kpi(key: str, value) -> str:
+    """How a KPI reads in the table (the raw value is kept in the HTML's data-value attribute)."""
+    if value is None:
+        return "–"
+    if key == "renewable_share":
+        return f"{100.0 * value:.1f}"
+    if key == "interlock_trips":
+        return f"{int(value)}"
+    if key == "cycle_p99_ms":
+        return f"{value:.2f}"
+    if key in ("soc_min_pct", "soc_max_pct"):
+        return f"{value:.1f}"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:,.1f}"
+
+
+def _unit(unit: str, kpis: dict) -> str:
+    return unit.format(currency=kpis.get("currency", ""))
+
+
+def _delta(key: str, better: str | None, rule: float, none: float) -> tuple[str, str]:
+    """(text, verdict) for rule vs none; verdict is 'better', 'worse' or 'same'."""
+    d = rule - none
+    if key == "renewable_share":
+        d *= 100.0
+    if abs(d) < 1e-9 or (abs(d) < 0.05 and key != "cycle_p99_ms"):
+        return "=", "same"
+    if key == "interlock_trips":
+        text = f"{d:+.0f}"
+    elif key == "cycle_p99_ms":
+        text = f"{d:+.2f}"
+    else:
+        text = f"{d:+,.0f}" if abs(d) >= 100 else f"{d:+,.1f}"
+    if better is None:
+        return text, "same"
+    good = d < 0 if better == "lower" else d > 0
+    return text, "better" if good else "worse"
+
+
+@dataclass
+class RunSeries:
+    """A run's per-minute log plus what the charts derive from it."""
+
+    log: np.ndarray           # (n, 12) minute rows
+    ci: np.ndarray            # carbon intensity of the supply, kg CO2e per kWh of load, per minute
+    ci15_t: np.ndarray        # 15-min interval start (h)
+    ci15: np.ndarray          # 15-min interval intensity (sum of emissions / sum of load)
+
+
+def diesel_kg_per_kwh(gen_kw: np.ndarray, site: dict) -> np.ndarray:
+    """kg CO2e per kWh from the genset at output P: (a + b / P) * kg/L from the site's fuel curve."""
+    gen = site.get("genset") or {}
+    kg_per_l = site["emissions"]["diesel_kg_per_l"]
+    a = gen.get("fuel_l_per_kwh", 0.0)
+    b = gen.get("fuel_l_per_h_on", 0.0)
+    p = np.maximum(gen_kw, EPS_KW)
+    return np.where(gen_kw > EPS_KW, (a + b / p) * kg_per_l, 0.0)
+
+
+def run_series(result) -> RunSeries:
+    log = np.asarray(result.site.meters.log, dtype=float).reshape(-1, 12)
+    site = result.site.scn.site
+    grid_in = np.maximum(log[:, GRID], 0.0)
+    gen = np.maximum(log[:, GEN], 0.0)
+    kg_per_h = grid_in * log[:, GRID_CO2] + gen * diesel_kg_per_kwh(gen, site)
+    load = np.maximum(log[:, LOAD], EPS_KW)
+    ci = kg_per_h / load
+    n15 = max(1, int(math.ceil(len(log) / 15)))
+    ci15_t = np.empty(n15)
+    ci15 = np.empty(n15)
+    for i in range(n15):
+        sl = slice(15 * i, 15 * (i + 1))
+        ci15_t[i] = log[sl, T_H][0] if len(log) else 0.0
+        ci15[i] = kg_per_h[sl].sum() / max(load[sl].sum(), EPS_KW)
+    return RunSeries(log, ci, ci15_t, ci15)
+
+
+@dataclass
+class Context:
+    """What both reports need about the run: time base, horizon, scenario events, thresholds."""
+
+    start_utc: datetime
+    tz: object
+    hours: float
+    events: list             # (kind, label, start_h, end_h, note)
+    reserve_pct: float
+    soc_min_pct: float
+    soc_max_pct: float
+    grid_co2: float
+    diesel_rated_kg: float
+    title: str
+    description: str
+    currency: str
+
+
+def _tz(name: str):
+    try:
+        from zoneinfo import ZoneInfo
+        return ZoneInfo(name)
+    except Exception:   # no tz database: fall back to UTC, labelled as such
+        return timezone.utc
+
+
+def event_label(ev: dict) -> str:
+    kind = ev["kind"]
+    if kind == "grid_outage":
+        return "grid outage"
+    if kind == "pv_derate":
+        note = ev.get("note", "").lower()
+        return "sandstorm" if "sand" in note or "dust" in note else "PV derate"
+    return kind.replace("_", " ")
+
+
+def context_of(result) -> Context:
+    return context_for(result.site.scn, float(result.kpis.get("hours", 0.0)))
+
+
+def context_for(scn, hours: float) -> Context:
+    """The report context of a scenario run for `hours` (also what the live view uses before a result exists)."""
+    site = scn.site
+    events = []
+    for ev in scn.get("events", []):
+        start = float(ev["at_h"])
+        if ev["kind"] == "job_announce" and ev.get("start_h", -1) >= 0:
+            start = float(ev["start_h"])
+        end = start + float(ev.get("duration_min", 0.0)) / 60.0
+        if start < hours:
+            events.append((ev["kind"], event_label(ev), start, min(end, hours), ev.get("note", "")))
+    bat = site["battery"]
+    gen = site.get("genset") or {}
+    diesel = float(diesel_kg_per_kwh(np.array([gen.get("rated_kw", 0.0)]), site)[0]) if gen else 0.0
+    return Context(scn.start, _tz(site["site"].get("timezone", "UTC")), hours, events, bat["reserve_pct"],
+                   bat["soc_min_pct"], bat["soc_max_pct"], site["emissions"]["grid_kg_per_kwh"], diesel,
+                   scn.name, scn["scenario"].get("description", ""), site["site"].get("currency", ""))
+
+
+def local_time(ctx: Context, t_h: float) -> datetime:
+    return (ctx.start_utc + timedelta(hours=t_h)).astimezone(ctx.tz)
+
+
+def _tick_step_h(hours: float) -> float:
+    for step in (0.5, 1, 2, 3, 6, 12, 24):
+        if hours / step <= 9:
+            return step
+    return 48
+
+
+def time_ticks(ctx: Context, hours: float) -> list[tuple[float, str]]:
+    """Ticks on round local clock times: (t_h, label)."""
+    step = _tick_step_h(hours)
+    t0 = local_time(ctx, 0.0)
+    midnight = t0.replace(hour=0, minute=0, second=0, microsecond=0)
+    offset_h = (t0 - midnight).total_seconds() / 3600.0
+    first = math.ceil(offset_h / step - 1e-9) * step - offset_h
+    ticks = []
+    t = first
+    while t <= hours + 1e-9:
+        lt = local_time(ctx, t)
+        label = lt.strftime("%H:%M") if (lt.hour or lt.minute) else lt.strftime("%d %b")
+        ticks.append((t, label))
+        t += step
+    return ticks
+
+
+# --- SVG ----------------------------------------------------------------------------------------
+
+def _e(s) -> str:
+    return html.escape(str(s), quote=True)
+
+
+class _Plot:
+    W, H = 960, 300
+    ML, MR, MT, MB = 64, 150, 26, 40
+
+    def __init__(self, hours: float, y0: float, y1: float, height: int | None = None):
+        self.H = height or self.H
+        self.hours = max(hours, 1e-6)
+        self.y0, self.y1 = y0, y1 if y1 > y0 else y0 + 1.0
+        self.parts: list[str] = []
+
+    @property
+    def pw(self):
+        return self.W - self.ML - self.MR
+
+    @property
+    def ph(self):
+        return self.H - self.MT - self.MB
+
+    def x(self, t_h):
+        return self.ML + self.pw * np.clip(np.asarray(t_h, dtype=float) / self.hours, 0.0, 1.0)
+
+    def y(self, v):
+        frac = (np.asarray(v, dtype=float) - self.y0) / (self.y1 - self.y0)
+        return self.MT + self.ph * (1.0 - np.clip(frac, 0.0, 1.0))
+
+    def add(self, s: str) -> None:
+        self.parts.append(s)
+
+    def frame(self, ctx: Context, y_label: str, y_ticks, y_fmt="{:g}") -> None:
+        for v in y_ticks:
+            yy = float(self.y(v))
+            self.add(f'<line x1="{self.ML}" y1="{yy:.1f}" x2="{self.ML + self.pw}" y2="{yy:.1f}" class="grid"/>')
+            self.add(f'<text x="{self.ML - 6}" y="{yy + 4:.1f}" class="tick" text-anchor="end">'
+                     f'{_e(y_fmt.format(v))}</text>')
+        for t, label in time_ticks(ctx, ctx.hours):
+            xx = float(self.x(t))
+            self.add(f'<line x1="{xx:.1f}" y1="{self.MT}" x2="{xx:.1f}" y2="{self.MT + self.ph}" class="grid"/>')
+            self.add(f'<text x="{xx:.1f}" y="{self.MT + self.ph + 16}" class="tick" text-anchor="middle">'
+                     f'{_e(label)}</text>')
+        self.add(f'<rect x="{self.ML}" y="{self.MT}" width="{self.pw}" height="{self.ph}" class="frame"/>')
+        self.add(f'<text x="14" y="{self.MT + self.ph / 2:.1f}" class="axis" text-anchor="middle" '
+                 f'transform="rotate(-90 14 {self.MT + self.ph / 2:.1f})">{_e(y_label)}</text>')
+        tzname = local_time(ctx, 0.0).strftime("%Z") or "UTC"
+        self.add(f'<text x="{self.ML + self.pw}" y="{self.H - 6}" class="axis" text-anchor="end">'
+                 f'local time ({_e(tzname)})</text>')
+
+    def event_bands(self, ctx: Context, labels: bool) -> None:
+        lane = 0
+        for kind, label, start, end, note in ctx.events:
+            x0, x1 = float(self.x(start)), float(self.x(end))
+            color = COLORS["outage"] if kind == "grid_outage" else (
+                COLORS["sandstorm"] if kind == "pv_derate" else COLORS["other"])
+            if kind in ("grid_outage", "pv_derate"):
+                self.add(f'<rect x="{x0:.1f}" y="{self.MT}" width="{max(x1 - x0, 1.0):.1f}" height="{self.ph}" '
+                         f'fill="{color}" fill-opacity="0.13" class="event"><title>{_e(label)}: {_e(note)}'
+                         f'</title></rect>')
+            else:
+                self.add(f'<line x1="{x0:.1f}" y1="{self.MT}" x2="{x0:.1f}" y2="{self.MT + self.ph}" '
+                         f'stroke="{color}" stroke-dasharray="2 3" class="event"><title>{_e(label)}: '
+                         f'{_e(note)}</title></line>')
+            if labels:
+                self.add(f'<text x="{x0 + 3:.1f}" y="{self.MT - 6 - 0 * lane}" class="evlabel" fill="{color}">'
+                         f'▼ {_e(label)}</text>')
+            lane += 1
+
+    def hline(self, v: float, color: str, label: str, dash: str = "6 4") -> None:
+        yy = float(self.y(v))
+        self.add(f'<line x1="{self.ML}" y1="{yy:.1f}" x2="{self.ML + self.pw}" y2="{yy:.1f}" stroke="{color}" '
+                 f'stroke-width="1.2" stroke-dasharray="{dash}"/>')
+        self.add(f'<text x="{self.ML + self.pw + 6}" y="{yy + 4:.1f}" class="legend" fill="{color}">'
+                 f'{_e(label)}</text>')
+
+    def polyline(self, t, v, color: str, width: float = 2.0, dash: str | None = None, step: bool = False) -> None:
+        if len(t) == 0:
+            return
+        t, v = np.asarray(t, dtype=float), np.asarray(v, dtype=float)
+        if step:
+            t = np.repeat(t, 2)[1:]
+            t = np.append(t, min(self.hours, float(t[-1]) + 0.25))
+            v = np.repeat(v, 2)
+        pts = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(self.x(t), self.y(v)))
+        extra = f' stroke-dasharray="{dash}"' if dash else ""
+        self.add(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="{width}" '
+                 f'stroke-linejoin="round"{extra}/>')
+
+    def area(self, t, lo, hi, color: str, name: str) -> None:
+        if len(t) == 0 or not np.any(np.abs(np.asarray(hi) - np.asarray(lo)) > 1e-6):
+            return
+        xs = self.x(t)
+        top = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(xs, self.y(hi)))
+        bot = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(xs[::-1], self.y(np.asarray(lo)[::-1])))
+        self.add(f'<polygon points="{top} {bot}" fill="{color}" fill-opacity="0.85" stroke="none">'
+                 f'<title>{_e(name)}</title></polygon>')
+
+    def legend(self, items: list[tuple[str, str, str]]) -> None:
+        """items: (label, color, kind) with kind 'line', 'dash' or 'box'; drawn right of the plot."""
+        y = self.MT + 8
+        x = self.ML + self.pw + 12
+        for label, color, kind in items:
+            if kind == "box":
+                self.add(f'<rect x="{x}" y="{y - 8}" width="14" height="10" fill="{color}"/>')
+            else:
+                dash = ' stroke-dasharray="5 3"' if kind == "dash" else ""
+                self.add(f'<line x1="{x}" y1="{y - 3}" x2="{x + 14}" y2="{y - 3}" stroke="{color}" '
+                         f'stroke-width="2.5"{dash}/>')
+            self.add(f'<text x="{x + 20}" y="{y + 1}" class="legend">{_e(label)}</text>')
+            y += 18
+
+    def svg(self, chart_id: str, title: str) -> str:
+        body = "\n".join(self.parts)
+        return (f'<svg xmlns="http://www.w3.org/2000/svg" id="{chart_id}" class="chart" viewBox="0 0 {self.W} '
+                f'{self.H}" width="100%" role="img" aria-label="{_e(title)}">\n<title>{_e(title)}</title>\n'
+                f'{body}\n</svg>')
+
+
+def _nice_max(v: float) -> float:
+    if v <= 0:
+        return 1.0
+    mag = 10 ** math.floor(math.log10(v))
+    for m in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
+        if v <= m * mag:
+            return m * mag
+    return 10 * mag
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    step = _nice_max((hi - lo) / n)
+    first = math.ceil(lo / step) * step
+    out, v = [], first
+    while v <= hi + 1e-9:
+        out.append(round(v, 10))
+        v += step
+    return out
+
+
+def chart_soc(ctx: Context, rule: RunSeries, none: RunSeries) -> str:
+    p = _Plot(ctx.hours, 0.0, 100.0)
+    p.frame(ctx, "state of charge (%)", range(0, 101, 20), "{:g}")
+    p.event_bands(ctx, labels=True)
+    p.hline(ctx.soc_max_pct, COLORS["max"], f"max {ctx.soc_max_pct:g} %", "2 3")
+    p.hline(ctx.reserve_pct, COLORS["reserve"], f"reserve {ctx.reserve_pct:g} %")
+    p.hline(ctx.soc_min_pct, COLORS["min"], f"min {ctx.soc_min_pct:g} %")
+    p.polyline(none.log[:, T_H], none.log[:, SOC], COLORS["none"], 2.0, dash="6 3")
+    p.polyline(rule.log[:, T_H], rule.log[:, SOC], COLORS["rule"], 2.6)
+    p.legend([("rule controller", COLORS["rule"], "line"), ("no control", COLORS["none"], "dash")])
+    return p.svg("chart-soc", "Battery state of charge, rule controller vs no control")
+
+
+def chart_flows(ctx: Context, rule: RunSeries) -> str:
+    log = rule.log
+    t = log[:, T_H]
+    pv = np.maximum(log[:, PV], 0.0)
+    dis = np.maximum(log[:, BATT], 0.0)
+    chg = np.minimum(log[:, BATT], 0.0)
+    grid = np.maximum(log[:, GRID], 0.0)
+    gen = np.maximum(log[:, GEN], 0.0)
+    uns = np.maximum(log[:, UNSERVED], 0.0)
+    layers = [("PV", pv, COLORS["pv"]), ("battery discharge", dis, COLORS["battery"]),
+              ("grid import", grid, COLORS["grid"]), ("genset", gen, COLORS["genset"]),
+              ("unserved", uns, COLORS["unserved"])]
+    top = pv + dis + grid + gen + uns
+    hi = _nice_max(max(float(top.max(initial=0.0)), float(log[:, LOAD].max(initial=0.0)), 1.0) * 1.05)
+    lo = -_nice_max(float(-chg.min(initial=0.0)) * 1.05) if chg.min(initial=0.0) < -EPS_KW else 0.0
+    p = _Plot(ctx.hours, lo, hi, height=340)
+    p.frame(ctx, "power (kW)", _nice_ticks(lo, hi, 6), "{:g}")
+    p.event_bands(ctx, labels=True)
+    base = np.zeros_like(t)
+    for name, values, color in layers:
+        p.area(t, base, base + values, color, name)
+        base = base + values
+    p.area(t, chg, np.zeros_like(t), COLORS["charge"], "battery charging")
+    p.add(f'<line x1="{p.ML}" y1="{float(p.y(0)):.1f}" x2="{p.ML + p.pw}" y2="{float(p.y(0)):.1f}" '
+          f'stroke="#444" stroke-width="1"/>')
+    p.polyline(t, log[:, LOAD], COLORS["load"], 1.8)
+    items = [("load", COLORS["load"], "line")] + [(n, c, "box") for n, v, c in layers if v.max(initial=0) > EPS_KW]
+    items.append(("battery charging", COLORS["charge"], "box"))
+    p.legend(items)
+    return p.svg("chart-flows", "Power flows with the rule controller: supply stacked against the load")
+
+
+def chart_carbon(ctx: Context, rule: RunSeries, none: RunSeries) -> str:
+    peak = max(float(rule.ci15.max(initial=0.0)), float(none.ci15.max(initial=0.0)), ctx.grid_co2,
+               ctx.diesel_rated_kg)
+    p = _Plot(ctx.hours, 0.0, _nice_max(peak * 1.08))
+    p.frame(ctx, "kg CO2e per kWh of load", _nice_ticks(0.0, p.y1, 5), "{:.2f}")
+    p.event_bands(ctx, labels=True)
+    p.hline(ctx.grid_co2, COLORS["grid"], f"grid {ctx.grid_co2:.2f}", "2 3")
+    if ctx.diesel_rated_kg > 0:
+        p.hline(ctx.diesel_rated_kg, COLORS["genset"], f"diesel@rated {ctx.diesel_rated_kg:.2f}", "2 3")
+    p.polyline(none.ci15_t, none.ci15, COLORS["none"], 2.0, dash="6 3", step=True)
+    p.polyline(rule.ci15_t, rule.ci15, COLORS["rule"], 2.6, step=True)
+    p.legend([("rule controller", COLORS["rule"], "line"), ("no control", COLORS["none"], "dash")])
+    return p.svg("chart-carbon", "Carbon intensity of the supply mix per 15-minute interval")
+
+
+# --- HTML ---------------------------------------------------------------------------------------
+
+CSS = """
+body{font-family:-apple-system,'Segoe UI',Roboto,'Helvetica Neue',Arial,sans-serif;color:#1d1d1d;
+max-width:1000px;margin:24px auto;padding:0 16px;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:.1em}h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd}
+.sub{color:#666;margin-top:0}.lead{font-size:1.05em;background:#f4f7f9;border-left:4px solid #2a6f97;
+padding:10px 14px}table{border-collapse:collapse;margin:8px 0}th,td{padding:4px 12px;border-bottom:1px solid #eee}
+th{text-align:left;background:#fafafa}td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.better{color:#1b7f3b}td.worse{color:#b3261e}td.same{color:#777}
+svg.chart{display:block;margin:4px 0 2px 0;font-family:inherit}
+svg .grid{stroke:#e6e6e6;stroke-width:1}svg .frame{fill:none;stroke:#bbb}
+svg .tick{font-size:11px;fill:#555}svg .axis{font-size:12px;fill:#333}svg .legend{font-size:12px;fill:#333}
+svg .evlabel{font-size:11px;font-weight:600}.cap{color:#555;font-size:.92em;margin-top:0}
+.events td{font-size:.92em}footer{color:#888;font-size:.85em;margin-top:2em}
+"""
+
+
+def _summary(kr: dict, kn: dict) -> str:
+    cur = kr.get("currency", "")
+    parts = []
+    if kr["unserved_kwh"] <= 1e-6:
+        parts.append("With the rule controller the compute node never lost power")
+    else:
+        parts.append(f"With the rule controller {kr['unserved_kwh']:.1f} kWh of load went unserved")
+    if kn["unserved_kwh"] > 1e-6:
+        parts.append(f"; without control it would have lost {kn['unserved_kwh']:.1f} kWh")
+    else:
+        parts.append("; without control it would not have lost power either")
+    s = "".join(parts) + ". "
+    s += (f"Renewable share {100 * kr['renewable_share']:.0f} % (no control: {100 * kn['renewable_share']:.0f} %), "
+          f"{kr['co2_kg']:.0f} kg CO2e ({kn['co2_kg']:.0f}), cost {kr['cost']:.0f} {cur} ({kn['cost']:.0f})")
+    if kr["diesel_litres"] > kn["diesel_litres"] + 0.05:
+        s += f", keeping the load up burnt {kr['diesel_litres'] - kn['diesel_litres']:.0f} L of diesel"
+    return s + "."
+
+
+def kpi_table_html(kr: dict, kn: dict) -> str:
+    rows = ['<table class="kpis" id="kpis"><thead><tr><th>KPI</th><th>unit</th><th>rule</th><th>none</th>'
+            '<th>rule − none</th></tr></thead><tbody>']
+    for key, label, unit, better in KPI_ROWS:
+        vr, vn = kr.get(key), kn.get(key)
+        text, verdict = _delta(key, better, vr, vn) if vr is not None and vn is not None else ("–", "same")
+        rows.append(f'<tr><th>{_e(label)}</th><td>{_e(_unit(unit, kr))}</td>'
+                    f'<td class="num" data-kpi="{key}" data-strategy="rule" data-value="{_e(repr(vr))}">'
+                    f'{_e(fmt_kpi(key, vr))}</td>'
+                    f'<td class="num" data-kpi="{key}" data-strategy="none" data-value="{_e(repr(vn))}">'
+                    f'{_e(fmt_kpi(key, vn))}</td><td class="num {verdict}">{_e(text)}</td></tr>')
+    rows.append("</tbody></table>")
+    return "\n".join(rows)
+
+
+def write_report(out_dir, result_rule, result_none) -> Path:
+    """Write out_dir/report.html comparing two runs of one scenario; returns its path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = context_of(result_rule)
+    rule, none = run_series(result_rule), run_series(result_none)
+    kr, kn = result_rule.kpis, result_none.kpis
+    t0 = local_time(ctx, 0.0)
+    ev_rows = "".join(
+        f"<tr><td>{_e(local_time(ctx, s).strftime('%d %b %H:%M'))}</td><td>{(e - s) * 60:.0f} min</td>"
+        f"<td>{_e(label)}</td><td>{_e(note)}</td></tr>" for _, label, s, e, note in ctx.events)
+    ctl_rows = "".join(
+        f"<tr><td>{_e(local_time(ctx, (t - ctx.start_utc.timestamp()) / 3600.0).strftime('%d %b %H:%M:%S'))}"
+        f"</td><td>{_e(name)}</td><td>{value:g}</td></tr>" for t, name, value in controller_events(result_rule))
+    seed = getattr(result_rule, "seed", None)
+    seed_txt = f", seed {_e(seed)}" if seed is not None else ""
+    doc = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8"/>
+<title>edge-ems demo: {_e(ctx.title)}</title>
+<style>{CSS}</style>
+</head>
+<body>
+<h1>edge-ems demo: {_e(ctx.title)}</h1>
+<p class="sub">{_e(ctx.description)}<br/>
+{ctx.hours:g} simulated hours from {_e(t0.strftime('%a %d %b %Y %H:%M %Z'))}{seed_txt}; the real scan loop and rule controller against the simulated
+site, compared with the same site and weather without control (battery idle, genset never started).</p>
+<p class="lead">{_e(_summary(kr, kn))}</p>
+<h2>Key figures</h2>
+{kpi_table_html(kr, kn)}
+<h2>Battery state of charge</h2>
+{chart_soc(ctx, rule, none)}
+<p class="cap">The rule controller holds the battery above its reserve for outages and starts the genset below
+its start SOC; without control the battery only discharges until it reaches its floor.</p>
+<h2>Power flows (rule controller)</h2>
+{chart_flows(ctx, rule)}
+<p class="cap">Supply stacked against the load (black line); battery charging below zero. One-minute averages.</p>
+<h2>Carbon intensity of the supply</h2>
+{chart_carbon(ctx, rule, none)}
+<p class="cap">(grid import × grid factor + genset output × diesel factor at its load) ÷ load, per 15-minute
+interval. Diesel factor from the site's fuel curve: (fuel_l_per_kwh + fuel_l_per_h_on / P) × kg CO2e per litre.
+Energy from the battery counts as zero here; its carbon was paid when it was charged.</p>
+<h2>Scenario events</h2>
+<table class="events"><thead><tr><th>local time</th><th>duration</th><th>event</th><th>note</th></tr></thead>
+<tbody>{ev_rows or '<tr><td colspan="4">none in this horizon</td></tr>'}</tbody></table>
+<h2>Controller events (rule)</h2>
+<table class="events"><thead><tr><th>local time</th><th>event</th><th>value</th></tr></thead>
+<tbody>{ctl_rows or '<tr><td colspan="3">none</td></tr>'}</tbody></table>
+<footer>edge-ems · scenario {_e(ctx.title)} · {kr.get('cycles', 0)} scan cycles per run ·
+{kr.get('speedup_x') or '–'}× real time · kpis.json holds every figure above.</footer>
+</body>
+</html>
+"""
+    path = out / "report.html"
+    path.write_text(doc, encoding="utf-8")
+    return path
+
+
+def controller_events(result) -> list[tuple[float, str, float]]:
+    """The loop's recent events as (utc_s, short name, value)."""
+    from controller.core import layout as L
+    out = []
+    for t_s, code, value in list(result.loop.events):
+        name = L.EVENT_NAMES.get(code, str(code)).split(":")[0].split(" (")[0]
+        out.append((t_s, name, value))
+    return out
+
+
+# --- terminal -----------------------------------------------------------------------------------
+
+BLOCKS = " ▁▂▃▄▅▆▇█"
+
+
+def resample(t: np.ndarray, v: np.ndarray, hours: float, width: int, how: str = "mean") -> np.ndarray:
+    """Values into `width` equal time buckets (NaN where a bucket has no sample)."""
+    out = np.full(width, np.nan)
+    if len(t) == 0 or width <= 0:
+        return out
+    idx = np.clip((np.asarray(t) / max(hours, 1e-9) * width).astype(int), 0, width - 1)
+    for i in range(width):
+        sel = v[idx == i]
+        if len(sel):
+            out[i] = sel.min() if how == "min" else sel.mean()
+    # fill gaps (short runs at wide widths) with the previous bucket
+    for i in range(1, width):
+        if np.isnan(out[i]) and not np.isnan(out[i - 1]):
+            out[i] = out[i - 1]
+    return out
+
+
+def spark(values: np.ndarray, lo: float, hi: float) -> str:
+    span = max(hi - lo, 1e-9)
+    chars = []
+    for v in values:
+        if np.isnan(v):
+            chars.append(" ")
+            continue
+        level = int(round(np.clip((v - lo) / span, 0.0, 1.0) * 8))
+        chars.append(BLOCKS[level] if level > 0 else ("▁" if v > lo + 1e-9 else " "))
+    return "".join(chars)
+
+
+def block_rows(values: np.ndarray, rows: int, lo: float, hi: float, color, guides=()) -> list:
+    """A `rows`-high bar chart as rich Texts (top row first). color: style or f(value) -> style.
+    guides: (value, style) horizontal guide lines drawn where the bars leave the cell empty."""
+    from rich.text import Text
+    span = max(hi - lo, 1e-9)
+    levels = [None if np.isnan(v) else int(round(np.clip((v - lo) / span, 0, 1) * rows * 8)) for v in values]
+    guide_rows = {}
+    for gv, gstyle in guides:
+        g = (gv - lo) / span * rows
+        r = min(rows - 1, max(0, int(g)))
+        guide_rows[r] = ("▁" if g - int(g) < 0.5 else "─", gstyle)
+    lines = []
+    for r in range(rows - 1, -1, -1):
+        text = Text()
+        for v, level in zip(values, levels):
+            style = color(v) if callable(color) else color
+            if level is None:
+                text.append(" ")
+            elif level >= (r + 1) * 8:
+                text.append("█", style)
+            elif level > r * 8:
+                text.append(BLOCKS[level - r * 8], style)
+            elif r in guide_rows:
+                ch, gstyle = guide_rows[r]
+                text.append(ch, gstyle)
+            else:
+                text.append(" ")
+        lines.append(text)
+    return lines
+
+
+def _axis_text(ctx: Context, width: int, pad: int):
+    """Time axis under a chart: tick labels at their column."""
+    from rich.text import Text
+    line = [" "] * (width + 8)
+    for t, label in time_ticks(ctx, ctx.hours):
+        col = int(round(t / max(ctx.hours, 1e-9) * (width - 1)))
+        start = min(max(0, col - len(label) // 2), width + 8 - len(label))
+        if all(c == " " for c in line[max(0, start - 1):start + len(label) + 1]):
+            line[start:start + len(label)] = list(label)
+    return Text(" " * pad + "".join(line).rstrip(), style="dim")
+
+
+def _events_text(ctx: Context, width: int, pad: int):
+    from rich.text import Text
+    cells = [(" ", "")] * width
+    labels = []
+    for kind, label, s, e, _ in ctx.events:
+        if kind not in ("grid_outage", "pv_derate"):
+            continue
+        style = "bold blue" if kind == "grid_outage" else "bold yellow"
+        c0 = int(s / max(ctx.hours, 1e-9) * width)
+        c1 = max(c0 + 1, int(math.ceil(e / max(ctx.hours, 1e-9) * width)))
+        for c in range(max(0, c0), min(width, c1)):
+            cells[c] = ("━", style)
+        labels.append((label, style))
+    if not labels:
+        return None
+    text = Text(" " * pad)
+    for ch, style in cells:
+        text.append(ch, style)
+    text.append(" ")
+    for i, (label, style) in enumerate(labels):
+        text.append(("" if i == 0 else " ") + label, style)
+    return text
+
+
+def _carbon_style(v: float) -> str:
+    if np.isnan(v):
+        return ""
+    if v < 0.25:
+        return "green"
+    if v < 0.5:
+        return "yellow"
+    return "red"
+
+
+def terminal_charts(console, ctx: Context, rule: RunSeries, none: RunSeries) -> list:
+    """Renderables: SOC, flows and carbon intensity as block charts sized to the console."""
+    from rich.text import Text
+    label_w = 10
+    width = max(20, min(console.width - label_w - 14, 100))
+    out = []
+    hours = ctx.hours
+
+    def labelled(label: str, line, right: str = "", style: str = ""):
+        t = Text(f"{label:<{label_w}}", style=style)
+        t.append_text(line)
+        if right:
+            t.append(" " + right, style="dim")
+        return t
+
+    # SOC
+    out.append(Text("Battery state of charge (%) — reserve ─ and min ▁ lines", style="bold"))
+    guides = ((ctx.reserve_pct, "dark_orange"), (ctx.soc_min_pct, "red"))
+    for name, rs, style in (("rule", rule, "cyan"), ("none", none, "grey62")):
+        v = resample(rs.log[:, T_H], rs.log[:, SOC], hours, width)
+        rows = block_rows(v, 3, 0.0, 100.0, style, guides)
+        right = [f"{np.nanmax(v):.0f}" if len(v) else "", "", f"min {np.nanmin(v):.0f}" if len(v) else ""]
+        for i, line in enumerate(rows):
+            out.append(labelled(name if i == 1 else "", line, right[i], style="bold " + style if i == 1 else ""))
+    out.append(_axis_text(ctx, width, label_w))
+    ev = _events_text(ctx, width, label_w)
+    if ev is not None:
+        out.append(ev)
+    out.append(Text())
+
+    # flows, common kW scale
+    log = rule.log
+    t = log[:, T_H]
+    flows = [("PV", np.maximum(log[:, PV], 0), "yellow"),
+             ("Batt out", np.maximum(log[:, BATT], 0), "cyan"),
+             ("Batt in", np.maximum(-log[:, BATT], 0), "dark_cyan"),
+             ("Grid", np.maximum(log[:, GRID], 0), "blue"),
+             ("Genset", np.maximum(log[:, GEN], 0), "red3"),
+             ("Load", np.maximum(log[:, LOAD], 0), "white"),
+             ("Unserved", np.maximum(log[:, UNSERVED], 0), "bold red")]
+    cols = [(n, resample(t, v, hours, width), s, v) for n, v, s in flows]
+    top = max(float(np.nanmax(c[1])) if np.any(~np.isnan(c[1])) else 0.0 for c in cols) or 1.0
+    out.append(Text(f"Power flows, rule controller (kW, one scale: full block = {top:.0f} kW)", style="bold"))
+    for name, v, style, raw in cols:
+        if name == "Unserved" and raw.max(initial=0.0) <= EPS_KW:
+            continue
+        kwh = raw.sum() / 60.0
+        line = Text(spark(v, 0.0, top), style=style)
+        out.append(labelled(name, line, f"{kwh:5.0f} kWh", style="bold " + style))
+    out.append(_axis_text(ctx, width, label_w))
+    out.append(Text())
+
+    # carbon intensity
+    peak = max(float(rule.ci15.max(initial=0.0)), float(none.ci15.max(initial=0.0)), ctx.grid_co2) or 1.0
+    out.append(Text(f"Carbon intensity of the supply (kg CO2e/kWh, 15-min; top = {peak:.2f}, "
+                    f"grid {ctx.grid_co2:.2f} ─)", style="bold"))
+    for name, rs in (("rule", rule), ("none", none)):
+        v = resample(rs.ci15_t + 1e-6, rs.ci15, hours, width)
+        rows = block_rows(v, 3, 0.0, peak, _carbon_style, ((ctx.grid_co2, "blue"),))
+        mean = float(rs.ci.mean()) if len(rs.ci) else 0.0
+        right = [f"{np.nanmax(v):.2f}", f"avg {mean:.2f}", ""]
+        for i, line in enumerate(rows):
+            out.append(labelled(name if i == 1 else "", line, right[i], style="bold" if i == 1 else ""))
+    out.append(_axis_text(ctx, width, label_w))
+    if ev is not None:
+        out.append(ev)
+    return out
+
+
+def kpi_table(result_rule, result_none):
+    from rich.table import Table
+    from rich import box
+    kr, kn = result_rule.kpis, result_none.kpis
+    table = Table(title="rule controller vs no control", box=box.SIMPLE_HEAVY, title_style="bold",
+                  pad_edge=False, expand=False)
+    table.add_column("KPI", style="bold", no_wrap=True)
+    table.add_column("unit", style="dim", no_wrap=True)
+    table.add_column("rule", justify="right", style="cyan", no_wrap=True)
+    table.add_column("none", justify="right", style="grey62", no_wrap=True)
+    table.add_column("rule − none", justify="right", no_wrap=True)
+    for key, label, unit, better in KPI_ROWS:
+        vr, vn = kr.get(key), kn.get(key)
+        text, verdict = _delta(key, better, vr, vn) if vr is not None and vn is not None else ("–", "same")
+        style = {"better": "green", "worse": "red", "same": "dim"}[verdict]
+        table.add_row(label, _unit(unit, kr), fmt_kpi(key, vr), fmt_kpi(key, vn), f"[{style}]{text}[/]")
+    return table
+
+
+def print_terminal_report(console, result_rule, result_none) -> None:
+    """KPI table and block charts for SOC, flows and carbon intensity; readable at 80 columns."""
+    from rich.panel import Panel
+    from rich.text import Text
+    ctx = context_of(result_rule)
+    rule, none = run_series(result_rule), run_series(result_none)
+    kr, kn = result_rule.kpis, result_none.kpis
+    t0 = local_time(ctx, 0.0)
+    console.print()
+    console.print(Text(f"edge-ems demo · {ctx.title} · {ctx.hours:g} h from {t0.strftime('%d %b %H:%M %Z')}",
+                       style="bold"))
+    console.print(Panel(Text(_summary(kr, kn)), border_style="cyan", expand=True))
+    console.print(kpi_table(result_rule, result_none))
+    for item in terminal_charts(console, ctx, rule, none):
+        console.print(item, overflow="crop", no_wrap=True)
