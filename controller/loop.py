@@ -16,6 +16,7 @@ import numpy as np
 
 from controller.core import layout as L
 from controller.core.step import step
+from controller.warmup import warmup
 from controller.points import BY_SOURCE, N_POINTS, Q_ERROR, Q_OK, Q_STALE, max_ages_s, new_image
 from drivers.base import Device
 
@@ -146,6 +147,7 @@ class ScanLoop:
         self.cycle_no = 0
         self.events = deque(maxlen=1000)   # (t_s, code, value): the TUI and uplink read these
         self.stop_requested = False
+        warmup()                     # kernels compiled or loaded now, never inside a cycle
 
     def cycle(self) -> None:
         """One scan: acquire, freeze, step, actuate, record."""

@@ -24,7 +24,7 @@ def site():
         sim.add_device(OTHER_1, "eastron_sdm120", {"power_kw": 1.0})
         sim.add_device(OTHER_2, "generic_modbus_bms", {"soc_pct": 50, "voltage_v": 51.0})
         sim.start()
-        bus = ModbusBus(sim.client_path, baud=9600, late_reply_guard_s=TIMEOUT_S)
+        bus = ModbusBus(sim.client_path, baud=9600, late_reply_guard_s=3 * TIMEOUT_S)
         devs = {
             FAULTY: ModbusDevice("site_meter", load_profile("eastron_sdm630"), bus, FAULTY, timeout_s=TIMEOUT_S,
                                  fast_max_age_s=3.0, backoff=Backoff(base_s=1.0, cap_s=4.0)),
@@ -70,8 +70,9 @@ def test_fault_isolated_stale_and_recovers(site, fault, delay_s):
     assert QUALITY_STALE in qualities[:4]                   # stale within max age (3 s) of the last read
     assert qualities[-1] in (QUALITY_STALE, QUALITY_ERROR)
     assert devs[FAULTY].backoff.active
-    # bounded: a probe of the faulty device costs at most (retries+1) timeouts and a drain, never more
-    assert max(walls) < 0.6, walls
+    # bounded: a probe of the faulty device costs at most (retries+1) timeouts and a drain, so the
+    # bus cycle still fits the 1 s scan period (loaded CI machines included)
+    assert max(walls) < 1.0, walls
     # backoff: most faulty cycles do not touch the faulty device at all
     assert sum(w > TIMEOUT_S for w in walls) <= 6, walls
 

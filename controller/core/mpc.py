@@ -41,7 +41,8 @@ __all__ = ["PlanResult", "solve", "plan_kernel", "pack_instance", "warm_up",
 
 # Bounded work: evaluations of the backward pass spent on the peak level and on genset patterns.
 PEAK_EVALS = 24
-GENSET_EVALS = 600
+GENSET_EVALS = 1500
+LAGRANGE_ROUNDS = 4
 
 # prm (float64 scalars) layout
 P_DT, P_XMAX, P_UNS, P_SF, P_CAP, P_E0, P_EHI, P_CMAX, P_DMAX, P_ETAC, P_ETAD, P_WEAR, P_TV = range(13)
@@ -323,6 +324,19 @@ def _stage_function(t, steps, prm, mode_t, pcap, lo, hi, cost, order, cand, fval
         m = _points_general(load, ys, rlo, rhi, lsum, f0, lo, hi, cost, order, cand, fval, prm)
     else:
         m = _points_plain(load, ys, rlo, rhi, lsum, f0, lo, hi, cost, order, cand, fval, prm)
+    # drop points closer than rounding can resolve (a slope over a 1e-116 sliver is noise that the
+    # convexity guard below would spread over the whole function); the last point stays the end
+    eps = 1e-9 * max(1.0, abs(cand[0]), abs(cand[m - 1]))
+    n = 1
+    for i in range(1, m):
+        if cand[i] - cand[n - 1] > eps:
+            cand[n] = cand[i]
+            fval[n] = fval[i]
+            n += 1
+        elif i == m - 1 and n > 1:
+            cand[n - 1] = cand[i]
+            fval[n - 1] = fval[i]
+    m = n
     # reflect: segments of f from right to left, slopes negated (ascending); clamp rounding noise
     nseg = 0
     prev = -INF
@@ -555,9 +569,9 @@ def _value(steps, prm, mode, pcap):
 
 # ---------------------------------------------------------------- forward pass: the plan
 @njit(cache=True, error_model="numpy")
-def _forward(steps, prm, mode, pcap, sl, sk, start, cnt, x0s, wx0s, out):
+def _forward(steps, prm, mode, pcap, sl, ss, sk, start, cnt, x0s, wx0s, out):
     """Read the optimal SOC path off the stored merges and dispatch each step. out rows:
-    g x c d q u l soc(H+1) on."""
+    g x c d q u l soc(H+1) on, and the marginal cost of stored energy dV_t/dE (a dual)."""
     H = steps.shape[1]
     dt, ehi, cap = prm[P_DT], prm[P_EHI], prm[P_CAP]
     ec, ed = prm[P_ETAC], prm[P_ETAD]
@@ -570,13 +584,16 @@ def _forward(steps, prm, mode, pcap, sl, sk, start, cnt, x0s, wx0s, out):
     for t in range(H):
         s = e - x0s[t]
         sw = 0.0
+        slope = 0.0
         for k in range(start[t], start[t] + cnt[t]):
+            slope = ss[k]
             if s <= 0.0:
                 break
             take = min(sl[k], s)
             if sk[k] == 0:
                 sw += take
             s -= take
+        out[9, t] = slope
         e_next = min(max(wx0s[t] + sw, 0.0), ehi)
         load = steps[S_LOAD, t]
         lsum, f0 = _sources(t, steps, prm, mode[t], pcap, lo, hi, cost, order)
@@ -632,7 +649,7 @@ def _plan_at(steps, prm, mode, pcap, out):
     tabs, sel = _tables_for(steps, prm, mode, pcap)
     res = _backward(steps, prm, sel, True, tabs)
     if res[0] < INF:
-        _forward(steps, prm, mode, pcap, res[1], res[3], res[4], res[5], res[6], res[7], out)
+        _forward(steps, prm, mode, pcap, res[1], res[2], res[3], res[4], res[5], res[6], res[7], out)
     return res[0]
 
 
@@ -696,13 +713,14 @@ def _runs(mode, rs, re):
 
 
 MOVE_STEPS = (1, 2, 4, 8)
+NEW_RUN_STEPS = (1, 4, 12, 32)
 
 
 @njit(cache=True, error_model="numpy")
 def _apply_move(mode, rs, re, nr, idx, m):
     """Neighbour number idx of a pattern, written to m: per on-run, extend/shrink either end by
     1/2/4/8 steps (16 moves), drop it, fill the gap after it; then start a one-step run at any
-    off step. Returns False when the move does not apply."""
+    off step (1, 4, 12 or 32 steps long). Returns False when the move does not apply."""
     H = mode.shape[0]
     m[:] = mode
     if idx < 16 * nr:
@@ -734,11 +752,13 @@ def _apply_move(mode, rs, re, nr, idx, m):
         m[re[idx]: rs[idx + 1]] = MODE_ON
         return True
     idx -= nr - 1 if nr > 0 else 0
-    if idx < H:
-        if mode[idx] == MODE_ON:
-            return False
-        m[idx] = MODE_ON
-        return True
+    for length in NEW_RUN_STEPS:  # start a new run of this many steps at any off step
+        if idx < H:
+            if mode[idx] == MODE_ON or idx + length > H:
+                return False
+            m[idx: idx + length] = MODE_ON
+            return True
+        idx -= H
     return False
 
 
@@ -748,7 +768,45 @@ def _pattern_objective(steps, prm, m, tabs, extra):
 
 
 @njit(cache=True, error_model="numpy")
-def _genset_patterns(steps, prm, pcap, q_relax, budget):
+def _lagrange_pattern(steps, prm, tabs, dual, m):
+    """A genset pattern from a price of stored energy: with the value of energy fixed at the dual
+    dV/dE of a plan, steps decouple; each step's best cost with the genset off and on, then a
+    two-state Viterbi pass with start costs gives the pattern (the unit-commitment heuristic)."""
+    H = steps.shape[1]
+    tab_l, tab_s, tab_n, tab_x0, tab_v0 = tabs
+    cost = np.empty((2, H))
+    for mi in range(2):
+        for t in range(H):
+            n = tab_n[mi, t]
+            if n < 0:
+                cost[mi, t] = INF
+                continue
+            lam = dual[t]
+            v = tab_v0[mi, t] - lam * tab_x0[mi, t]  # f~(x) - lam*x, x = -e
+            best = v
+            for k in range(n):
+                v += (tab_s[mi, t, k] - lam) * tab_l[mi, t, k]
+                best = min(best, v)
+            cost[mi, t] = best + (prm[P_DT] * prm[P_ONCOST] if mi == 1 else 0.0)
+    acc = np.empty((2, H + 1))
+    frm = np.zeros((2, H), np.int64)
+    acc[0, 0] = INF if prm[P_ON0] > 0.5 else 0.0  # the state before step 0 is on0
+    acc[1, 0] = 0.0 if prm[P_ON0] > 0.5 else INF
+    for t in range(H):
+        off_prev = min(acc[0, t], acc[1, t])
+        frm[0, t] = 0 if acc[0, t] <= acc[1, t] else 1
+        acc[0, t + 1] = off_prev + cost[0, t]
+        via_off = acc[0, t] + prm[P_START]
+        frm[1, t] = 0 if via_off < acc[1, t] else 1
+        acc[1, t + 1] = min(via_off, acc[1, t]) + cost[1, t]
+    st = 0 if acc[0, H] <= acc[1, H] else 1
+    for t in range(H - 1, -1, -1):
+        m[t] = MODE_ON if st == 1 else MODE_OFF
+        st = frm[st, t]
+
+
+@njit(cache=True, error_model="numpy")
+def _genset_patterns(steps, prm, pcap, q_relax, dual, budget):
     """Bounded search over on/off patterns at peak level pcap: rounded relaxations and all-off,
     then first-improvement local search on the incumbent (see _apply_move), each candidate an
     exact DP pass on stage tables built once. Returns (best pattern, its objective)."""
@@ -767,6 +825,22 @@ def _genset_patterns(steps, prm, pcap, q_relax, budget):
         used += 1
         if v < best_v:
             best, best_v = m, v
+    # unit-commitment rounds: price stored energy at the current plan's dual, re-commit, re-plan
+    out = np.zeros((10, H + 1))
+    d = dual.copy()
+    m = np.zeros(H, np.int64)
+    for _ in range(LAGRANGE_ROUNDS):
+        _lagrange_pattern(steps, prm, tabs, d, m)
+        v = _pattern_objective(steps, prm, m, tabs, extra)
+        used += 1
+        if v < best_v:
+            best, best_v = m.copy(), v
+        sel = m.copy()
+        res = _backward(steps, prm, sel, True, tabs)
+        if res[0] == INF:
+            break
+        _forward(steps, prm, m, pcap, res[1], res[2], res[3], res[4], res[5], res[6], res[7], out)
+        d[:] = out[9, :H]
     rs = np.empty(H + 1, np.int64)
     re = np.empty(H + 1, np.int64)
     m = np.empty(H, np.int64)
@@ -774,7 +848,7 @@ def _genset_patterns(steps, prm, pcap, q_relax, budget):
     idx = 0
     since = 0  # moves tried since the last improvement
     while used < budget:
-        total = 18 * nr - 1 + H if nr > 0 else H
+        total = (18 * nr - 1 if nr > 0 else 0) + len(NEW_RUN_STEPS) * H
         if since >= total:
             break  # a local optimum: no move improves
         idx = idx % total
@@ -805,7 +879,7 @@ def plan_kernel(steps, prm, peak_evals, genset_evals):
     """The raw planner. steps: (N_STEPS, H) float64; prm: (N_PRM,) float64 (see pack_instance).
     Returns (out, objective, lower_bound): out rows g x c d q u l soc(H+1) on, each H+1 wide."""
     H = steps.shape[1]
-    out = np.zeros((9, H + 1))
+    out = np.zeros((10, H + 1))
     p_hi = 0.0
     for t in range(H):
         p_hi = max(p_hi, steps[S_GMAX, t])
@@ -823,7 +897,8 @@ def plan_kernel(steps, prm, peak_evals, genset_evals):
         for t in range(H):
             q_relax[t] = max(0.0, steps[S_LOAD, t] + out[2, t] + out[1, t] - steps[S_PV, t] + out[5, t]
                              - out[3, t] - out[0, t] - out[6, t])
-        mode, _ = _genset_patterns(steps, prm, p if has_peak else p_hi, q_relax, genset_evals)
+        mode, _ = _genset_patterns(steps, prm, p if has_peak else p_hi, q_relax, out[9, :H].copy(),
+                                   genset_evals)
         if has_peak:
             p, v, _ = _peak_search(steps, prm, mode, p_hi, peak_evals)
         _plan_at(steps, prm, mode, p, out)

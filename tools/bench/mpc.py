@@ -49,7 +49,7 @@ def make_instance_dict(seed: int, horizon: int = 96, kind: str = "convex", dt_h:
     genset = kind.startswith("genset")
     n_out = rng.integers(1, 3) if genset else int(rng.random() < 0.4)
     for _ in range(n_out):  # forecast outages
-        a = int(rng.integers(0, H - 4))
+        a = int(rng.integers(0, max(1, H - 4)))
         gmax[a: a + int(rng.integers(4, max(5, H // 4)))] = 0.0
     soc0 = float(rng.choice([rng.uniform(0, 100), rng.uniform(0, 8), rng.uniform(96, 100)], p=[.7, .15, .15]))
     reserve = (20.0 + 10 * (rng.random(H) < 0.1)).tolist() if rng.random() < 0.5 else float(rng.uniform(0, 30))

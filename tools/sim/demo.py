@@ -138,13 +138,12 @@ class LiveView:
 
         g = Table.grid(padding=(0, 1))
         g.add_column(width=8, style="bold")
-        g.add_column(width=33)
-        g.add_column(width=9, justify="right")
+        g.add_column(width=33, no_wrap=True)
+        g.add_column(width=10, justify="right", no_wrap=True)
         g.add_column()
         soc_note = Text(f"reserve {self.reserve:g} %", style="dark_orange")
-        g.add_row("Battery", self._soc_bar(s["soc"], 32), Text(f"{s['soc']:.1f} %", style="bold"), soc_note)
+        g.add_row("SOC", self._soc_bar(s["soc"], 32), Text(f"{s['soc']:.1f} %", style="bold"), soc_note)
         g.add_row("", self._spark(32), "", Text("SOC so far", style="dim"))
-        g.add_row("", "", "", "")
         b = s["battery"]
         b_note = ("discharging" if b > 0.5 else "charging" if b < -0.5 else "idle")
         grid_note = Text("up", style="green") if s["grid_up"] else Text("OUTAGE", style="bold red")
@@ -178,12 +177,14 @@ class LiveView:
             if st <= s["t_h"]:
                 items.append((st, f"scenario: {note or label}", "dim italic"))
         items.sort(key=lambda x: x[0])
-        for t_h, name, style in items[-5:]:
-            ev.append(local_time(self.ctx, t_h).strftime("%H:%M  "), "dim")
-            ev.append(name[:66] + "\n", style)
+        for i, (t_h, name, style) in enumerate(items[-4:]):
+            ev.append(("\n" if i else "") + local_time(self.ctx, t_h).strftime("%H:%M  "), "dim")
+            if len(name) > 66:
+                name = name.split(" (")[0][:66]
+            ev.append(name, style)
         if not items:
             ev.append("no events yet", "dim")
-        body = Group(head, Text(""), g, Text(""), status, Text("events", style="bold underline"), ev)
+        body = Group(head, Text(""), g, Text(""), status, Text("events", style="bold"), ev)
         return Panel(body, title=title, border_style="cyan", width=80)
 
 
@@ -225,7 +226,7 @@ def run_demo(out, hours: float = 24.0, seed: int = 1) -> int:
         else:
             console.print(f"edge-ems demo: {scn.name}, {hours:g} h, seed {seed}: rule controller …")
             result_rule = run_sim(scn, hours=hours, seed=seed, strategy="rule", out_dir=out)
-            console.print("edge-ems demo: the same day without control …")
+            console.print("edge-ems demo: the same run without control, for the comparison …")
             result_none = _run_quiet(console, scn, hours, seed, out / "none", show=False)
     except KeyboardInterrupt:
         console.print("[yellow]edge-ems demo: interrupted[/]")
@@ -235,7 +236,8 @@ def run_demo(out, hours: float = 24.0, seed: int = 1) -> int:
     path = write_report(out, result_rule, result_none)
     print_terminal_report(console, result_rule, result_none)
     console.print()
-    console.print(f"report: [bold]{path}[/]   KPIs: {out / 'kpis.json'} (rule), {out / 'none' / 'kpis.json'} (none)")
+    console.print(f"report: [bold]{path}[/]")
+    console.print(f"KPIs:   {out / 'kpis.json'} (rule), {out / 'none' / 'kpis.json'} (none)", style="dim")
     return 0
 
 
@@ -245,7 +247,7 @@ def _run_quiet(console, scn, hours, seed, out_dir, show: bool):
     if not show:
         return run_sim(scn, hours=hours, seed=seed, strategy="none", out_dir=out_dir)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-    with Progress(TextColumn("[dim]the same day without control (for the comparison)"), BarColumn(),
+    with Progress(TextColumn("[dim]the same run without control, for the comparison"), BarColumn(),
                   TimeElapsedColumn(), console=console, auto_refresh=False, transient=True) as bar:
         task = bar.add_task("none", total=1.0)
         last = [0.0]

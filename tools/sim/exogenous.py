@@ -91,12 +91,37 @@ def pv_series_kw(scn: Scenario, times: pd.DatetimeIndex, ambient_c: np.ndarray) 
     return np.clip(np.nan_to_num(ac_kw, nan=0.0), 0.0, pv["kwp"])
 
 
-def _ar1(rng: np.random.Generator, n: int, persistence: float, sigma: float) -> np.ndarray:
+DAY_MIN = 1440
+_STREAMS = {"ambient": 1, "it_noise": 2, "jobs": 3, "wind": 4, "spot": 5}
+
+
+def _day_rng(seed: int, stream: str, day: int) -> np.random.Generator:
+    """One generator per (seed, stream, day): day d's draws never depend on how long the run is."""
+    return np.random.default_rng([seed, _STREAMS[stream], day])
+
+
+def _shocks(seed: int, stream: str, n: int, scale: float) -> np.ndarray:
+    days = (n + DAY_MIN - 1) // DAY_MIN
+    return np.concatenate([_day_rng(seed, stream, d).normal(0.0, scale, DAY_MIN) for d in range(days)])[:n]
+
+
+def _ar1(seed: int, stream: str, n: int, persistence: float, sigma: float) -> np.ndarray:
+    shocks = _shocks(seed, stream, n, sigma * np.sqrt(1 - persistence ** 2))
     out = np.zeros(n)
-    shocks = rng.normal(0.0, sigma * np.sqrt(1 - persistence ** 2), n)
     for i in range(1, n):
         out[i] = persistence * out[i - 1] + shocks[i]
     return out
+
+
+def _training_jobs(seed: int, load: dict, hours: float) -> list[tuple[float, float]]:
+    """(start_h, duration_h) of the training jobs; drawn per day so a longer run only adds days."""
+    jobs = []
+    for day in range(int(np.ceil(hours / 24.0))):
+        rng = _day_rng(seed, "jobs", day)
+        for _ in range(rng.poisson(load["training_jobs_per_day"])):
+            start_h = 24.0 * day + rng.uniform(0, 24.0)
+            jobs.append((start_h, rng.uniform(load["training_hours_min"], load["training_hours_max"])))
+    return jobs
 
 
 def _window(t_h: np.ndarray, at_h: float, duration_min: float) -> np.ndarray:
@@ -104,7 +129,6 @@ def _window(t_h: np.ndarray, at_h: float, duration_min: float) -> np.ndarray:
 
 
 def build_series(scn: Scenario, hours: float, seed: int) -> Series:
-    rng = np.random.default_rng(seed)
     n = int(np.ceil(hours * 60)) + 2
     t_min = np.arange(n, dtype=float)
     t_h = t_min / 60.0
@@ -114,7 +138,7 @@ def build_series(scn: Scenario, hours: float, seed: int) -> Series:
 
     amb = scn["ambient"]
     ambient_c = amb["mean_c"] + amb["swing_c"] * np.cos(2 * np.pi * (local_h - amb["peak_hour"]) / 24.0)
-    ambient_c = ambient_c + _ar1(rng, n, 0.995, 1.0)
+    ambient_c = ambient_c + _ar1(seed, "ambient", n, 0.995, 1.0)
 
     pv_clear_kw = pv_series_kw(scn, times, ambient_c)
     pv_avail_kw = pv_clear_kw.copy()
@@ -122,12 +146,9 @@ def build_series(scn: Scenario, hours: float, seed: int) -> Series:
     load = scn["load"]
     it_kw = load["it_idle_kw"] + load["inference_peak_kw"] * 0.5 * (
         1.0 + np.cos(2 * np.pi * (local_h - load["inference_peak_hour"]) / 24.0))
-    n_jobs = rng.poisson(load["training_jobs_per_day"] * hours / 24.0)
-    for _ in range(n_jobs):
-        start_h = rng.uniform(0, hours)
-        dur_h = rng.uniform(load["training_hours_min"], load["training_hours_max"])
+    for start_h, dur_h in _training_jobs(seed, load, hours):
         it_kw = it_kw + load["training_kw"] * ((t_h >= start_h) & (t_h < start_h + dur_h))
-    it_kw = it_kw + _ar1(rng, n, 0.9, load["noise_kw"])
+    it_kw = it_kw + _ar1(seed, "it_noise", n, 0.9, load["noise_kw"])
 
     grid_up = np.ones(n)
     bms_silent = np.zeros(n)
@@ -158,11 +179,11 @@ def build_series(scn: Scenario, hours: float, seed: int) -> Series:
     aux_kw = np.full(n, load["aux_kw"])
 
     market = scn["market"]
-    wind = np.clip(market["wind_mean"] + _ar1(rng, n, market["wind_persistence"] ** (1 / 60), 0.25), 0, 1)
+    wind = np.clip(market["wind_mean"] + _ar1(seed, "wind", n, market["wind_persistence"] ** (1 / 60), 0.25), 0, 1)
     if market["kind"] == "spot":
         daily = np.exp(-((local_h - 8.0) ** 2) / 4.0) + np.exp(-((local_h - 18.0) ** 2) / 6.0)
         hourly_idx = (t_min // 60).astype(int)
-        noise = rng.normal(0, market["spot_noise"], hourly_idx.max() + 1)[hourly_idx]
+        noise = _shocks(seed, "spot", hourly_idx.max() + 1, market["spot_noise"])[hourly_idx]
         price = market["spot_base"] + market["spot_daily_amp"] * daily - market["spot_wind_coeff"] * (
             wind - market["wind_mean"]) + noise
         price = _hold_hourly(price, t_min)

@@ -219,7 +219,7 @@ def _e(s) -> str:
 
 class _Plot:
     W, H = 960, 300
-    ML, MR, MT, MB = 64, 150, 26, 40
+    ML, MR, MT, MB = 64, 150, 38, 40
 
     def __init__(self, hours: float, y0: float, y1: float, height: int | None = None):
         self.H = height or self.H
@@ -264,7 +264,7 @@ class _Plot:
                  f'local time ({_e(tzname)})</text>')
 
     def event_bands(self, ctx: Context, labels: bool) -> None:
-        lane = 0
+        lane_end = [-1e9, -1e9]          # two label lanes above the plot; a label takes the first free one
         for kind, label, start, end, note in ctx.events:
             x0, x1 = float(self.x(start)), float(self.x(end))
             color = COLORS["outage"] if kind == "grid_outage" else (
@@ -278,16 +278,17 @@ class _Plot:
                          f'stroke="{color}" stroke-dasharray="2 3" class="event"><title>{_e(label)}: '
                          f'{_e(note)}</title></line>')
             if labels:
-                self.add(f'<text x="{x0 + 3:.1f}" y="{self.MT - 6 - 0 * lane}" class="evlabel" fill="{color}">'
+                lane = 0 if x0 >= lane_end[0] else 1
+                lane_end[lane] = x0 + 7.0 * (len(label) + 3)
+                self.add(f'<text x="{x0 - 4:.1f}" y="{self.MT - 5 - 13 * lane}" class="evlabel" fill="{color}">'
                          f'▼ {_e(label)}</text>')
-            lane += 1
 
     def hline(self, v: float, color: str, label: str, dash: str = "6 4") -> None:
         yy = float(self.y(v))
         self.add(f'<line x1="{self.ML}" y1="{yy:.1f}" x2="{self.ML + self.pw}" y2="{yy:.1f}" stroke="{color}" '
                  f'stroke-width="1.2" stroke-dasharray="{dash}"/>')
-        self.add(f'<text x="{self.ML + self.pw + 6}" y="{yy + 4:.1f}" class="legend" fill="{color}">'
-                 f'{_e(label)}</text>')
+        self.add(f'<text x="{self.ML + self.pw - 6}" y="{yy - 4:.1f}" class="legend" fill="{color}" '
+                 f'text-anchor="end">{_e(label)}</text>')
 
     def polyline(self, t, v, color: str, width: float = 2.0, dash: str | None = None, step: bool = False) -> None:
         if len(t) == 0:
@@ -308,7 +309,7 @@ class _Plot:
         xs = self.x(t)
         top = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(xs, self.y(hi)))
         bot = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(xs[::-1], self.y(np.asarray(lo)[::-1])))
-        self.add(f'<polygon points="{top} {bot}" fill="{color}" fill-opacity="0.85" stroke="none">'
+        self.add(f'<polygon points="{top} {bot}" fill="{color}" fill-opacity="0.92" stroke="none">'
                  f'<title>{_e(name)}</title></polygon>')
 
     def legend(self, items: list[tuple[str, str, str]]) -> None:
@@ -506,7 +507,8 @@ its start SOC; without control the battery only discharges until it reaches its 
 {chart_carbon(ctx, rule, none)}
 <p class="cap">(grid import × grid factor + genset output × diesel factor at its load) ÷ load, per 15-minute
 interval. Diesel factor from the site's fuel curve: (fuel_l_per_kwh + fuel_l_per_h_on / P) × kg CO2e per litre.
-Energy from the battery counts as zero here; its carbon was paid when it was charged.</p>
+Energy from the battery counts as zero here: its carbon is booked when it is charged, which is why the
+intensity rises above the diesel factor while the genset carries the load and charges the battery.</p>
 <h2>Scenario events</h2>
 <table class="events"><thead><tr><th>local time</th><th>duration</th><th>event</th><th>note</th></tr></thead>
 <tbody>{ev_rows or '<tr><td colspan="4">none in this horizon</td></tr>'}</tbody></table>
@@ -610,27 +612,38 @@ def _axis_text(ctx: Context, width: int, pad: int):
     return Text(" " * pad + "".join(line).rstrip(), style="dim")
 
 
-def _events_text(ctx: Context, width: int, pad: int):
+def _events_text(ctx: Context, width: int, pad: int, room: int = 12):
+    """A marker row under a chart: ━━━ under grid outages and sandstorms, each labelled beside its band."""
     from rich.text import Text
-    cells = [(" ", "")] * width
-    labels = []
+    total = width + room
+    cells: list[tuple[str, str]] = [(" ", "")] * total
+    bands = []
     for kind, label, s, e, _ in ctx.events:
         if kind not in ("grid_outage", "pv_derate"):
             continue
         style = "bold blue" if kind == "grid_outage" else "bold yellow"
-        c0 = int(s / max(ctx.hours, 1e-9) * width)
-        c1 = max(c0 + 1, int(math.ceil(e / max(ctx.hours, 1e-9) * width)))
-        for c in range(max(0, c0), min(width, c1)):
+        c0 = max(0, int(s / max(ctx.hours, 1e-9) * width))
+        c1 = min(width, max(c0 + 1, int(math.ceil(e / max(ctx.hours, 1e-9) * width))))
+        for c in range(c0, c1):
             cells[c] = ("━", style)
-        labels.append((label, style))
-    if not labels:
+        bands.append((c0, c1, label, style))
+    if not bands:
         return None
+
+    def free(a, b):
+        return 0 <= a and b <= total and all(ch == " " for ch, _ in cells[max(0, a - 1):min(total, b + 1)])
+
+    for c0, c1, label, style in bands:
+        n = len(label)
+        for start in (c1 + 1, c0 - n - 1):
+            if free(start, start + n):
+                for k, ch in enumerate(label):
+                    cells[start + k] = (ch, style.replace("bold ", ""))
+                break
     text = Text(" " * pad)
     for ch, style in cells:
         text.append(ch, style)
-    text.append(" ")
-    for i, (label, style) in enumerate(labels):
-        text.append(("" if i == 0 else " ") + label, style)
+    text.rstrip()
     return text
 
 
@@ -660,16 +673,26 @@ def terminal_charts(console, ctx: Context, rule: RunSeries, none: RunSeries) -> 
         return t
 
     # SOC
-    out.append(Text("Battery state of charge (%) — reserve ─ and min ▁ lines", style="bold"))
+    head = Text("Battery state of charge (%) ", style="bold")
+    head.append(f"yellow below reserve {ctx.reserve_pct:g} %, red below min {ctx.soc_min_pct:g} %", style="dim")
+    out.append(head)
     guides = ((ctx.reserve_pct, "dark_orange"), (ctx.soc_min_pct, "red"))
+    def soc_style(base):
+        def f(v):
+            if np.isnan(v):
+                return ""
+            return base if v >= ctx.reserve_pct else ("yellow" if v >= ctx.soc_min_pct else "red")
+        return f
+
     for name, rs, style in (("rule", rule, "cyan"), ("none", none, "grey62")):
         v = resample(rs.log[:, T_H], rs.log[:, SOC], hours, width)
-        rows = block_rows(v, 3, 0.0, 100.0, style, guides)
-        right = [f"{np.nanmax(v):.0f}" if len(v) else "", "", f"min {np.nanmin(v):.0f}" if len(v) else ""]
+        rows = block_rows(v, 3, 0.0, 100.0, soc_style(style), guides)
+        raw = rs.log[:, SOC]
+        right = [f"{raw.max():.0f}", "", f"min {raw.min():.0f}"] if len(raw) else ["", "", ""]
         for i, line in enumerate(rows):
             out.append(labelled(name if i == 1 else "", line, right[i], style="bold " + style if i == 1 else ""))
     out.append(_axis_text(ctx, width, label_w))
-    ev = _events_text(ctx, width, label_w)
+    ev = _events_text(ctx, width, label_w, console.width - label_w - width)
     if ev is not None:
         out.append(ev)
     out.append(Text())
@@ -704,7 +727,7 @@ def terminal_charts(console, ctx: Context, rule: RunSeries, none: RunSeries) -> 
         v = resample(rs.ci15_t + 1e-6, rs.ci15, hours, width)
         rows = block_rows(v, 3, 0.0, peak, _carbon_style, ((ctx.grid_co2, "blue"),))
         mean = float(rs.ci.mean()) if len(rs.ci) else 0.0
-        right = [f"{np.nanmax(v):.2f}", f"avg {mean:.2f}", ""]
+        right = [f"{rs.ci15.max(initial=0.0):.2f}", f"avg {mean:.2f}", ""]
         for i, line in enumerate(rows):
             out.append(labelled(name if i == 1 else "", line, right[i], style="bold" if i == 1 else ""))
     out.append(_axis_text(ctx, width, label_w))

@@ -17,7 +17,6 @@ from controller.loop import ScanLoop
 from controller.params import build_params
 from controller.core import layout as L
 from controller.replay import Recorder
-from controller.warmup import warmup
 from tools.sim.devices import build_sim_devices
 from tools.sim.scenario import Scenario
 from tools.sim.site import SimSite
@@ -91,13 +90,22 @@ def kpis_of(site: SimSite, loop: ScanLoop, hours: float, wall_s: float) -> dict:
 def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: str | None = None,
             out_dir: str | Path | None = None, speed: float = 0.0,
             progress: Callable[[float], None] | None = None, hooks: list | None = None,
-            install_signals: bool = False) -> SimResult:
-    """Simulate `hours` of the scenario with the real scan loop; write kpis.json, recording, events."""
+            install_signals: bool = False, wire: bool = False, wire_baud: int | None = None) -> SimResult:
+    """Simulate `hours` of the scenario with the real scan loop; write kpis.json, recording, events.
+
+    ``wire``: the Modbus devices and the BMS behind real ports read by the real drivers (tools/sim/wire.py);
+    ``wire_baud`` additionally paces the RS-485 bytes at that baud rate.
+    """
     hours = float(hours if hours is not None else scn["scenario"]["hours"])
     site = SimSite(scn, hours, seed)
     cfg = scn.site
     params = build_params(cfg, strategy)
-    devices = build_sim_devices(site)
+    close_wire = None
+    if wire:
+        from tools.sim.wire import build_wire_devices
+        devices, close_wire = build_wire_devices(site, wire_baud)
+    else:
+        devices = build_sim_devices(site)
     roles = {d["role"]: d["name"] for d in cfg["devices"]}
     clock = SimClock(site, scn.start.timestamp(), speed)
     state0 = L.new_state(clock.utc_s() - params[L.P_PERIOD_S])
@@ -118,7 +126,6 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
     if install_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: loop.stop())
-    warmup()                                      # compile or load kernels before the first cycle
     cycles = int(round(hours * 3600.0 / loop.period_s))
     wall0 = time.perf_counter()
     chunk = max(1, int(600 / loop.period_s))        # report progress every 10 simulated minutes
@@ -132,6 +139,8 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
             progress(done / cycles)
     wall_s = time.perf_counter() - wall0
     loop.close()
+    if close_wire is not None:
+        close_wire()
     kpis = kpis_of(site, loop, hours, wall_s)
     if out_dir is not None:
         out = Path(out_dir)

@@ -1,0 +1,230 @@
+"""The planner against HiGHS (the reference optimum) and the instance contract of issue 4.
+
+No timed assertions here: speed is the benchmark's business (python -m tools.bench.mpc).
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from controller.core.mpc import solve
+from controller.core.mpc_reference import check_plan, plan_objective, solve_reference
+from controller.core.plan_instance import (InstanceError, instance_from_dict, load_instance, plan_main,
+                                           result_to_json)
+from tools.bench.mpc import make_instance_dict
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plan_96.json"
+FEAS_TOL = 1e-6
+
+
+def rel_gap(ours: float, ref: float) -> float:
+    return (ours - ref) / max(1.0, abs(ref))
+
+
+def assert_matches_highs(inst, limit: float = 1e-3):
+    ours = solve(inst)
+    ref = solve_reference(inst)
+    assert check_plan(inst, ours) <= FEAS_TOL
+    # the reported objective is the contract formula on the returned plan
+    assert ours.objective == pytest.approx(plan_objective(inst, **ours.__dict__), rel=1e-9, abs=1e-9)
+    assert rel_gap(ours.objective, ref.objective) <= limit, (ours.objective, ref.objective)
+    assert ours.lower_bound <= ref.objective + 1e-6 * max(1.0, abs(ref.objective))
+    return ours, ref
+
+
+@pytest.mark.parametrize("kind", ["convex", "peak"])
+@pytest.mark.parametrize("horizon", [24, 96])
+@pytest.mark.parametrize("seed", range(4))
+def test_convex_matches_highs(kind, horizon, seed):
+    inst = instance_from_dict(make_instance_dict(seed * 31 + horizon, horizon, kind))
+    assert_matches_highs(inst)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_genset_within_stated_gap(seed):
+    """Mixed-integer: feasible, diesel exactly 0 when off and within [p_min, p_max] when on,
+    never better than the MIP optimum, within the 1% gap on these instances."""
+    inst = instance_from_dict(make_instance_dict(seed * 17 + 5, 48, "genset_peak" if seed % 2 else "genset"))
+    ours, ref = assert_matches_highs(inst, limit=1e-2)
+    assert rel_gap(ours.objective, ref.objective) >= -1e-6
+    dsl = inst.diesel
+    on = ours.diesel_on
+    assert np.all(ours.diesel_kw[~on] == 0.0)
+    assert np.all(ours.diesel_kw[on] >= dsl.p_min_kw - FEAS_TOL)
+    assert np.all(ours.diesel_kw[on] <= dsl.p_max_kw + FEAS_TOL)
+
+
+def _base(horizon=24):
+    return make_instance_dict(3, horizon, "convex")
+
+
+@pytest.mark.parametrize("soc0", [0.0, 3.0, 97.0, 100.0])
+def test_soc0_outside_band_is_feasible_and_optimal(soc0):
+    d = _base()
+    d["battery"]["soc0_pct"] = soc0  # band is [10, 95]
+    inst = instance_from_dict(d)
+    ours, _ = assert_matches_highs(inst)
+    assert ours.soc_pct[0] == soc0
+    assert np.max(ours.soc_pct) <= max(95.0, soc0) + FEAS_TOL
+
+
+def test_outage_everywhere():
+    d = _base()
+    d["grid_import_max_kw"] = [0.0] * 24
+    d["pv_kw"] = [0.0] * 24
+    inst = instance_from_dict(d)
+    ours, _ = assert_matches_highs(inst)
+    assert np.all(ours.grid_kw == 0.0)
+    assert np.sum(ours.unserved_kw) > 0.0  # a night outage longer than the battery
+
+
+def test_peak_term_lowers_the_peak():
+    d = make_instance_dict(11, 96, "convex")
+    flat = solve(instance_from_dict(d))
+    d["peak_price_per_kw"] = 20.0
+    inst = instance_from_dict(d)
+    shaved, _ = assert_matches_highs(inst)
+    assert shaved.peak_kw <= flat.peak_kw + FEAS_TOL
+
+
+def test_negative_prices_and_lossy_burn():
+    """Negative grid prices with no wear: the LP may charge and discharge at once to burn energy;
+    the DP must find the same optimum."""
+    d = _base()
+    d["grid_price"] = [-0.5] * 24
+    d["carbon_price_per_kg"] = 0.0
+    d["export_max_kw"] = 0.0
+    d["battery"]["wear_cost_per_kwh"] = 0.0
+    d["battery"]["eta_charge"] = 0.9
+    d["battery"]["eta_discharge"] = 0.9
+    assert_matches_highs(instance_from_dict(d))
+
+
+finite = dict(allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def small_instances(draw):
+    H = draw(st.integers(1, 16))
+    arr = lambda lo, hi: draw(st.lists(st.floats(lo, hi, **finite), min_size=H, max_size=H))  # noqa: E731
+    d = make_instance_dict(draw(st.integers(0, 10_000)), H, "convex", dt_h=draw(st.sampled_from([0.25, 0.5, 1.0])))
+    d.update(load_kw=arr(0, 80), pv_kw=arr(0, 120), grid_price=arr(-0.3, 1.5), export_price=arr(-0.2, 0.6),
+             grid_import_max_kw=arr(0, 100), export_max_kw=draw(st.floats(0, 60, **finite)),
+             peak_price_per_kw=draw(st.sampled_from([0.0, 0.0, 3.0, 12.0])))
+    b = d["battery"]
+    b["soc0_pct"] = draw(st.floats(0, 100, **finite))
+    b["soc_min_pct"] = draw(st.floats(0, 40, **finite))
+    b["soc_max_pct"] = draw(st.floats(b["soc_min_pct"], 100, **finite))
+    b["charge_max_kw"] = draw(st.floats(0, 150, **finite))
+    b["discharge_max_kw"] = draw(st.floats(0, 150, **finite))
+    b["eta_charge"] = draw(st.floats(0.7, 1.0, **finite))
+    b["eta_discharge"] = draw(st.floats(0.7, 1.0, **finite))
+    b["wear_cost_per_kwh"] = draw(st.floats(0, 0.1, **finite))
+    b["reserve_pct"] = draw(st.floats(0, 60, **finite))
+    return instance_from_dict(d)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small_instances())
+def test_property_matches_highs(inst):
+    assert_matches_highs(inst)
+
+
+def test_deterministic_bit_for_bit():
+    inst = load_instance(EXAMPLE)
+    a, b = solve(inst), solve(inst)
+    for name in ("grid_kw", "export_kw", "charge_kw", "discharge_kw", "diesel_kw", "curtail_kw",
+                 "unserved_kw", "soc_pct", "diesel_on"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert a.objective == b.objective
+
+
+def test_result_json_contract():
+    inst = load_instance(EXAMPLE)
+    out = result_to_json(solve(inst))
+    H = inst.horizon
+    for k in ("grid_kw", "export_kw", "charge_kw", "discharge_kw", "diesel_kw", "curtail_kw", "unserved_kw"):
+        assert len(out[k]) == H
+    assert len(out["soc_pct"]) == H + 1 and out["soc_pct"][0] == inst.battery.soc0_pct
+    assert isinstance(out["objective"], float) and out["solve_ms"] >= 0.0
+    json.dumps(out)
+
+
+def test_plan_main_exit_codes(tmp_path, capsys):
+    assert plan_main(EXAMPLE) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["soc_pct"]) == 97
+    bad = tmp_path / "bad.json"
+    d = json.loads(EXAMPLE.read_text())
+    d["battery"]["capacity_kwh"] = -5
+    bad.write_text(json.dumps(d))
+    assert plan_main(bad) == 2
+    err = capsys.readouterr().err
+    assert "battery.capacity_kwh" in err
+    assert plan_main(tmp_path / "missing.json") == 2
+    (tmp_path / "junk.json").write_text("{not json")
+    assert plan_main(tmp_path / "junk.json") == 2
+
+
+def _mutations():
+    def setp(path, value):
+        def f(d):
+            obj = d
+            for k in path[:-1]:
+                obj = obj[k]
+            obj[path[-1]] = value
+        return f
+
+    def delp(path):
+        def f(d):
+            obj = d
+            for k in path[:-1]:
+                obj = obj[k]
+            del obj[path[-1]]
+        return f
+    return [
+        (setp(["pv_kw"], [1.0] * 5), "pv_kw"),
+        (setp(["grid_price", 3], float("nan")), "grid_price[3]"),
+        (setp(["battery", "capacity_kwh"], -1.0), "battery.capacity_kwh"),
+        (setp(["battery", "capacity_kwh"], 0.0), "battery.capacity_kwh"),
+        (delp(["dt_h"]), "dt_h"),
+        (delp(["battery", "eta_charge"]), "battery.eta_charge"),
+        (setp(["surprise"], 1), "surprise"),
+        (setp(["battery", "bonus"], 1), "bonus"),
+        (setp(["battery", "soc0_pct"], 120.0), "battery.soc0_pct"),
+        (setp(["battery", "eta_discharge"], 0.0), "battery.eta_discharge"),
+        (setp(["battery", "reserve_pct"], [10.0] * 3), "battery.reserve_pct"),
+        (setp(["grid_import_max_kw", 0], -3.0), "grid_import_max_kw[0]"),
+        (setp(["export_max_kw"], "lots"), "export_max_kw"),
+        (setp(["dt_h"], 0.0), "dt_h"),
+        (setp(["diesel", "p_min_kw"], 500.0), "diesel.p_min_kw"),
+        (setp(["diesel", "on0"], "yes"), "diesel.on0"),
+        (setp(["diesel"], 3), "diesel"),
+        (setp(["load_kw"], []), "load_kw"),
+    ]
+
+
+@pytest.mark.parametrize("mutate,field", _mutations())
+def test_bad_instance_names_the_field(mutate, field):
+    d = json.loads(EXAMPLE.read_text())
+    d = copy.deepcopy(d)
+    mutate(d)
+    with pytest.raises(InstanceError) as exc:
+        instance_from_dict(d)
+    assert field in str(exc.value)
+
+
+def test_load_instance_nan_literal(tmp_path):
+    d = json.loads(EXAMPLE.read_text())
+    d["export_max_kw"] = float("nan")
+    p = tmp_path / "nan.json"
+    p.write_text(json.dumps(d))  # Python writes the non-standard NaN literal
+    assert "NaN" in p.read_text()
+    with pytest.raises(InstanceError, match="^export_max_kw: expected a finite number"):
+        load_instance(p)
