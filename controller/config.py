@@ -112,6 +112,33 @@ SITE_SCHEMA = Table({
         "diesel_source": F("string", default="UK DEFRA 2024, mineral diesel"),
         "carbon_price_per_kg": F("number", default=0.0, min=0),
     }, required=True),
+    # Battery protection (OpenEMS battery protection and dbus-serialbattery defaults, REFERENCE.md).
+    # Curves give the fraction of the configured maximum power vs a measurement.
+    "interlocks": Table({
+        "charge_vs_cell_v_max": F("curve", default=[[3.40, 1.0], [3.45, 0.25], [3.50, 0.05], [3.55, 0.0]],
+                                  min=0, max=1),
+        "discharge_vs_cell_v_min": F("curve", default=[[2.90, 0.0], [3.00, 0.1], [3.10, 1.0]], min=0, max=1),
+        "charge_vs_temp_c": F("curve", default=[[0.0, 0.0], [5.0, 0.2], [10.0, 1.0], [45.0, 1.0], [50.0, 0.5],
+                                                [55.0, 0.0]], min=0, max=1),
+        "discharge_vs_temp_c": F("curve", default=[[-20.0, 0.0], [-10.0, 0.5], [0.0, 1.0], [50.0, 1.0],
+                                                   [55.0, 0.5], [60.0, 0.0]], min=0, max=1),
+        "charge_vs_soc_pct": F("curve", default=None, min=0, max=1),      # default: taper to soc_max
+        "discharge_vs_soc_pct": F("curve", default=None, min=0, max=1),   # default: taper to soc_min
+        "force_charge_below_cell_v": F("number", default=2.95, min=1.5, max=4.5),
+        "force_charge_release_cell_v": F("number", default=3.15, min=1.5, max=4.5),
+        "force_charge_kw": F("number", default=20.0, min=0),
+        "force_charge_from_grid": F("boolean", default=True),
+        "force_charge_min_s": F("number", default=300.0, min=0),
+        "hold_hysteresis_pct": F("number", default=2.0, min=0, max=20),
+        "hold_min_s": F("number", default=60.0, min=0),
+        "recovery_delay_s": F("number", default=30.0, min=0),
+        "temp_max_c": F("number", default=55.0, min=0, max=100),
+        "temp_min_c": F("number", default=0.0, min=-40, max=30),
+        "loop_safe_cycles": F("integer", default=5, min=1, max=1000),
+        "genset_max_starts_per_h": F("integer", default=4, min=1, max=60),
+        "genset_start_timeout_s": F("number", default=60.0, min=1),
+        "alarm_clear_s": F("number", default=10.0, min=0),
+    }),
     "limits": Table({
         "bms_max_age_s": F("number", default=5.0, min=0, min_exclusive=True),
         "meter_max_age_s": F("number", default=5.0, min=0, min_exclusive=True),
@@ -184,6 +211,10 @@ def _cross_checks(cfg: dict, v: Validator) -> None:
     if not bat["soc_min_pct"] <= bat["reserve_pct"] <= bat["soc_max_pct"]:
         v.problem("battery.reserve_pct", "expected between battery.soc_min_pct and battery.soc_max_pct, "
                   f"got {bat['reserve_pct']}")
+    il = cfg["interlocks"]
+    if il["force_charge_below_cell_v"] >= il["force_charge_release_cell_v"]:
+        v.problem("interlocks.force_charge_below_cell_v", "must be below interlocks.force_charge_release_cell_v "
+                  "(hysteresis)")
     if bat["cell_v_min"] >= bat["cell_v_max"]:
         v.problem("battery.cell_v_min", "must be below battery.cell_v_max")
     try:

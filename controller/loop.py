@@ -16,6 +16,7 @@ import numpy as np
 
 from controller.core import layout as L
 from controller.core.step import step
+from controller.operator import OperatorInputs
 from controller.warmup import warmup
 from controller.points import BY_SOURCE, N_POINTS, Q_ERROR, Q_OK, Q_STALE, max_ages_s, new_image
 from drivers.base import Device
@@ -26,6 +27,9 @@ ACTUATION = {
     "genset": lambda cmd: {"run": float(cmd[L.C_GENSET_RUN]), "setpoint_kw": float(cmd[L.C_GENSET_KW])},
     "pv_inverter": lambda cmd: {"limit_kw": float(cmd[L.C_PV_LIMIT_KW])},
 }
+
+
+LOOP_DEVICE = "__loop__"   # the loop's own health points (role "self")
 
 
 class Clock(Protocol):
@@ -133,13 +137,15 @@ class ScanLoop:
     def __init__(self, params: np.ndarray, devices: dict[str, Device], roles: dict[str, str], limits: dict,
                  clock: Clock, recorder=None, hooks: list[Hook] | None = None, state: np.ndarray | None = None):
         self.params = params
-        self.devices = devices
-        self.roles = roles
+        self.operator = OperatorInputs()
+        self.devices = {**devices, self.operator.name: self.operator}
+        self.roles = {**roles, "operator": self.operator.name, "self": LOOP_DEVICE}
         self.clock = clock
         self.recorder = recorder
         self.hooks = list(hooks or [])
         self.period_s = float(params[L.P_PERIOD_S])
-        self.builder = ImageBuilder(roles, limits)
+        self.builder = ImageBuilder(self.roles, limits)
+        self.late_cycles = 0         # consecutive overruns, fed to the step as loop_late_cycles
         self.image = new_image()
         self.state = state if state is not None else L.new_state(clock.utc_s() - self.period_s)
         self.commands = np.zeros(L.N_COMMANDS)
@@ -155,6 +161,7 @@ class ScanLoop:
         now = self.clock.monotonic()
         for device in self.devices.values():                         # 1. acquire
             device.acquire(now, self.builder.sink)
+        self.builder.sink(LOOP_DEVICE, "late_cycles", float(self.late_cycles), now, Q_OK)
         image = self.builder.freeze(self.image, self.cycle_no, self.clock.utc_s(), now)   # 2. freeze
         state, cmd, events, n = step(self.params, self.state, float(image["t_s"]),      # 3. step
                                      image["value"], image["quality"])
@@ -174,6 +181,9 @@ class ScanLoop:
         self.stats.add(spent)
         if spent > self.period_s / self.clock.speed:
             self.stats.overruns += 1
+            self.late_cycles += 1
+        else:
+            self.late_cycles = 0
 
     def run(self, cycles: int | None = None) -> None:
         """Run on period boundaries of the monotonic clock until `cycles` are done or stop() is called."""

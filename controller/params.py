@@ -1,14 +1,23 @@
 """Turn a validated site profile into the kernels' PARAMS vector."""
 import numpy as np
 
+from controller.alarms import latch_mask
 from controller.config import SiteConfig
 from controller.core import layout as L
+
+
+def _put_curve(p: np.ndarray, curve: int, points: list[list[float]]) -> None:
+    base = L.N_SCALAR_PARAMS + curve * L.CURVE_SLOTS
+    p[base] = len(points)
+    for i, (x, y) in enumerate(points):
+        p[base + 1 + i] = x
+        p[base + 1 + L.CURVE_MAX_POINTS + i] = y
 
 
 def build_params(cfg: SiteConfig, strategy: str | None = None) -> np.ndarray:
     """The PARAMS vector for `step`; `strategy` overrides [control].strategy (the sim's --strategy)."""
     p = np.zeros(L.N_PARAMS, dtype=np.float64)
-    bat, grid, ctl, gen = cfg["battery"], cfg["grid"], cfg["control"], cfg.get("genset")
+    bat, grid, ctl, gen, il = cfg["battery"], cfg["grid"], cfg["control"], cfg.get("genset"), cfg["interlocks"]
     p[L.P_PERIOD_S] = ctl["period_s"]
     p[L.P_CAPACITY_KWH] = bat["capacity_kwh"]
     p[L.P_SOC_MIN_PCT] = bat["soc_min_pct"]
@@ -38,4 +47,31 @@ def build_params(cfg: SiteConfig, strategy: str | None = None) -> np.ndarray:
     p[L.P_BMS_STALE_CYCLES] = ctl["bms_stale_cycles"]
     p[L.P_METER_STALE_CYCLES] = ctl["meter_stale_cycles"]
     p[L.P_STRATEGY] = L.STRATEGY_CODES[strategy or ctl["strategy"]]
+    p[L.P_FORCE_CHARGE_BELOW_V] = il["force_charge_below_cell_v"]
+    p[L.P_FORCE_CHARGE_RELEASE_V] = il["force_charge_release_cell_v"]
+    p[L.P_FORCE_CHARGE_KW] = il["force_charge_kw"]
+    p[L.P_FORCE_CHARGE_FROM_GRID] = 1.0 if il["force_charge_from_grid"] else 0.0
+    p[L.P_FORCE_CHARGE_MIN_S] = il["force_charge_min_s"]
+    p[L.P_HOLD_HYSTERESIS_PCT] = il["hold_hysteresis_pct"]
+    p[L.P_HOLD_MIN_S] = il["hold_min_s"]
+    p[L.P_RECOVERY_DELAY_S] = il["recovery_delay_s"]
+    p[L.P_TEMP_MAX_C] = il["temp_max_c"]
+    p[L.P_TEMP_MIN_C] = il["temp_min_c"]
+    p[L.P_LOOP_SAFE_CYCLES] = il["loop_safe_cycles"]
+    p[L.P_GEN_MAX_STARTS_PER_H] = il["genset_max_starts_per_h"]
+    p[L.P_GEN_START_TIMEOUT_S] = il["genset_start_timeout_s"]
+    p[L.P_ALARM_CLEAR_S] = il["alarm_clear_s"]
+    p[L.P_ALARM_LATCH_MASK] = float(latch_mask())
+    smin, smax = bat["soc_min_pct"], bat["soc_max_pct"]
+    curves = {
+        "charge_vs_cell_v_max": il["charge_vs_cell_v_max"],
+        "discharge_vs_cell_v_min": il["discharge_vs_cell_v_min"],
+        "charge_vs_temp_c": il["charge_vs_temp_c"],
+        "discharge_vs_temp_c": il["discharge_vs_temp_c"],
+        # OpenEMS-like taper into the hard limits, placed relative to this site's SOC band
+        "charge_vs_soc_pct": il["charge_vs_soc_pct"] or [[smax - 5.0, 1.0], [smax - 2.0, 0.4], [smax, 0.05]],
+        "discharge_vs_soc_pct": il["discharge_vs_soc_pct"] or [[smin, 0.0], [smin + 2.0, 0.3], [smin + 5.0, 1.0]],
+    }
+    for name, points in curves.items():
+        _put_curve(p, L.CURVE_NAMES.index(name), points)
     return p

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FAST, BMS, SLOW = "fast", "bms", "slow"  # which limits.* max age applies
+FAST, BMS, SLOW, HELD = "fast", "bms", "slow", "held"  # which limits.* max age applies; HELD never ages
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,14 @@ CATALOGUE: tuple[Point, ...] = (
     Point("grid_price", "cur/kWh", "grid", "price_per_kwh", SLOW, "current import price"),
     Point("grid_co2_kg_per_kwh", "kgCO2e/kWh", "grid", "co2_kg_per_kwh", SLOW, "current grid intensity"),
     Point("ambient_c", "°C", "weather", "ambient_c", SLOW, "outdoor temperature"),
+    # Requests from the technician (TUI) or a verified cloud command; held until changed.
+    Point("op_mode", "enum", "operator", "mode", HELD, "0 auto, 1 manual, 2 standby"),
+    Point("op_battery_kw", "kW", "operator", "battery_kw", HELD, "manual battery setpoint, + discharge"),
+    Point("op_genset", "enum", "operator", "genset", HELD, "manual genset: -1 no request, 0 stop, 1 run"),
+    Point("op_reserve_pct", "%", "operator", "reserve_pct", HELD, "reserve SOC override (0: profile's)"),
+    Point("op_ack_bits", "bits", "operator", "ack_bits", HELD, "alarms to acknowledge (a one-cycle pulse)"),
+    # The scan loop's own health, put in the image so the safe state it triggers replays.
+    Point("loop_late_cycles", "cycles", "self", "late_cycles", HELD, "consecutive cycles over their period"),
 )
 
 N_POINTS = len(CATALOGUE)
@@ -68,6 +76,7 @@ SOC_PCT, SOH_PCT, BATTERY_V, BATTERY_A, BATTERY_TEMP_C, BMS_CVL_V, BMS_CCL_A, BM
 CELL_V_MAX, CELL_V_MIN, CELL_TEMP_MAX_C, CELL_TEMP_MIN_C = range(16, 20)
 BMS_CHARGE_ENABLE, BMS_DISCHARGE_ENABLE, BMS_FORCE_CHARGE, BMS_ALARM_BITS = range(20, 24)
 IT_KW, COOLING_KW, AUX_KW, GRID_AVAILABLE, GRID_PRICE, GRID_CO2, AMBIENT_C = range(24, 31)
+OP_MODE, OP_BATTERY_KW, OP_GENSET, OP_RESERVE_PCT, OP_ACK_BITS, LOOP_LATE_CYCLES = range(31, 37)
 
 # Quality codes, as in drivers/base.py (kept equal by a test).
 Q_OK, Q_STALE, Q_ERROR = 0, 1, 2
@@ -90,7 +99,8 @@ def new_image() -> np.ndarray:
 
 def max_ages_s(limits: dict) -> np.ndarray:
     """Per-point max age from the site profile's [limits] table."""
-    by_class = {FAST: limits["meter_max_age_s"], BMS: limits["bms_max_age_s"], SLOW: limits["slow_max_age_s"]}
+    by_class = {FAST: limits["meter_max_age_s"], BMS: limits["bms_max_age_s"], SLOW: limits["slow_max_age_s"],
+                HELD: float("inf")}
     return np.array([by_class[p.age_class] for p in CATALOGUE], dtype=np.float64)
 
 
@@ -99,7 +109,7 @@ def _check_layout() -> None:
              "battery_v battery_a battery_temp_c bms_cvl_v bms_ccl_a bms_dcl_a cell_v_max cell_v_min "
              "cell_temp_max_c cell_temp_min_c bms_charge_enable bms_discharge_enable bms_force_charge "
              "bms_alarm_bits it_kw cooling_kw aux_kw grid_available grid_price grid_co2_kg_per_kwh "
-             "ambient_c").split()
+             "ambient_c op_mode op_battery_kw op_genset op_reserve_pct op_ack_bits loop_late_cycles").split()
     assert [p.name for p in CATALOGUE] == names, "index constants out of step with CATALOGUE"
 
 

@@ -55,7 +55,8 @@ class Field:
     def expected(self) -> str:
         parts = {"number": "a number", "integer": "an integer", "string": "a string",
                  "boolean": "true or false", "numbers": "an array of numbers",
-                 "number_or_numbers": "a number or an array of numbers"}[self.kind]
+                 "number_or_numbers": "a number or an array of numbers",
+                 "curve": "an array of [x, y] pairs with x increasing (2 to 8 points)"}[self.kind]
         if self.choices:
             parts = "one of " + ", ".join(repr(c) for c in self.choices)
         if self.min is not None or self.max is not None:
@@ -92,6 +93,22 @@ class Field:
             if not isinstance(value, bool):
                 return None, f"expected true or false, got {_type_name(value)} {value!r}"
             return value, None
+        if kind == "curve":
+            ok = (isinstance(value, list) and 2 <= len(value) <= 8 and all(
+                isinstance(p, list) and len(p) == 2 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in p)
+                for p in value))
+            if not ok:
+                return None, f"expected {self.expected()}, got {value!r}"
+            xs = [float(p[0]) for p in value]
+            if any(b <= a for a, b in zip(xs, xs[1:])):
+                return None, f"expected x values strictly increasing, got {xs}"
+            if self.min is not None or self.max is not None:
+                for p in value:
+                    _, err = self._range(float(p[1]))
+                    if err:
+                        return None, "curve y " + err
+            return [[float(x), float(y)] for x, y in value], None
         if kind == "numbers":
             if not isinstance(value, list) or any(
                     isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
@@ -191,8 +208,10 @@ class Validator:
                     out[name] = {}
                 elif isinstance(sub, ArrayOf):
                     out[name] = []
+                elif isinstance(sub, Table) and not any(getattr(f, "required", False) for f in sub.fields.values()):
+                    out[name] = self.walk(sub, {}, sub_key)     # all defaults
                 else:
-                    out[name] = None
+                    out[name] = None                             # an optional table left out (no genset)
             return out
         if isinstance(schema, MapOf):
             if not isinstance(value, dict):

@@ -39,6 +39,8 @@ VALUES = {
                                "cell_v_max": 3.345, "cell_v_min": 3.301, "cell_temp_max_c": 24.5,
                                "cell_temp_min_c": -2.0, "request_flags": 0b1100_0000, "alarm_bits": 0,
                                "warning_bits": 4}),
+    "sunspec_pv_inverter": (7, {"power_kw": 87.5, "state": 5, "wmax_kw": 150.0, "wmaxlim_pct": 60.0,
+                                "wmaxlim_ena": 1}),
 }
 EXPECTED_DERIVED = {
     "eastron_sdm630": {"voltage_v": 230.0, "current_a": 33.5},
@@ -46,6 +48,7 @@ EXPECTED_DERIVED = {
     "sunspec_storage_pcs": {"setpoint_kw": 0.0},
     "deepsea_gencomm": {"power_kw": 39.5, "running": 1.0, "available": 1.0},
     "generic_modbus_bms": {"charge_enable": 1.0, "discharge_enable": 1.0, "force_charge": 0.0},
+    "sunspec_pv_inverter": {"limit_kw": 90.0},
 }
 
 

@@ -60,13 +60,18 @@ def test_bms_silent_goes_safe_within_configured_cycles_and_recovers():
     silent_v, silent_q = healthy_image(grid_kw=60.0, soc_pct=80.0)
     for name in ("soc_pct", "bms_ccl_a", "bms_dcl_a", "cell_v_max", "cell_v_min", "battery_v"):
         silent_q[INDEX[name]] = Q_STALE
-    images = [fresh] * 5 + [(silent_v, silent_q)] * (n_stale + 3) + [fresh] * 5
+    recovery = int(PARAMS[L.P_RECOVERY_DELAY_S])
+    images = [fresh] * 5 + [(silent_v, silent_q)] * (n_stale + 3) + [fresh] * (recovery + 10)
     out = run(PARAMS, images)
     modes = [int(o[1][L.C_MODE]) for o in out]
     powers = [o[1][L.C_BATTERY_KW] for o in out]
+    back = 5 + n_stale + 3                                   # first fresh image again
+    assert powers[4] > 0.0
     assert modes[5 + n_stale - 1] == L.MODE_SAFE and powers[5 + n_stale - 1] == 0.0
-    assert all(p == 0.0 for p in powers[5 + n_stale - 1: 5 + n_stale + 3])
-    assert modes[-1] == L.MODE_NORMAL and powers[-1] > 0.0
+    assert all(p == 0.0 for p in powers[5 + n_stale - 1: back])
+    assert modes[back] == L.MODE_NORMAL
+    assert all(p == 0.0 for p in powers[back: back + recovery - 1])   # slow recovery (dbus-serialbattery)
+    assert powers[-1] > 0.0
     codes = [int(e[0]) for o in out for e in o[2]]
     assert L.EV_BMS_STALE in codes and L.EV_BMS_BACK in codes
 

@@ -1,65 +1,120 @@
 """Fixed layouts of the arrays the pure kernels exchange: params, state, commands and events.
 
 Plain float64 vectors indexed by module constants keep the kernels numba-friendly and make a recording
-a handful of contiguous bytes. `controller/params.py` fills PARAMS from a site profile.
+a handful of contiguous bytes. Each layout is a list of names; the constants (P_PERIOD_S, S_GEN_ON,
+C_BATTERY_KW...) are generated from it, so adding a slot is one word in one list.
+`controller/params.py` fills PARAMS from a site profile.
 """
 import numpy as np
 
+
+def _constants(prefix: str, names: list[str], start: int = 0) -> int:
+    for i, name in enumerate(names, start):
+        globals()[f"{prefix}_{name.upper()}"] = i
+    return start + len(names)
+
+
 # --- params: constants of the site, fixed for a run -------------------------------------------------
-(P_PERIOD_S, P_CAPACITY_KWH, P_SOC_MIN_PCT, P_SOC_MAX_PCT, P_RESERVE_PCT, P_CHARGE_MAX_KW,
- P_DISCHARGE_MAX_KW, P_PCS_RATED_KW, P_ETA_CHARGE, P_ETA_DISCHARGE, P_RAMP_KW_PER_S, P_CELL_V_MAX,
- P_CELL_V_MIN, P_NOMINAL_V, P_GRID_IMPORT_MAX_KW, P_GRID_EXPORT_MAX_KW, P_GRID_MARGIN_KW, P_PV_RATED_KW,
- P_HAS_GENSET, P_GEN_RATED_KW, P_GEN_PMIN_KW, P_GEN_MIN_RUN_S, P_GEN_COOLDOWN_S, P_GEN_START_SOC_PCT,
- P_GEN_STOP_SOC_PCT, P_BMS_STALE_CYCLES, P_METER_STALE_CYCLES, P_STRATEGY) = range(28)
-N_PARAMS = 28
-PARAM_NAMES = ("period_s capacity_kwh soc_min_pct soc_max_pct reserve_pct charge_max_kw discharge_max_kw "
-               "pcs_rated_kw eta_charge eta_discharge ramp_kw_per_s cell_v_max cell_v_min nominal_v "
-               "grid_import_max_kw grid_export_max_kw grid_margin_kw pv_rated_kw has_genset gen_rated_kw "
-               "gen_pmin_kw gen_min_run_s gen_cooldown_s gen_start_soc_pct gen_stop_soc_pct "
-               "bms_stale_cycles meter_stale_cycles strategy").split()
+PARAM_NAMES = (
+    "period_s capacity_kwh soc_min_pct soc_max_pct reserve_pct charge_max_kw discharge_max_kw "
+    "pcs_rated_kw eta_charge eta_discharge ramp_kw_per_s cell_v_max cell_v_min nominal_v "
+    "grid_import_max_kw grid_export_max_kw grid_margin_kw pv_rated_kw has_genset gen_rated_kw "
+    "gen_pmin_kw gen_min_run_s gen_cooldown_s gen_start_soc_pct gen_stop_soc_pct "
+    "bms_stale_cycles meter_stale_cycles strategy "
+    # interlocks
+    "force_charge_below_v force_charge_release_v force_charge_kw force_charge_from_grid force_charge_min_s "
+    "hold_hysteresis_pct hold_min_s recovery_delay_s temp_max_c temp_min_c loop_safe_cycles "
+    "gen_max_starts_per_h gen_start_timeout_s alarm_clear_s alarm_latch_mask"
+).split()
+N_SCALAR_PARAMS = _constants("P", PARAM_NAMES)
+
+# Protection curves (fraction of the configured maximum vs a measurement), piecewise linear, clamped
+# at both ends. Each occupies CURVE_SLOTS floats at the end of PARAMS: n, x[0..7], y[0..7].
+CURVE_NAMES = ("charge_vs_cell_v_max discharge_vs_cell_v_min charge_vs_temp_c discharge_vs_temp_c "
+               "charge_vs_soc_pct discharge_vs_soc_pct").split()
+CURVE_MAX_POINTS = 8
+CURVE_SLOTS = 1 + 2 * CURVE_MAX_POINTS
+_constants("CURVE", CURVE_NAMES)
+N_PARAMS = N_SCALAR_PARAMS + CURVE_SLOTS * len(CURVE_NAMES)
 
 STRATEGY_NONE, STRATEGY_RULE, STRATEGY_MPC = 0, 1, 2
 STRATEGY_CODES = {"none": STRATEGY_NONE, "rule": STRATEGY_RULE, "mpc": STRATEGY_MPC}
+STRATEGY_NAMES = {code: name for name, code in STRATEGY_CODES.items()}
 
 # --- state: what step carries from one cycle to the next ---------------------------------------------
-(S_LAST_T_S, S_GEN_ON, S_GEN_ON_S, S_GEN_OFF_S, S_LAST_BATTERY_KW, S_BMS_STALE_N, S_METER_STALE_N,
- S_SAFE_BMS, S_CONSERVATIVE, S_TRIPS, S_LIMITED, S_LOAD_KW, S_GRID_UP, S_GEN_STARTS, S_CYCLES) = range(15)
-N_STATE = 15
-STATE_NAMES = ("last_t_s gen_on gen_on_s gen_off_s last_battery_kw bms_stale_n meter_stale_n safe_bms "
-               "conservative trips limited load_kw grid_up gen_starts cycles").split()
+GEN_START_RING = 8  # start times kept for the starts-per-hour limit
+STATE_NAMES = (
+    "last_t_s gen_on gen_on_s gen_off_s last_battery_kw bms_stale_n meter_stale_n safe_bms conservative "
+    "trips limited load_kw grid_up gen_starts cycles "
+    "charge_block_s discharge_block_s ceiling_hold ceiling_hold_s floor_hold floor_hold_s force_charge "
+    "force_charge_s alarm_active alarm_unacked gen_start_wait_s gen_failed loop_safe last_mode"
+).split()
+N_STATE_SCALARS = _constants("S", STATE_NAMES)
+S_ALARM_CLEAR_S = N_STATE_SCALARS            # 32 per-alarm "condition clear since" timers
+S_GEN_START_TIMES = S_ALARM_CLEAR_S + 32      # ring of the last GEN_START_RING start times (t_s)
+N_STATE = S_GEN_START_TIMES + GEN_START_RING
 
-# --- commands: what actuate writes ---------------------------------------------------------------
-(C_BATTERY_KW, C_GENSET_RUN, C_GENSET_KW, C_PV_LIMIT_KW, C_MODE, C_CHARGE_LIMIT_KW,
- C_DISCHARGE_LIMIT_KW) = range(7)
-N_COMMANDS = 7
-COMMAND_NAMES = ("battery_kw genset_run genset_kw pv_limit_kw mode charge_limit_kw "
-                 "discharge_limit_kw").split()
-MODE_NORMAL, MODE_CONSERVATIVE, MODE_SAFE = 0, 1, 2
-MODE_NAMES = ("normal", "conservative", "safe")
+# --- commands: what actuate writes, plus what the interlocks decided and why ---------------------
+COMMAND_NAMES = ("battery_kw genset_run genset_kw pv_limit_kw mode charge_limit_kw discharge_limit_kw "
+                 "charge_reason discharge_reason alarms_active alarms_unacked").split()
+N_COMMANDS = _constants("C", COMMAND_NAMES)
+MODE_NORMAL, MODE_CONSERVATIVE, MODE_SAFE, MODE_FORCE_CHARGE, MODE_MANUAL, MODE_STANDBY = range(6)
+MODE_NAMES = ("normal", "conservative", "safe", "force_charge", "manual", "standby")
+
+# Operator / cloud requests arrive as image points (so replay sees them): op_mode values.
+OP_AUTO, OP_MANUAL, OP_STANDBY = 0, 1, 2
+
+# Which limit bounds a direction (C_CHARGE_REASON / C_DISCHARGE_REASON; event values).
+LIMIT_REASONS = ("none configured_max bms_current bms_forbids soc_hard_limit cell_voltage_curve "
+                 "temperature_curve soc_curve hold recovery_delay ramp safe_state force_charge").split()
+_constants("R", LIMIT_REASONS)
+
+# --- alarms: bit positions; texts, severities and checks live in profiles/alarms.toml ------------
+ALARM_NAMES = ("bms_lost meter_lost cell_overvoltage cell_undervoltage over_temperature "
+               "under_temperature soc_low bms_alarm force_charge genset_start_failed genset_max_starts "
+               "grid_lost loop_overrun fuel_low").split()
+_constants("A", ALARM_NAMES)
 
 # --- events: (code, value) rows, at most MAX_EVENTS a cycle ----------------------------------------
 MAX_EVENTS = 16
-(EV_BMS_STALE, EV_BMS_BACK, EV_METER_STALE, EV_METER_BACK, EV_GENSET_START, EV_GENSET_STOP,
- EV_BATTERY_LIMITED, EV_BATTERY_UNLIMITED, EV_GRID_LOST, EV_GRID_BACK) = range(1, 11)
+EVENT_LIST = ("bms_stale bms_back meter_stale meter_back genset_start genset_stop battery_limited "
+              "battery_unlimited grid_lost grid_back alarm_raised alarm_cleared alarm_acked "
+              "force_charge_on force_charge_off hold_on hold_off genset_start_failed loop_safe_on "
+              "loop_safe_off mode_changed").split()
+_constants("EV", EVENT_LIST, start=1)
 EVENT_NAMES = {
-    EV_BMS_STALE: "bms_stale: battery to safe state (0 kW)",
-    EV_BMS_BACK: "bms_back: BMS data fresh again, battery released with ramp",
-    EV_METER_STALE: "meter_stale: conservative mode (no export, no grid charging, hold reserve)",
-    EV_METER_BACK: "meter_back: site meter fresh again, normal mode",
-    EV_GENSET_START: "genset_start (value: SOC %)",
-    EV_GENSET_STOP: "genset_stop (value: SOC %)",
-    EV_BATTERY_LIMITED: "battery_limited: interlocks cut the setpoint (value: kW cut)",
-    EV_BATTERY_UNLIMITED: "battery_unlimited: setpoint within limits again",
-    EV_GRID_LOST: "grid_lost: utility supply absent",
-    EV_GRID_BACK: "grid_back: utility supply present",
+    EV_BMS_STALE: "bms_stale: BMS data too old, battery to safe state (0 kW)",  # noqa: F821
+    EV_BMS_BACK: "bms_back: BMS data fresh again, battery released with ramp",  # noqa: F821
+    EV_METER_STALE: "meter_stale: conservative mode (no export, no grid charging, hold reserve)",  # noqa: F821
+    EV_METER_BACK: "meter_back: site meter fresh again, normal mode",  # noqa: F821
+    EV_GENSET_START: "genset_start (value: SOC %)",  # noqa: F821
+    EV_GENSET_STOP: "genset_stop (value: SOC %)",  # noqa: F821
+    EV_BATTERY_LIMITED: "battery_limited: interlocks cut the setpoint (value: reason code)",  # noqa: F821
+    EV_BATTERY_UNLIMITED: "battery_unlimited: setpoint within limits again",  # noqa: F821
+    EV_GRID_LOST: "grid_lost: utility supply absent",  # noqa: F821
+    EV_GRID_BACK: "grid_back: utility supply present",  # noqa: F821
+    EV_ALARM_RAISED: "alarm_raised (value: alarm bit)",  # noqa: F821
+    EV_ALARM_CLEARED: "alarm_cleared (value: alarm bit)",  # noqa: F821
+    EV_ALARM_ACKED: "alarm_acked (value: alarm bit)",  # noqa: F821
+    EV_FORCE_CHARGE_ON: "force_charge_on: min cell voltage below threshold (value: V)",  # noqa: F821
+    EV_FORCE_CHARGE_OFF: "force_charge_off: cells recovered (value: V)",  # noqa: F821
+    EV_HOLD_ON: "hold_on: SOC at a hard limit (value: +1 ceiling, -1 floor)",  # noqa: F821
+    EV_HOLD_OFF: "hold_off: SOC back inside the band by the hysteresis (value: +1/-1)",  # noqa: F821
+    EV_GENSET_START_FAILED: "genset_start_failed: not running within the start timeout",  # noqa: F821
+    EV_LOOP_SAFE_ON: "loop_safe_on: the scan cycle missed its period too often, safe state",  # noqa: F821
+    EV_LOOP_SAFE_OFF: "loop_safe_off: the scan cycle keeps its period again",  # noqa: F821
+    EV_MODE_CHANGED: "mode_changed (value: new mode code)",  # noqa: F821
 }
 
 
 def new_state(t0_s: float) -> np.ndarray:
     state = np.zeros(N_STATE, dtype=np.float64)
-    state[S_LAST_T_S] = t0_s
-    state[S_GEN_OFF_S] = 1e9  # long off: no cool-down pending at start
-    state[S_GRID_UP] = 1.0
+    state[S_LAST_T_S] = t0_s  # noqa: F821
+    state[S_GEN_OFF_S] = 1e9  # noqa: F821  long off: no cool-down pending at start
+    state[S_GRID_UP] = 1.0  # noqa: F821
+    state[S_GEN_START_TIMES:S_GEN_START_TIMES + GEN_START_RING] = -1e18
     return state
 
-STRATEGY_NAMES = {code: name for name, code in STRATEGY_CODES.items()}
+
+def reason_name(code: float) -> str:
+    return LIMIT_REASONS[int(code)] if 0 <= int(code) < len(LIMIT_REASONS) else str(code)

@@ -15,13 +15,17 @@ F(y), the cheapest way to supply a bus demand y; the battery maps a SOC rate r t
 negative marginal cost, exactly as the LP would.
 
 The peak term (peak_price * max_t g_t) couples the steps: for a fixed peak level P the problem is the
-same DP with g_t <= min(cap_t, P), and h(P) = Phi(P) + peak_price*P is convex in P, so P is found by
-a bounded golden-section search (PEAK_EVALS evaluations of the backward pass).
+same DP with g_t <= min(cap_t, P), and h(P) = Phi(P) + peak_price*P is convex and PL in P, so P is
+found by tangent intersection (Kelley's cutting planes in 1-D, finite for PL functions; slopes by
+one-sided differences), at most PEAK_EVALS backward passes, which also yields a lower bound.
 
-With a genset the problem is mixed-integer (p_min, start cost). We solve the convex relaxation
-(on_t in [0,1], start cost dropped; a valid lower bound LB), round its diesel use to on/off patterns,
-improve the best pattern by a bounded local search over on-runs and off-gaps (each pattern is an
-exact convex DP), and report the certified bound gap_bound = (objective - LB) / |objective|.
+With a genset the problem is mixed-integer (p_min, start cost). The convex relaxation (on_t in
+[0,1], start cost dropped) is solved the same way and gives a certified lower bound LB. On/off
+patterns come from rounding the relaxed diesel use and from unit-commitment rounds (price stored
+energy at the plan's dual dV/dE, decide each step off/on with a two-state Viterbi over start
+costs); the best is improved by a first-improvement local search (extend/shrink/drop runs, fill gaps,
+start new runs), every candidate an exact DP over stage tables built once. The search is capped
+at GENSET_EVALS passes; gap_bound = (objective - LB) / max(1, |objective|) is reported per call.
 
 Everything below the public `solve` is numba `@njit(cache=True, error_model="numpy")` on plain arrays; `plan_kernel` is
 the raw entry the controller's numba step can call directly.

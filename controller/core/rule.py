@@ -7,13 +7,13 @@ It proposes setpoints only; interlocks decide what is applied.
 from numba import njit
 
 from controller.core.layout import (
-    P_GEN_PMIN_KW, P_GEN_RATED_KW, P_GEN_START_SOC_PCT, P_GEN_STOP_SOC_PCT, P_HAS_GENSET, P_RESERVE_PCT,
+    P_GEN_PMIN_KW, P_GEN_RATED_KW, P_GEN_START_SOC_PCT, P_GEN_STOP_SOC_PCT, P_HAS_GENSET,
     P_CHARGE_MAX_KW, P_DISCHARGE_MAX_KW,
 )
 
 
 @njit(cache=True)
-def rule_setpoints(params, soc_pct, load_kw, pv_kw, genset_kw, cap_kw, grid_up, gen_on):
+def rule_setpoints(params, soc_pct, load_kw, pv_kw, genset_kw, cap_kw, grid_up, gen_on, reserve_pct):
     """(battery_kw, genset_on, genset_kw) proposed for this cycle. battery_kw: + discharge, - charge."""
     net_kw = load_kw - pv_kw                     # what battery + grid + genset must supply
     # Genset: hysteresis on SOC, plus a peak the battery cannot shave under the cap.
@@ -23,7 +23,7 @@ def rule_setpoints(params, soc_pct, load_kw, pv_kw, genset_kw, cap_kw, grid_up, 
         if not gen_on:
             if soc_pct < params[P_GEN_START_SOC_PCT] or beyond_cap_kw > params[P_DISCHARGE_MAX_KW]:
                 want_gen = True
-            elif not grid_up and soc_pct < params[P_RESERVE_PCT] and net_kw > 0.0:
+            elif not grid_up and soc_pct < reserve_pct and net_kw > 0.0:
                 want_gen = True
         elif soc_pct >= params[P_GEN_STOP_SOC_PCT] and beyond_cap_kw < 0.8 * params[P_DISCHARGE_MAX_KW]:
             want_gen = False
@@ -36,12 +36,12 @@ def rule_setpoints(params, soc_pct, load_kw, pv_kw, genset_kw, cap_kw, grid_up, 
     if genset_kw > 0.0:
         battery_kw = supply_kw - cap_kw                 # set running: recharge with it and the grid
     elif supply_kw > 0.0:
-        if grid_up and soc_pct <= params[P_RESERVE_PCT]:
+        if grid_up and soc_pct <= reserve_pct:
             battery_kw = max(0.0, supply_kw - cap_kw)   # hold the reserve: only shave above the cap
         else:
             battery_kw = supply_kw                      # self-consumption: grid to zero
     else:
         battery_kw = supply_kw                          # store the surplus
-    if grid_up and soc_pct < params[P_RESERVE_PCT]:
+    if grid_up and soc_pct < reserve_pct:
         battery_kw = min(battery_kw, supply_kw - cap_kw)  # rebuild the reserve within the cap
     return battery_kw, want_gen, gen_sp_kw

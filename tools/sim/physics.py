@@ -32,7 +32,7 @@ class Battery:
     nominal_v: float
     soc_pct: float
     temp_c: float
-    cell_r_ohm: float = 0.0008
+    cell_r_ohm: float = 0.00012
     spread_v: float = 0.008
     power_kw: float = 0.0          # + discharge
     soh_pct: float = 97.0

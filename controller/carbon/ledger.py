@@ -1,0 +1,267 @@
+"""The carbon ledger: append-only, hash-chained, Ed25519-signed records, one per line.
+
+Line format (UTF-8, one record per line, in the spirit of OCMF's `OCMF|{payload}|{signature}`):
+
+    {payload JSON, keys sorted, no spaces}|{base64 Ed25519 signature over the payload bytes}\\n
+
+Every payload carries `v` (format 1), `n` (a counter: 0 for the genesis record, +1 per record, so a
+removed or inserted record shows), `prev` (hex SHA-256 of the previous record's line without its
+newline; 64 zeros for genesis), `kind` (genesis | interval | recovery), `gw` (gateway id) and `clock`
+(synchronised | unsynchronised | unknown | simulated). The genesis record holds the public key
+(base64 raw 32 bytes) and its fingerprint, the site, the factors and their sources.
+
+Crash tolerance: a record is one write() on an O_APPEND descriptor followed by fsync. A SIGKILL or
+power loss mid-write leaves a torn tail. On the next open the writer finds the last record that
+parses and verifies; the bytes after it (the torn fragment) are kept, terminated with a newline, and
+the next record is a `recovery` record naming the fragment's offset, length and SHA-256, chained to
+the last good record with the next counter: nothing is deleted and the chain continues. `verify`
+accepts a fragment only when the record right after it is that recovery record; a torn fragment at
+the very end of the file (crash, not yet reopened) is reported, not counted as a failure.
+
+What a hash chain cannot show: records cut from the end together (truncation). The uplink sends each
+record as it closes, so the cloud copy is the anchor for the tail.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from controller.carbon.keys import fingerprint, public_b64, public_from_b64
+
+FORMAT = 1
+GENESIS_PREV = "0" * 64
+
+
+def canonical(payload: dict) -> bytes:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False).encode()
+
+
+def line_hash(line: bytes) -> str:
+    return hashlib.sha256(line).hexdigest()
+
+
+class LineError(Exception):
+    pass
+
+
+def parse_line(line: bytes) -> tuple[dict, bytes, bytes]:
+    """-> (payload, payload bytes, signature). Raises LineError when it is not a complete record."""
+    head, sep, sig_b64 = line.rpartition(b"|")
+    if not sep:
+        raise LineError("no '|' separating payload and signature")
+    try:
+        payload = json.loads(head)
+        sig = base64.b64decode(sig_b64, validate=True)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise LineError(f"not a complete record ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or len(sig) != 64:
+        raise LineError("not a complete record (payload or signature malformed)")
+    return payload, head, sig
+
+
+def _lines(data: bytes):
+    """(offset, line bytes without newline, has newline) for every line of the file."""
+    pos = 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            yield pos, data[pos:], False
+            return
+        yield pos, data[pos:nl], True
+        pos = nl + 1
+
+
+class LedgerWriter:
+    """Appends signed records. Opening an existing ledger recovers a torn tail (see module doc)."""
+
+    def __init__(self, path: str | Path, key: Ed25519PrivateKey, genesis: dict, clock_status=lambda: "unknown"):
+        self.path = Path(path)
+        self.key = key
+        self.pub = key.public_key()
+        self.clock_status = clock_status
+        self.gw = genesis.get("gateway_id", "")
+        self.n = -1
+        self.prev = GENESIS_PREV
+        self.last: dict | None = None          # last payload written or found
+        self.last_interval: dict | None = None
+        self.recovered: dict | None = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        existing = self.path.read_bytes() if self.path.exists() else b""
+        good_end = self._scan(existing) if existing else 0
+        if existing and self.n < 0:             # nothing usable (torn genesis): keep it aside, start over
+            self.path.rename(self.path.with_name(self.path.name + f".torn-{int(time.time())}"))
+            existing, good_end = b"", 0
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if not existing:
+            _fsync_dir(self.path.parent)
+            self.append("genesis", {**genesis, "pubkey": public_b64(self.pub), "key_fingerprint": fingerprint(self.pub),
+                                    "format": FORMAT})
+        elif good_end < len(existing):
+            frag = existing[good_end:]
+            if frag.endswith(b"\n"):
+                body = frag[:-1]
+            else:
+                body = frag
+                os.write(self.fd, b"\n")
+            self.recovered = {"torn_offset": good_end, "torn_len": len(body),
+                              "torn_sha256": hashlib.sha256(body).hexdigest(),
+                              "after_n": self.n, "last_t_end": (self.last_interval or {}).get("t_end")}
+            self.append("recovery", dict(self.recovered))
+
+    def _scan(self, data: bytes) -> int:
+        """Walk the existing file; remember the last good record. Returns the byte offset after it."""
+        good_end = 0
+        for off, line, has_nl in _lines(data):
+            if not has_nl:
+                break
+            try:
+                payload, head, sig = parse_line(line)
+                self.pub.verify(sig, head)
+            except (LineError, InvalidSignature):
+                continue                        # a documented old tear, or the torn tail itself
+            if payload.get("n") != self.n + 1 or payload.get("prev") != self.prev:
+                continue
+            self.n, self.prev, self.last = payload["n"], line_hash(line), payload
+            if payload.get("kind") == "interval":
+                self.last_interval = payload
+            good_end = off + len(line) + 1
+        return good_end
+
+    def append(self, kind: str, body: dict) -> dict:
+        payload = {**body, "v": FORMAT, "n": self.n + 1, "prev": self.prev, "kind": kind, "gw": self.gw,
+                   "clock": self.clock_status()}
+        head = canonical(payload)
+        line = head + b"|" + base64.b64encode(self.key.sign(head))
+        os.write(self.fd, line + b"\n")
+        os.fsync(self.fd)
+        self.n, self.prev, self.last = payload["n"], line_hash(line), payload
+        if kind == "interval":
+            self.last_interval = payload
+        return payload
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    records: int = 0
+    message: str = ""
+    bad_n: int | None = None           # counter of the first bad record (when it has one)
+    bad_line: int | None = None        # 1-based line of the first bad record
+    torn_tail: str = ""
+    recoveries: int = 0
+    key_source: str = ""
+    payloads: list = field(default_factory=list)
+
+
+def verify(path: str | Path, pubkey: Ed25519PublicKey | None = None, keep: bool = False) -> VerifyResult:
+    """Check every line, hash link, counter and signature. `pubkey`: the key the auditor trusts; without
+    it the genesis record's own key is used (integrity, not origin)."""
+    data = Path(path).read_bytes()
+    res = VerifyResult(ok=False, key_source="--pubkey" if pubkey is not None else "genesis record (not independent)")
+    key = pubkey
+    n_expect, prev = 0, GENESIS_PREV
+    frag_start = None
+    for lineno, (off, line, has_nl) in enumerate(_lines(data), start=1):
+        where = f"line {lineno}"
+        try:
+            payload, head, sig = parse_line(line)
+        except LineError as exc:
+            if not has_nl:
+                res.torn_tail = (f"torn tail at byte {off} ({len(line)} bytes, after record n={n_expect - 1}): "
+                                 "an incomplete write (crash); not a record, not verified")
+                break
+            if frag_start is None:
+                frag_start = off
+            res.torn_tail = f"{where}: {exc}"
+            continue
+        n = payload.get("n")
+        where = f"record n={n} ({where})"
+        if frag_start is not None:
+            body = data[frag_start:off - 1]
+            if not (payload.get("kind") == "recovery" and payload.get("torn_offset") == frag_start
+                    and payload.get("torn_sha256") == hashlib.sha256(body).hexdigest()):
+                return _fail(res, n, lineno - 1 if lineno > 1 else lineno,
+                             f"line {lineno - 1}: not a complete record, and no recovery record accounts for it")
+            frag_start = None
+            res.torn_tail = ""
+        if n_expect == 0:
+            if payload.get("kind") != "genesis" or "pubkey" not in payload:
+                return _fail(res, n, lineno, f"{where}: the first record is not a genesis record")
+            try:
+                own = public_from_b64(payload["pubkey"])
+            except Exception:  # noqa: BLE001 - any decoding problem is a bad record
+                return _fail(res, n, lineno, f"{where}: genesis public key unreadable")
+            if key is None:
+                key = own
+            elif payload["pubkey"] != public_b64(key):
+                return _fail(res, n, lineno, f"{where}: genesis names key {payload.get('key_fingerprint')}, "
+                                             f"not the trusted key {fingerprint(key)}")
+        if n != n_expect:
+            why = "a record removed" if isinstance(n, int) and n > n_expect else "a record inserted or reordered"
+            return _fail(res, n, lineno, f"{where}: counter is {n}, expected {n_expect} ({why})")
+        if payload.get("prev") != prev:
+            return _fail(res, n, lineno, f"{where}: hash link broken (prev does not match the SHA-256 of "
+                                         f"record n={n_expect - 1})")
+        try:
+            key.verify(sig, head)
+        except InvalidSignature:
+            return _fail(res, n, lineno, f"{where}: signature does not verify with key {fingerprint(key)} "
+                                         "(content changed or signed by another key)")
+        if payload.get("kind") == "recovery":
+            res.recoveries += 1
+        if keep:
+            res.payloads.append(payload)
+        prev = line_hash(line)
+        n_expect += 1
+        res.records += 1
+    if frag_start is not None:
+        return _fail(res, None, None, f"{res.torn_tail}; and no recovery record follows it")
+    if res.records == 0:
+        return _fail(res, None, 1, "no records")
+    res.ok = True
+    res.message = (f"{res.records} records verified (hashes, links, counter 0..{res.records - 1}, signatures; "
+                   f"key from {res.key_source}); {res.recoveries} recovered tear(s)")
+    return res
+
+
+def _fail(res: VerifyResult, n, lineno, message: str) -> VerifyResult:
+    res.ok, res.bad_n, res.bad_line, res.message = False, n, lineno, message
+    return res
+
+
+def read_payloads(path: str | Path) -> list[dict]:
+    """Every record that parses, in file order (no verification)."""
+    out = []
+    for _, line, has_nl in _lines(Path(path).read_bytes()):
+        try:
+            out.append(parse_line(line)[0])
+        except LineError:
+            continue
+    return out

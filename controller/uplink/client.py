@@ -1,0 +1,299 @@
+"""The MQTT side of the uplink: one thread owns the connection, offers spooled records, takes acks.
+
+- paho-mqtt 2.x, ``CallbackAPIVersion.VERSION2``; MQTT v5 first, falling back to 3.1.1 when the
+  broker refuses v5 (``protocol="auto"``).
+- TLS (``mqtts://``) with a CA file, optionally a client certificate and key (mutual TLS); username
+  and password as options (or in the URL). Keepalive (default 30 s).
+- Reconnect: exponential back-off with full jitter, ``uniform(0, min(cap, base * 2**n))``, reset on a
+  successful CONNACK. A fresh paho client per connection, so paho's in-memory queue never holds
+  anything the spool does not: the spool is the only queue.
+- ``status`` is retained: ``online`` published on every connect, last will ``offline`` (retained) set
+  before connecting, ``offline`` published on a clean stop.
+- Delivery: QoS 1; a record is deleted from the spool only on a PUBACK. Under MQTT v5 a PUBACK with
+  reason 0x10 *No matching subscribers* (Mosquitto says so when nobody listens, e.g. right after a
+  broker restart without persistence, before the cloud consumer re-subscribed) is treated as *not
+  delivered*: the kind is re-offered from that record after a short back-off (``require_subscriber``).
+"""
+from __future__ import annotations
+
+import json
+import random
+import ssl
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, unquote, urlparse
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+from controller.uplink.drain import DrainPolicy, TokenBucket, encode_batch, publish_wire_bytes
+from controller.uplink.spool import Spool, iso_utc
+from controller.uplink.topics import RECORD_KINDS, Topics
+
+RC_NO_MATCHING_SUBSCRIBERS = 0x10
+
+
+@dataclass
+class BrokerConfig:
+    host: str
+    port: int
+    tls: bool = False
+    ca_certs: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    username: str | None = None
+    password: str | None = None
+    keepalive: int = 30
+    protocol: str = "auto"           # auto | 5 | 3.1.1
+
+    @classmethod
+    def from_url(cls, url: str, **overrides) -> "BrokerConfig":
+        """``mqtt[s]://[user:pass@]host[:port][?ca=FILE&cert=FILE&key=FILE&keepalive=S&protocol=5]``"""
+        u = urlparse(url)
+        if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+            raise ValueError(f"broker URL must be mqtt://HOST:PORT or mqtts://HOST:PORT, not {url!r}")
+        q = {k: v[-1] for k, v in parse_qs(u.query).items()}
+        tls = u.scheme == "mqtts"
+        kw = dict(host=u.hostname, port=u.port or (8883 if tls else 1883), tls=tls,
+                  ca_certs=q.get("ca"), certfile=q.get("cert"), keyfile=q.get("key"),
+                  username=unquote(u.username) if u.username else None,
+                  password=unquote(u.password) if u.password else None,
+                  keepalive=int(q.get("keepalive", 30)), protocol=q.get("protocol", "auto"))
+        kw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**kw)
+
+
+@dataclass
+class UplinkStats:
+    connects: int = 0
+    connect_failures: int = 0
+    disconnects: int = 0
+    messages: int = 0
+    batches: int = 0
+    records_sent: int = 0
+    records_acked: int = 0
+    nacks: int = 0
+    wire_bytes: int = 0               # MQTT PUBLISH + PUBACK framing + payload, records only
+    payload_bytes: int = 0
+    raw_bytes: int = 0                # records' JSON before compression
+    protocol: str = ""
+    latency_s: deque = field(default_factory=lambda: deque(maxlen=1000))   # commit->PUBACK, live records
+
+
+class MqttUplink:
+    """Owns the broker connection in one thread; the spool is its only queue."""
+
+    def __init__(self, spool: Spool, topics: Topics, broker: BrokerConfig, *, drain: DrainPolicy | None = None,
+                 client_id: str | None = None, on_command=None, require_subscriber: bool = True,
+                 backoff_base_s: float = 0.5, backoff_cap_s: float = 60.0, nack_retry_s: float = 0.5):
+        self.spool, self.topics, self.broker = spool, topics, broker
+        self.drain = drain or DrainPolicy()
+        self.client_id = client_id or f"edge-ems-{topics.gateway}"
+        self.on_command = on_command
+        self.require_subscriber = require_subscriber
+        self.backoff_base_s, self.backoff_cap_s = backoff_base_s, backoff_cap_s
+        self.nack_retry_s = nack_retry_s
+        self.stats = UplinkStats()
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._v5 = broker.protocol in ("auto", "5")
+        self._bucket = TokenBucket(self.drain.rate_bytes_s, self.drain.burst_bytes)
+        self._thread: threading.Thread | None = None
+        self._reset_session()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> "MqttUplink":
+        self._thread = threading.Thread(target=self._run, name="uplink-mqtt", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, drain_timeout_s: float = 0.0) -> bool:
+        """Stop; first wait up to drain_timeout_s for the spool to empty. True if it was empty."""
+        deadline = time.monotonic() + drain_timeout_s
+        self.spool.flush(max(1.0, drain_timeout_s))
+        while self.spool.pending_rows > 0 and time.monotonic() < deadline:
+            self.spool.wait_new(0.1)
+        empty = self.spool.pending_rows == 0
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(15.0)
+        return empty
+
+    def _reset_session(self) -> None:
+        self._cursor = {k: 0 for k in RECORD_KINDS}      # highest seq offered this connection
+        self._inflight: dict[int, tuple[str, list[int], float]] = {}   # mid -> (kind, seqs, t)
+        self._inflight_n = {k: 0 for k in RECORD_KINDS}
+        self._hold_until = {k: 0.0 for k in RECORD_KINDS}
+
+    # --- the connection thread ------------------------------------------------------------------
+    def _new_client(self) -> mqtt.Client:
+        proto = MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311
+        kw = {} if self._v5 else {"clean_session": True}
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=proto,
+                        reconnect_on_failure=False, **kw)
+        b = self.broker
+        if b.tls:
+            c.tls_set(ca_certs=b.ca_certs, certfile=b.certfile, keyfile=b.keyfile,
+                      cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        if b.username is not None:
+            c.username_pw_set(b.username, b.password)
+        c.max_inflight_messages_set(max(20, len(RECORD_KINDS) * self.drain.inflight_per_kind + 4))
+        c.max_queued_messages_set(0)
+        offline = json.dumps({"state": "offline", "gateway": self.topics.gateway, "site": self.topics.site})
+        c.will_set(self.topics.status, offline, qos=1, retain=True)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        c.on_message = self._on_message
+        return c
+
+    def _backoff(self, attempt: int) -> float:
+        return random.uniform(0.0, min(self.backoff_cap_s, self.backoff_base_s * 2 ** min(attempt, 20)))
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            self._connack = None
+            client = self._new_client()
+            try:
+                props = None
+                if self._v5:
+                    props = Properties(PacketTypes.CONNECT)
+                    props.SessionExpiryInterval = 0
+                if self._v5:
+                    client.connect(self.broker.host, self.broker.port, self.broker.keepalive,
+                                   clean_start=True, properties=props)
+                else:
+                    client.connect(self.broker.host, self.broker.port, self.broker.keepalive)
+                deadline = time.monotonic() + 10.0
+                while self._connack is None and time.monotonic() < deadline and not self._stop.is_set():
+                    if client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+                        break
+            except (OSError, ssl.SSLError, ValueError):
+                pass
+            if self._connack is not True:
+                if self._connack is None and self._v5 and self.broker.protocol == "auto" and attempt >= 1:
+                    pass
+                if self._connack == "unsupported":
+                    self._v5 = False                    # broker speaks 3.1.1 only
+                self.stats.connect_failures += 1
+                self._close(client)
+                self._stop.wait(self._backoff(attempt))
+                attempt += 1
+                continue
+            attempt = 0
+            self._session(client)
+            self._close(client)
+
+    def _close(self, client: mqtt.Client) -> None:
+        try:
+            client.disconnect()
+            client.loop(timeout=0.01)
+        except Exception:
+            pass
+        try:
+            sock = client.socket()
+            if sock is not None:
+                sock.close()
+        except Exception:
+            pass
+
+    def _session(self, client: mqtt.Client) -> None:
+        self._reset_session()
+        self.stats.connects += 1
+        self.stats.protocol = "5" if self._v5 else "3.1.1"
+        online = {"state": "online", "gateway": self.topics.gateway, "site": self.topics.site,
+                  "boot_id": self.spool.boot_id, "t": iso_utc(time.time()), "protocol": self.stats.protocol}
+        client.publish(self.topics.status, json.dumps(online), qos=1, retain=True)
+        client.subscribe(self.topics.cmd, qos=1)
+        self.connected.set()
+        try:
+            while not self._stop.is_set() and self.connected.is_set():
+                self._offer(client)
+                rc = client.loop(timeout=0.02)
+                if rc != mqtt.MQTT_ERR_SUCCESS:
+                    break
+            if self._stop.is_set() and self.connected.is_set():
+                off = {"state": "offline", "gateway": self.topics.gateway, "site": self.topics.site,
+                       "t": iso_utc(time.time())}
+                info = client.publish(self.topics.status, json.dumps(off), qos=1, retain=True)
+                deadline = time.monotonic() + 2.0
+                while not info.is_published() and time.monotonic() < deadline:
+                    if client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+                        break
+        finally:
+            self.connected.clear()
+            self.stats.disconnects += 1
+
+    def _offer(self, client: mqtt.Client) -> None:
+        now = time.monotonic()
+        for kind in RECORD_KINDS:
+            if self._inflight_n[kind] >= self.drain.inflight_per_kind or now < self._hold_until[kind]:
+                continue
+            rows = self.spool.pending(kind, self._cursor[kind], self.drain.batch_max_records,
+                                      self.drain.batch_max_bytes)
+            if not rows:
+                continue
+            if len(rows) == 1:
+                topic, payload = self.topics(kind), rows[0][1]
+            else:
+                if not self._bucket.ready():
+                    continue
+                topic = self.topics.batch(kind)
+                payload = encode_batch(kind, rows, self.drain.zlib_level)
+            info = client.publish(topic, payload, qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                return
+            wire = publish_wire_bytes(topic, len(payload), self._v5)
+            if len(rows) > 1:
+                self._bucket.spend(wire)
+                self.stats.batches += 1
+            seqs = [s for s, _ in rows]
+            self._cursor[kind] = seqs[-1]
+            self._inflight[info.mid] = (kind, seqs, time.monotonic())
+            self._inflight_n[kind] += 1
+            self.stats.messages += 1
+            self.stats.records_sent += len(rows)
+            self.stats.wire_bytes += wire
+            self.stats.payload_bytes += len(payload)
+            self.stats.raw_bytes += sum(len(p) for _, p in rows)
+
+    # --- paho callbacks (run in this thread, inside client.loop) ---------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            self._connack = "unsupported" if reason_code.value in (0x01, 0x84) else False
+        else:
+            self._connack = True
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self.connected.clear()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties):
+        entry = self._inflight.pop(mid, None)
+        if entry is None:
+            return
+        kind, seqs, t0 = entry
+        self._inflight_n[kind] -= 1
+        rc = getattr(reason_code, "value", 0)
+        if reason_code.is_failure or (self.require_subscriber and rc == RC_NO_MATCHING_SUBSCRIBERS):
+            self.stats.nacks += 1
+            # go back: offer this kind again from the first record of the refused message
+            self._cursor[kind] = min(self._cursor[kind], seqs[0] - 1)
+            self._hold_until[kind] = time.monotonic() + self.nack_retry_s
+            return
+        self.spool.ack(seqs)
+        self.stats.records_acked += len(seqs)
+        if len(seqs) == 1:
+            self.stats.latency_s.append(time.monotonic() - t0)
+
+    def _on_message(self, client, userdata, msg):
+        if msg.topic == self.topics.cmd and self.on_command is not None:
+            try:
+                self.on_command(bytes(msg.payload))
+            except Exception as exc:             # a command must never take the uplink down
+                self.stats.nacks += 0
+                print(f"uplink: command handler failed: {exc!r}")
