@@ -61,8 +61,11 @@ def cmd_run(args) -> int:
     hours = args.cycles * cfg["control"]["period_s"] / 3600.0 if args.cycles else 24.0 * 7
     print(f"edge-ems run: site {cfg.name} (gateway {cfg['site']['gateway_id']}), simulated devices from "
           f"scenario {scn.name}, period {cfg['control']['period_s']} s, real time", flush=True)
+    from controller.watchdog import SystemdNotifier
+    notifier = SystemdNotifier()
     result = run_sim(scn, hours=hours, seed=args.seed, out_dir=args.out, speed=args.speed,
-                     install_signals=True)
+                     install_signals=True, hooks=[notifier.hook])
+    notifier.stopping()
     print(json.dumps(result.loop.stats.as_dict()))
     return EXIT_OK
 
@@ -73,10 +76,19 @@ def cmd_sim(args) -> int:
     from tools.sim.scenario import load_scenario
     from tools.sim.runner import run_sim
     scn = load_scenario(args.scenario)
+    hooks, uplink = [], None
+    if args.mqtt:                                   # the gateway's uplink, live, to a real broker
+        from controller.uplink import make_uplink_hook
+        hook, uplink = make_uplink_hook(scn.site, args.mqtt, args.data_dir or Path(args.out or ".") / "uplink",
+                                        clock_status="sim")
+        hooks.append(hook)
     with Progress(transient=True) as bar:
         task = bar.add_task(f"{scn.name} {args.strategy}", total=1.0)
         result = run_sim(scn, hours=args.hours, seed=args.seed, strategy=args.strategy, out_dir=args.out,
-                         speed=args.speed, progress=lambda f: bar.update(task, completed=f))
+                         speed=args.speed, progress=lambda f: bar.update(task, completed=f), hooks=hooks)
+    if uplink is not None:
+        drained = uplink.close(drain_timeout_s=60.0)
+        print(json.dumps({"uplink": uplink.stats(), "drained": drained}), file=sys.stderr)
     print(json.dumps(result.kpis, indent=2))
     if args.out:
         print(f"wrote {Path(args.out) / 'kpis.json'} and {Path(args.out) / 'recording'}", file=sys.stderr)
@@ -90,17 +102,25 @@ def cmd_demo(args) -> int:
 
 
 def cmd_replay(args) -> int:
+    from controller.limits_check import check_limits, format_report
     from controller.replay import RecordingError, verify
-    if not args.verify:
-        return _die_bad_input("replay needs --verify (more modes come with the interlocks issue)")
+    if not (args.verify or args.check_limits):
+        return _die_bad_input("replay needs --verify and/or --check-limits")
+    ok = True
     try:
-        result = verify(args.recording)
+        if args.verify:
+            result = verify(args.recording)
+            if result.torn:
+                print(f"note: {result.torn}: dropped, replayed up to the tear", file=sys.stderr)
+            print(("ok: " if result.ok else "MISMATCH: ") + result.message)
+            ok = ok and result.ok
+        if args.check_limits:
+            report = check_limits(args.recording)
+            print(format_report(report))
+            ok = ok and report.ok
     except (RecordingError, OSError) as exc:
         return _die_bad_input(str(exc))
-    if result.torn:
-        print(f"note: {result.torn}: dropped, replayed up to the tear", file=sys.stderr)
-    print(("ok: " if result.ok else "MISMATCH: ") + result.message)
-    return EXIT_OK if result.ok else EXIT_FAILED
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def cmd_plan(args) -> int:
@@ -144,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=("rule", "none"), default="rule")
     p.add_argument("--speed", type=float, default=0.0, help="times real time (0: as fast as possible)")
     p.add_argument("--out", default=None, help="writes OUT/kpis.json, OUT/recording, OUT/events.jsonl")
+    p.add_argument("--wire", action="store_true",
+                   help="Modbus devices on a pty RS-485 bus and the BMS on virtual CAN, read by the real drivers")
+    p.add_argument("--wire-baud", type=int, default=None, help="with --wire: pace the RS-485 bytes at this baud")
+    p.add_argument("--mqtt", default=None, metavar="mqtt[s]://HOST:PORT",
+                   help="publish the uplink to this broker (mqtts: ?ca=&cert=&key= files; user:pass@ in the URL)")
+    p.add_argument("--data-dir", default=None, help="uplink spool directory (default OUT/uplink or ./uplink)")
     p.set_defaults(func=cmd_sim)
 
     p = sub.add_parser("demo", help="a simulated day at the inner-mongolia-mine site, live, with a report")
@@ -155,7 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="re-run step on a recording")
     p.add_argument("recording")
     p.add_argument("--verify", action="store_true", help="exit 0 only if every command matches bit for bit")
+    p.add_argument("--check-limits", action="store_true",
+                   help="exit 0 only if no recorded command exceeds a limit (an independent checker)")
     p.set_defaults(func=cmd_replay)
+
+    from controller.carbon.report import add_ledger_parser
+    add_ledger_parser(sub)                 # ledger verify | report (controller/carbon/report.py)
 
     p = sub.add_parser("plan", help="solve one planning instance (JSON) and print the plan")
     p.add_argument("instance")

@@ -128,6 +128,7 @@ class Interval:
          "battery_charge", "export"), 0.0))
     alloc: list = field(default_factory=lambda: [[0.0, 0.0, 0.0] for _ in range(4)])
     grid_kg_loc: list = field(default_factory=lambda: [0.0, 0.0, 0.0])   # by sink, pushed/profile factor
+    grid_kg_total: float = 0.0                                            # all import x factor (Scope 2)
     diesel_l: float = 0.0
     grid_pushed_s: float = 0.0
     grid_profile_s: float = 0.0
@@ -193,6 +194,7 @@ class Interval:
             f = k.grid_kg_per_kwh
             self.grid_profile_s += dt_s if imp > 0.0 else 0.0
         g = m[2]
+        self.grid_kg_total += imp * h * f
         self.grid_kg_loc[0] += g[0] * h * f
         self.grid_kg_loc[1] += g[1] * h * f
         self.grid_kg_loc[2] += g[2] * h * f
@@ -249,7 +251,7 @@ def settle(iv: Interval, pool: Pool, k: Constants, remaining: dict[str, float], 
     diesel_kg = iv.diesel_l * k.diesel_kg_per_l
     diesel_int = diesel_kg / e["diesel"] if e["diesel"] > 1e-9 else 0.0
     # Scope 2 location (per-cycle factor already applied) and market
-    grid_kg_loc = sum(iv.grid_kg_loc)
+    grid_kg_loc = iv.grid_kg_total
     mkt = settle_market(carbon["contracts"], remaining, e["grid_import"], iv.t_start, hours,
                         carbon["residual_mix_kg_per_kwh"])
     grid_int_mkt = mkt["kg"] / e["grid_import"] if e["grid_import"] > 1e-9 else 0.0
@@ -259,7 +261,9 @@ def settle(iv: Interval, pool: Pool, k: Constants, remaining: dict[str, float], 
     pool_start = pool.as_dict()
     dis = e["battery_discharge"]
     kg_loc_b, kg_mkt_b, cfe_b, ren_b = pool.draw(dis / k.eta_discharge)
-    int_b = (kg_loc_b / dis, kg_mkt_b / dis, cfe_b / dis, ren_b / dis) if dis > 1e-9 else (0.0, 0.0, 0.0, 0.0)
+    # kg per AC kWh delivered (the losses' emissions ride along); clean/renewable share of the drawn energy
+    drawn = dis / k.eta_discharge
+    int_b = (kg_loc_b / dis, kg_mkt_b / dis, cfe_b / drawn, ren_b / drawn) if dis > 1e-9 else (0.0, 0.0, 0.0, 0.0)
     # emissions (location, market) by sink
     by_sink_loc, by_sink_mkt = [], []
     for j in range(3):

@@ -224,7 +224,8 @@ def verify(path: str | Path, pubkey: Ed25519PublicKey | None = None, keep: bool 
                 return _fail(res, n, lineno, f"{where}: genesis names key {payload.get('key_fingerprint')}, "
                                              f"not the trusted key {fingerprint(key)}")
         if n != n_expect:
-            why = "a record removed" if isinstance(n, int) and n > n_expect else "a record inserted or reordered"
+            why = ("records removed or reordered" if isinstance(n, int) and n > n_expect
+                   else "a record inserted or reordered")
             return _fail(res, n, lineno, f"{where}: counter is {n}, expected {n_expect} ({why})")
         if payload.get("prev") != prev:
             return _fail(res, n, lineno, f"{where}: hash link broken (prev does not match the SHA-256 of "

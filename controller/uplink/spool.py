@@ -180,7 +180,11 @@ class Spool:
     def _encode(self, seq: int, kind: str, t_s: float, body: dict) -> bytes:
         rec = {"v": 1, "site": self.site, "gateway": self.gateway, "boot_id": self.boot_id, "seq": seq,
                "kind": kind, "t": iso_utc(t_s), "t_s": round(t_s, 3), "clock": self.clock_status, "body": body}
-        return json.dumps(rec, separators=(",", ":"), allow_nan=False, default=float).encode()
+        try:
+            return json.dumps(rec, separators=(",", ":"), allow_nan=False, default=float).encode()
+        except (TypeError, ValueError) as exc:      # NaN or an odd type must not kill the writer
+            rec["body"] = {"unencodable": f"{type(exc).__name__}: {exc}"[:200]}
+            return json.dumps(rec, separators=(",", ":")).encode()
 
     def _write_loop(self) -> None:
         retry: list = []
@@ -191,7 +195,7 @@ class Spool:
                 continue
             batch = [first] + retry
             retry = []
-            while len(batch) < 5000:
+            while len(batch) < 1000:
                 try:
                     batch.append(self._q.get_nowait())
                 except queue.Empty:

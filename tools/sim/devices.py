@@ -90,6 +90,7 @@ class SimBms(SimDevice):
     def read(self):
         b = self.site.battery
         cell_max, cell_min = b.cell_v_range()
+        cell_max += self.site.series.at("cell_offset_v", self.site.t_s)
         pack_v = b.pack_v()
         return (("soc_pct", round(b.soc_pct, 1)), ("soh_pct", b.soh_pct), ("voltage_v", pack_v),
                 ("current_a", b.current_a()), ("temp_c", b.temp_c), ("cvl_v", b.cells * 3.5),

@@ -34,6 +34,8 @@ class Series:
     co2_kg_per_kwh: np.ndarray
     bms_silent: np.ndarray         # 1.0 while the BMS is silent
     meter_silent: np.ndarray
+    cell_offset_v: np.ndarray      # added to the highest cell (cell_imbalance events)
+    genset_fail: np.ndarray        # 1.0 while the genset will not start
     jobs: list                     # announced jobs: dicts with at_h, start_h, duration_min, kw
 
     def at(self, name: str, t_s: float) -> float:
@@ -153,6 +155,8 @@ def build_series(scn: Scenario, hours: float, seed: int) -> Series:
     grid_up = np.ones(n)
     bms_silent = np.zeros(n)
     meter_silent = np.zeros(n)
+    cell_offset_v = np.zeros(n)
+    genset_fail = np.zeros(n)
     jobs = []
     for ev in scn["events"]:
         win = _window(t_h, ev["at_h"], ev["duration_min"])
@@ -169,6 +173,12 @@ def build_series(scn: Scenario, hours: float, seed: int) -> Series:
             bms_silent[win] = 1.0
         elif kind == "meter_silent":
             meter_silent[win] = 1.0
+        elif kind == "cell_imbalance":
+            ramp_h = max(ev["ramp_min"], 1e-6) / 60.0
+            depth = np.clip((t_h - ev["at_h"]) / ramp_h, 0.0, 1.0) * ev["mv"] / 1000.0
+            cell_offset_v = np.where(win, cell_offset_v + depth, cell_offset_v)
+        elif kind == "genset_fail":
+            genset_fail[win] = 1.0
         elif kind == "job_announce":
             it_kw = it_kw + np.where(_window(t_h, ev["start_h"], ev["duration_min"]), ev["kw"], 0.0)
             jobs.append(dict(ev))
@@ -195,7 +205,7 @@ def build_series(scn: Scenario, hours: float, seed: int) -> Series:
         price = table[local_h.astype(int) % 24]
         co2 = np.full(n, scn.site["emissions"]["grid_kg_per_kwh"])
     return Series(t_min, pv_avail_kw, pv_clear_kw, it_kw, cooling_kw, aux_kw, ambient_c, grid_up, price,
-                  co2, bms_silent, meter_silent, jobs)
+                  co2, bms_silent, meter_silent, cell_offset_v, genset_fail, jobs)
 
 
 def _hold_hourly(values: np.ndarray, t_min: np.ndarray) -> np.ndarray:

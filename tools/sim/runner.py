@@ -90,7 +90,8 @@ def kpis_of(site: SimSite, loop: ScanLoop, hours: float, wall_s: float) -> dict:
 def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: str | None = None,
             out_dir: str | Path | None = None, speed: float = 0.0,
             progress: Callable[[float], None] | None = None, hooks: list | None = None,
-            install_signals: bool = False, wire: bool = False, wire_baud: int | None = None) -> SimResult:
+            install_signals: bool = False, wire: bool = False, wire_baud: int | None = None,
+            ledger: bool = True) -> SimResult:
     """Simulate `hours` of the scenario with the real scan loop; write kpis.json, recording, events.
 
     ``wire``: the Modbus devices and the BMS behind real ports read by the real drivers (tools/sim/wire.py);
@@ -117,6 +118,11 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
             "site": cfg.name, "gateway": cfg["site"]["gateway_id"], "scenario": scn.name, "seed": seed,
             "strategy": strategy or cfg["control"]["strategy"]}, flush_every=256)
     event_log: list = []
+    carbon = None
+    if out_dir is not None and ledger:        # OUT/ledger + OUT/ledger.pub (controller/carbon)
+        from controller.carbon.hook import sim_carbon_hook
+        carbon = sim_carbon_hook(scn, site, Path(out_dir))
+        hooks = [*(hooks or []), carbon]
 
     def keep_events(loop, image, cmd, events, n):
         for i in range(n):
@@ -139,6 +145,8 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
             progress(done / cycles)
     wall_s = time.perf_counter() - wall0
     loop.close()
+    if carbon is not None:
+        carbon.close()
     if close_wire is not None:
         close_wire()
     kpis = kpis_of(site, loop, hours, wall_s)

@@ -11,7 +11,8 @@ from controller.config import PROFILES_DIR, load_site, parse_toml, resolve_site,
 from controller.schema import ArrayOf, Field as F, ProfileError, Table, Validator
 
 SCENARIOS_DIR = PROFILES_DIR / "scenarios"
-EVENT_KINDS = ("grid_outage", "pv_derate", "load_step", "bms_silent", "meter_silent", "job_announce")
+EVENT_KINDS = ("grid_outage", "pv_derate", "load_step", "bms_silent", "meter_silent", "job_announce",
+               "cell_imbalance", "genset_fail")
 
 SCENARIO_SCHEMA = Table({
     "scenario": Table({
@@ -76,6 +77,7 @@ SCENARIO_SCHEMA = Table({
         "fraction": F("number", default=0.0, min=0, max=1),
         "ramp_min": F("number", default=0.0, min=0),
         "kw": F("number", default=0.0, min=-10000, max=10000),
+        "mv": F("number", default=0.0, min=-1000, max=1000),
         "start_h": F("number", default=-1.0, min=-1),
         "note": F("string", default=""),
     })),

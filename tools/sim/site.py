@@ -47,7 +47,8 @@ class SimSite:
         if setpoint_kw is not None:
             self.gen_sp_kw = setpoint_kw
         if self.genset:
-            self.genset.command(self.gen_run, self.t_s)
+            broken = self.series.flag("genset_fail", self.t_s)
+            self.genset.command(self.gen_run and not broken, self.t_s)
 
     def actuate_pv_limit(self, limit_kw: float) -> None:
         self.pv_limit_kw = limit_kw

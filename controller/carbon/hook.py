@@ -1,0 +1,170 @@
+"""The scan loop's carbon hook: integrates each image, closes 15-minute intervals, writes the ledger.
+
+    hook = make_carbon_hook(cfg, "out/ledger", "/var/lib/edge-ems/gateway.key")
+    ScanLoop(..., hooks=[hook]) ... ; hook.close()        # close() writes the partial last interval
+
+The hook never blocks the cycle for long: one fsync'd append per 15 minutes. After a restart it picks
+up the counter, the battery pool and the certificate volumes from the ledger's last interval record.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from controller.carbon.intervals import INTERVAL_S, Constants, Interval, Pool, interval_start, settle
+from controller.carbon.keys import load_or_create_key, write_public_key
+from controller.carbon.ledger import LedgerWriter
+
+SYNC_FLAG = Path("/run/systemd/timesync/synchronized")   # systemd-timesyncd touches it once in sync
+
+
+def system_clock_status() -> str:
+    return "synchronised" if SYNC_FLAG.exists() else "unknown"
+
+
+class JobBook:
+    """IT power per job: announced jobs (kW over [start, end)), overridden by measured per-job telemetry.
+
+    The compute-telemetry side (MQTT) calls `measure(job, kw, t_s)`; a measurement older than
+    `max_age_s` falls back to the announcement.
+    """
+
+    def __init__(self, announced: list[dict] | None = None, max_age_s: float = 120.0):
+        self.announced = list(announced or [])   # {id, kw, start_s, end_s, label}
+        self.measured: dict[str, tuple[float, float]] = {}
+        self.max_age_s = max_age_s
+        self.labels = {j["id"]: j.get("label", "") for j in self.announced}
+
+    def measure(self, job: str, kw: float, t_s: float) -> None:
+        self.measured[job] = (kw, t_s)
+
+    def power_at(self, t_s: float) -> dict[str, float]:
+        out = {}
+        for j in self.announced:
+            if j["start_s"] <= t_s < j["end_s"]:
+                out[j["id"]] = j["kw"]
+        for job, (kw, ts) in self.measured.items():
+            if t_s - ts <= self.max_age_s:
+                out[job] = kw
+        return out
+
+
+class CarbonHook:
+    def __init__(self, cfg: dict, ledger_path, key_path, jobs: JobBook | None = None,
+                 clock_status: Callable[[], str] | None = None, carbon: dict | None = None,
+                 pub_path=None, on_record: Callable[[dict], None] | None = None):
+        self.k = Constants.from_site(cfg, carbon)
+        self.jobs = jobs
+        self.on_record = on_record
+        key = load_or_create_key(key_path)
+        ledger_path = Path(ledger_path)
+        write_public_key(key, pub_path or ledger_path.with_name(ledger_path.name + ".pub"))
+        em, site = cfg["emissions"], cfg["site"]
+        genesis = {
+            "gateway_id": site["gateway_id"], "site": site["name"], "interval_s": INTERVAL_S,
+            "factors": {"grid_kg_per_kwh": em["grid_kg_per_kwh"], "grid_factor_source": em["grid_factor_source"],
+                        "grid_factor_year": em["grid_factor_year"], "diesel_kg_per_l": em["diesel_kg_per_l"],
+                        "diesel_source": em["diesel_source"]},
+            "fuel_curve": {"l_per_kwh": self.k.fuel_a, "l_per_h_on": self.k.fuel_b},
+            "battery": {"capacity_kwh": self.k.capacity_kwh, "eta_charge": self.k.eta_charge,
+                        "eta_discharge": self.k.eta_discharge},
+            "carbon": {k: v for k, v in self.k.carbon.items()},
+            "allocation": "PV -> loads, battery charge, export first; discharge, diesel, grid pro rata on the rest; "
+                          "battery pool settled per interval",
+        }
+        self.writer = LedgerWriter(ledger_path, key, genesis, clock_status or system_clock_status)
+        last = self.writer.last_interval
+        self.pool: Pool | None = Pool.from_dict(last["pool"]) if last else None
+        self.remaining = {c["name"]: c["volume_kwh"] for c in self.k.carbon["contracts"] if c["kind"] == "certificate"}
+        if last:
+            self.remaining.update(last["market"]["certificates_left_kwh"])
+        self.iv: Interval | None = None
+        self.prev_t: float | None = None
+        self.pending_jumps = 0
+        self.closed = 0
+
+    # -- per cycle ----------------------------------------------------------------------------------
+    def __call__(self, loop, image, cmd, events, n) -> None:
+        t = float(image["t_s"])
+        period = loop.period_s
+        prev, self.prev_t = self.prev_t, t
+        if prev is None:
+            return
+        dt = t - prev
+        if not 0.0 < dt <= max(10.0 * period, 60.0):
+            # the wall clock stepped or the loop stood still: nothing is known about the gap, so nothing
+            # is integrated over it; the next interval written counts the jump (and its covered_s shows it)
+            self.pending_jumps += 1
+            return
+        jump, self.pending_jumps = self.pending_jumps, 0
+        v = image["value"].tolist()
+        q = image["quality"].tolist()
+        jobs_kw = self.jobs.power_at(t - dt / 2.0) if self.jobs is not None else None   # mid-span
+        t0 = prev
+        while dt > 1e-9:
+            start = interval_start(t0)
+            if self.iv is None or self.iv.t_start != start:
+                if self.iv is not None:
+                    self._close(self.iv)
+                self.iv = Interval(start)
+            span = min(dt, start + INTERVAL_S - t0)
+            self.iv.add(v, q, t0, span, self.k, jobs_kw)
+            self.iv.clock_jumps += jump
+            jump = 0
+            t0 += span
+            dt -= span
+
+    # -- interval close -----------------------------------------------------------------------------
+    def _close(self, iv: Interval, partial: bool = False) -> dict:
+        if self.pool is None:
+            kwh = (iv.soc_start or 0.0) / 100.0 * self.k.capacity_kwh
+            init = self.k.carbon["battery_initial_kg_per_kwh"]
+            self.pool = Pool(kwh, kwh * init, kwh * init, 0.0, 0.0)
+        partial = partial or iv.covered_s < INTERVAL_S - 1e-6
+        body = settle(iv, self.pool, self.k, self.remaining, partial)
+        if self.jobs is not None:
+            for job, d in body["jobs"].items():
+                if self.jobs.labels.get(job):
+                    d["label"] = self.jobs.labels[job]
+        payload = self.writer.append("interval", body)
+        self.closed += 1
+        if self.on_record is not None:
+            self.on_record(payload)
+        return payload
+
+    def close(self) -> None:
+        """Write the interval in progress (marked partial) and close the ledger."""
+        if self.iv is not None and self.iv.covered_s > 0.0:
+            self._close(self.iv)
+        self.iv = None
+        self.writer.close()
+
+
+def make_carbon_hook(cfg: dict, ledger_path, key_path, **kw) -> CarbonHook:
+    """A ScanLoop hook `hook(loop, image, cmd, events, n)` writing the carbon ledger; call .close() at
+    the end. Keywords: jobs (JobBook), clock_status (callable -> str), carbon (a [carbon] table when the
+    site profile does not carry one), pub_path, on_record (callable: each record as it is written, for
+    the uplink)."""
+    return CarbonHook(cfg, ledger_path, key_path, **kw)
+
+
+def sim_jobs(scn, series) -> JobBook:
+    """The scenario's announced jobs (tools/sim/exogenous.py Series.jobs) as a JobBook."""
+    t0 = scn.start.timestamp()
+    jobs = []
+    for i, ev in enumerate(series.jobs, start=1):
+        start = t0 + ev["start_h"] * 3600.0
+        jobs.append({"id": f"job{i}", "kw": ev["kw"], "start_s": start, "end_s": start + ev["duration_min"] * 60.0,
+                     "label": ev.get("note", "")})
+    return JobBook(jobs)
+
+
+def sim_carbon_hook(scn, site, out_dir: Path, carbon: dict | None = None) -> CarbonHook:
+    """`edge-ems sim`: a fresh OUT/ledger signed with OUT/gateway.key (the simulated gateway's key, created
+    on first use), the public key in OUT/ledger.pub, clock status 'simulated'."""
+    ledger = Path(out_dir) / "ledger"
+    for stale in (ledger, ledger.with_name("ledger.pub")):
+        if stale.exists():
+            stale.unlink()
+    return make_carbon_hook(scn.site, ledger, Path(out_dir) / "gateway.key", jobs=sim_jobs(scn, site.series),
+                            clock_status=lambda: "simulated", carbon=carbon)

@@ -1,0 +1,264 @@
+"""`edge-ems ledger report`: monthly / annual / period totals from a verified ledger, JSON or CSV.
+
+KPIs in the spirit of the EU Energy Efficiency Directive (Art. 12) data-centre scheme (Delegated Reg.
+2024/1364) and EN 50600-4: total energy E_DC, IT energy, PUE, REF / renewable share; plus Scope 1,
+Scope 2 (location and market), CUE and the hourly 24/7 CFE score. Definitions:
+
+- e_dc_kwh: energy the node consumed: loads (IT + cooling + aux) + battery losses (model) + genset
+  conversion losses (fuel energy at 9.9 kWh/L minus the set's electrical output): fuels count in E_DC.
+- pue = e_dc / IT; pue_electric = loads / IT (the cabinet-level figure most vendors quote).
+- renewable_share = renewable kWh delivered to the loads (on-site PV directly and through the battery,
+  plus grid kWh covered by renewable contracts) / loads; ref = the same renewable kWh / e_dc.
+- pv_share_of_supply = PV / (PV + grid + diesel): the simulator's `renewable_share` KPI, for comparison.
+- cfe_pct: per UTC hour min(100 %, clean / consumption), hours weighted by consumption.
+- co2_kg = Scope 1 + Scope 2 location-based; co2_kg_market = Scope 1 + Scope 2 market-based.
+- cue = co2 / IT kWh (kgCO2e/kWh).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import defaultdict
+from datetime import datetime, timezone
+
+NOTES = [
+    "What the cabinet cannot know: water use (WUE) and waste-heat reuse (ERF) are not metered here; "
+    "energy upstream of the cabinet (site transformer and feeder losses, other buildings) is outside its meters.",
+    "The grid factor is the profile's regional average (or the cloud-pushed hourly intensity when it was fresh): "
+    "the marginal or real-time mix of the feeder is not measured on site.",
+    "Market-based figures are only as good as the contracts entered in the profile; registry cancellation "
+    "of certificates (GEC / I-REC / GO) happens outside the cabinet and must be checked against the registry.",
+    "IT energy is what the compute platform reports (node / PDU telemetry); per-job figures attribute the node's "
+    "energy and emissions by the jobs' share of IT power, not by measured per-job meters.",
+    "Diesel litres come from the profile's fuel curve, not a flow meter; a tank-dip reconciliation is needed "
+    "for audit-grade Scope 1.",
+    "Life-cycle (embodied) emissions of PV, battery and IT hardware and Scope 3 are not included; on-site PV "
+    "counts 0 kgCO2e/kWh.",
+    "A hash chain shows edits, removals and reordering, not a cut of the last records: compare the tail with "
+    "the copy received over the uplink.",
+]
+
+_E_KEYS = ("pv", "pv_direct", "battery_discharge", "grid", "diesel", "it", "cooling", "aux", "battery_charge",
+           "export", "curtailment", "e_dc", "fuel", "battery_loss_model")
+
+
+def _t(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def parse_when(text: str | None) -> float | None:
+    """'2026-04', '2026-04-10', '2026-04-10T12:00:00Z' -> UTC epoch seconds."""
+    if not text:
+        return None
+    if len(text) == 7:
+        text += "-01"
+    if len(text) == 4:
+        text += "-01-01"
+    t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return t.timestamp()
+
+
+class _Acc:
+    def __init__(self):
+        self.e = defaultdict(float)
+        self.c = defaultdict(float)
+        self.hours: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        self.intervals = 0
+        self.partial = 0
+        self.estimated_s = 0.0
+        self.max_residual_pct = 0.0
+        self.first = None
+        self.last = None
+
+    def add(self, p: dict) -> None:
+        en = p["energy_kwh"]
+        src, snk = en["sources"], en["sinks"]
+        for k in ("pv", "pv_direct", "battery_discharge", "grid", "diesel"):
+            self.e[k] += src[k]
+        for k in ("it", "cooling", "aux", "battery_charge", "export", "curtailment"):
+            self.e[k] += snk[k]
+        for k in ("e_dc", "fuel", "battery_loss_model"):
+            self.e[k] += en[k]
+        self.e["renewable"] += p["renewable_kwh"]
+        c = p["co2_kg"]
+        for k in ("scope1_diesel", "scope2_location", "scope2_market", "loads_location", "loads_market"):
+            self.c[k] += c[k]
+        self.c["diesel_l"] += p["diesel_l"]
+        cfe = p["cfe"]
+        h = self.hours[int(_t(p["t_start"]) // 3600)]
+        h[0] += cfe["onsite_kwh"] + cfe["contract_kwh"] + cfe["grid_kwh"]
+        h[1] += cfe["load_kwh"]
+        self.intervals += 1
+        self.partial += bool(p["partial"])
+        self.estimated_s += p["estimated_s"]
+        self.max_residual_pct = max(self.max_residual_pct, abs(en["closure"]["residual_pct"]))
+        self.first = p["t_start"] if self.first is None else min(self.first, p["t_start"])
+        self.last = p["t_end"] if self.last is None else max(self.last, p["t_end"])
+
+    def result(self) -> dict:
+        e, c = self.e, self.c
+        loads = e["it"] + e["cooling"] + e["aux"]
+        supply = e["pv"] + e["grid"] + e["diesel"]
+        clean = sum(min(h[0], h[1]) for h in self.hours.values() if h[1] > 0)      # capped per hour
+        load_h = sum(h[1] for h in self.hours.values() if h[1] > 0)
+        s1, s2l, s2m = c["scope1_diesel"], c["scope2_location"], c["scope2_market"]
+        it = e["it"]
+
+        def div(a, b, nd=4):
+            return round(a / b, nd) if b > 1e-9 else None
+        return {
+            "from": self.first, "to": self.last, "intervals": self.intervals, "partial_intervals": self.partial,
+            "estimated_s": round(self.estimated_s, 1), "max_closure_residual_pct": round(self.max_residual_pct, 4),
+            "energy_kwh": {**{k: round(e[k], 3) for k in _E_KEYS}, "loads": round(loads, 3),
+                           "renewable": round(e["renewable"], 3)},
+            "diesel_litres": round(c["diesel_l"], 3),
+            "co2_kg": round(s1 + s2l, 3), "co2_kg_market": round(s1 + s2m, 3),
+            "scope1_kg": round(s1, 3), "scope2_location_kg": round(s2l, 3), "scope2_market_kg": round(s2m, 3),
+            "loads_attributed_kg": {"location": round(c["loads_location"], 3), "market": round(c["loads_market"], 3)},
+            "kpi": {
+                "total_energy_kwh": round(e["e_dc"], 3), "it_energy_kwh": round(it, 3),
+                "pue": div(e["e_dc"], it), "pue_electric": div(loads, it),
+                "renewable_share": div(e["renewable"], loads), "ref": div(e["renewable"], e["e_dc"]),
+                "pv_share_of_supply": div(e["pv"], supply),
+                "cfe_pct": round(100.0 * clean / load_h, 2) if load_h > 1e-9 else None,
+                "cue_location": div(s1 + s2l, it, 5), "cue_market": div(s1 + s2m, it, 5),
+            },
+        }
+
+
+def build_report(payloads: list[dict], t_from: float | None = None, t_to: float | None = None,
+                 verified: dict | None = None) -> dict:
+    genesis = next((p for p in payloads if p.get("kind") == "genesis"), {})
+    total, months, years = _Acc(), defaultdict(_Acc), defaultdict(_Acc)
+    jobs: dict[str, dict] = {}
+    for p in payloads:
+        if p.get("kind") != "interval":
+            continue
+        t0 = _t(p["t_start"])
+        if (t_from is not None and t0 < t_from) or (t_to is not None and t0 >= t_to):
+            continue
+        total.add(p)
+        months[p["t_start"][:7]].add(p)
+        years[p["t_start"][:4]].add(p)
+        for job, d in p["jobs"].items():
+            j = jobs.setdefault(job, {"label": d.get("label", ""), "it_kwh": 0.0, "kwh": 0.0,
+                                      "kg_location": 0.0, "kg_market": 0.0, "intervals": 0})
+            for k in ("it_kwh", "kwh", "kg_location", "kg_market"):
+                j[k] += d[k]
+            j["intervals"] += 1
+    for j in jobs.values():
+        for k in ("it_kwh", "kwh", "kg_location", "kg_market"):
+            j[k] = round(j[k], 3)
+    return {
+        "ledger": {"site": genesis.get("site"), "gateway": genesis.get("gateway_id"),
+                   "key_fingerprint": genesis.get("key_fingerprint"), **(verified or {})},
+        "factors": genesis.get("factors", {}),
+        "residual_mix": {k: genesis.get("carbon", {}).get(k) for k in
+                         ("residual_mix_kg_per_kwh", "residual_mix_source", "residual_mix_year")},
+        "period": {"from": None if t_from is None else _iso(t_from), "to": None if t_to is None else _iso(t_to)},
+        "total": total.result(),
+        "months": {k: a.result() for k, a in sorted(months.items())},
+        "years": {k: a.result() for k, a in sorted(years.items())},
+        "jobs": jobs,
+        "notes": NOTES,
+    }
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+CSV_COLUMNS = ("period", "from", "to", "intervals", "total_energy_kwh", "it_energy_kwh", "pue", "pue_electric",
+               "renewable_share", "ref", "pv_share_of_supply", "cfe_pct", "co2_kg", "co2_kg_market", "scope1_kg",
+               "scope2_location_kg", "scope2_market_kg", "cue_location", "cue_market", "diesel_litres",
+               "pv_kwh", "grid_kwh", "diesel_kwh", "battery_charge_kwh", "battery_discharge_kwh", "export_kwh",
+               "curtailment_kwh", "loads_kwh")
+
+
+def to_csv(report: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    rows = [(f"month {k}", r) for k, r in report["months"].items()] + \
+           [(f"year {k}", r) for k, r in report["years"].items()] + [("total", report["total"])]
+    for name, r in rows:
+        e, kpi = r["energy_kwh"], r["kpi"]
+        w.writerow([name, r["from"], r["to"], r["intervals"], kpi["total_energy_kwh"], kpi["it_energy_kwh"],
+                    kpi["pue"], kpi["pue_electric"], kpi["renewable_share"], kpi["ref"], kpi["pv_share_of_supply"],
+                    kpi["cfe_pct"], r["co2_kg"], r["co2_kg_market"], r["scope1_kg"], r["scope2_location_kg"],
+                    r["scope2_market_kg"], kpi["cue_location"], kpi["cue_market"], r["diesel_litres"], e["pv"],
+                    e["grid"], e["diesel"], e["battery_charge"], e["battery_discharge"], e["export"],
+                    e["curtailment"], e["loads"]])
+    if report["jobs"]:
+        w.writerow([])
+        w.writerow(("job", "label", "it_kwh", "kwh", "kg_location", "kg_market", "intervals"))
+        for job, j in report["jobs"].items():
+            w.writerow((job, j["label"], j["it_kwh"], j["kwh"], j["kg_location"], j["kg_market"], j["intervals"]))
+    return buf.getvalue()
+
+
+def is_finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def ledger_verify_main(args) -> int:
+    """`edge-ems ledger verify FILE [--pubkey K]`: exit 0 only if every record holds, else 1 (2: bad input)."""
+    import sys
+    from controller.carbon.keys import load_public_key
+    from controller.carbon.ledger import verify
+    try:
+        pub = load_public_key(args.pubkey) if args.pubkey else None
+        res = verify(args.file, pub)
+    except (OSError, ValueError) as exc:
+        print(f"edge-ems: {exc}", file=sys.stderr)
+        return 2
+    if res.torn_tail:
+        print(f"note: {res.torn_tail}", file=sys.stderr)
+    if res.ok:
+        print(f"ok: {res.message}")
+        return 0
+    print(f"FAILED: first bad record: {res.message}")
+    return 1
+
+
+def ledger_report_main(args) -> int:
+    """`edge-ems ledger report FILE [--from T] [--to T] [--format csv|json] [--pubkey K]`."""
+    import json
+    import sys
+    from controller.carbon.keys import load_public_key
+    from controller.carbon.ledger import read_payloads, verify
+    try:
+        pub = load_public_key(args.pubkey) if args.pubkey else None
+        res = verify(args.file, pub, keep=True)
+        t_from, t_to = parse_when(args.t_from), parse_when(args.t_to)
+    except (OSError, ValueError) as exc:
+        print(f"edge-ems: {exc}", file=sys.stderr)
+        return 2
+    payloads = res.payloads if res.ok else read_payloads(args.file)
+    if not res.ok:
+        print(f"WARNING: the ledger does not verify ({res.message}); figures below are not evidence",
+              file=sys.stderr)
+    rep = build_report(payloads, t_from, t_to, {"verified": res.ok, "verify": res.message,
+                                                "key_source": res.key_source})
+    print(to_csv(rep) if args.format == "csv" else json.dumps(rep, indent=2), end="" if args.format == "csv" else "\n")
+    return 0 if res.ok else 1
+
+
+def add_ledger_parser(sub) -> None:
+    """The `ledger` subcommand group for controller/cli.py."""
+    p = sub.add_parser("ledger", help="verify the carbon ledger or report totals from it")
+    lsub = p.add_subparsers(dest="ledger_command", required=True)
+    v = lsub.add_parser("verify", help="exit 0 only if every hash, link, counter and signature holds")
+    v.add_argument("file")
+    v.add_argument("--pubkey", help="the gateway's public key (PEM, or raw base64/hex); default: the genesis record's")
+    v.set_defaults(func=ledger_verify_main)
+    r = lsub.add_parser("report", help="monthly / annual totals and EED-style KPIs")
+    r.add_argument("file")
+    r.add_argument("--from", dest="t_from", help="UTC start, e.g. 2026-04 or 2026-04-10T00:00:00Z")
+    r.add_argument("--to", dest="t_to", help="UTC end (exclusive)")
+    r.add_argument("--format", choices=("json", "csv"), default="json")
+    r.add_argument("--pubkey")
+    r.set_defaults(func=ledger_report_main)

@@ -1,0 +1,211 @@
+"""The scan loop's side of the uplink: a per-cycle hook that feeds the spool, and the wiring.
+
+``make_uplink_hook(cfg, broker_url, data_dir) -> (hook, uplink)``; pass ``hook`` in the loop's hooks
+(``run_sim(..., hooks=[hook])``), call ``uplink.close(drain_timeout_s)`` at the end.
+
+Per cycle the hook does only in-memory work: accumulate the 1-min summary and the 15-min totals, turn
+step events into event records and alarm raise/clear records, and apply commands the uplink thread
+already verified. Records go to ``Spool.put`` (a queue append); SQLite and MQTT run in their threads.
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from controller.core import layout as L
+from controller.uplink.client import BrokerConfig, MqttUplink
+from controller.uplink.commands import CommandVerifier, Limits, COUNTER_KEY, load_public_key
+from controller.uplink.drain import DrainPolicy
+from controller.uplink.spool import DEFAULT_QUOTA, Spool
+from controller.uplink.summary import IntervalTotals, MinuteSummary
+from controller.uplink.topics import ALARM, CMD_RESULT, EVENT, INTERVAL, TELEMETRY, Topics
+
+# the kernel's alarm events (value: alarm bit, names in layout.ALARM_NAMES) -> alarm record state
+ALARM_EVENTS = {L.EV_ALARM_RAISED: "raised", L.EV_ALARM_CLEARED: "cleared", L.EV_ALARM_ACKED: "acknowledged"}
+SEVERITY = {"uplink_spool_full": "warning"}
+
+
+def _severity(name: str) -> str:
+    if name in SEVERITY:
+        return SEVERITY[name]
+    try:
+        from controller.alarms import catalogue
+        SEVERITY.update({a.name: a.severity for a in catalogue().values()})
+    except Exception:
+        pass
+    return SEVERITY.setdefault(name, "warning")
+
+
+def _f(x):
+    x = float(x)
+    return round(x, 4) if math.isfinite(x) else None
+
+
+class Uplink:
+    """What make_uplink_hook returns next to the hook: the spool, the MQTT side, the verifier, state."""
+
+    def __init__(self, spool: Spool, mqtt: MqttUplink | None, verifier: CommandVerifier, topics: Topics):
+        self.spool, self.mqtt, self.verifier, self.topics = spool, mqtt, verifier, topics
+        self.now_s: float | None = None          # the controller's UTC (image t_s), for command expiry
+        self.accepted: deque = deque()           # verified commands waiting for the next cycle
+        self.applied: list[dict] = []
+        self.verdicts: list[dict] = []
+        self.active_alarms: dict[str, dict] = {}
+        self.hook_s: deque = deque(maxlen=65536)
+        self.schedule: dict | None = None        # accepted setpoint schedule being followed
+        self._lock = threading.Lock()
+
+    def handle_command(self, raw: bytes) -> None:
+        """Runs in the MQTT thread: verify, record the verdict, queue an accepted command."""
+        now = self.now_s if self.now_s is not None else time.time()
+        with self._lock:
+            verdict = self.verifier.verify(raw, now)
+        body = verdict.body()
+        self.verdicts.append(body)
+        self.spool.put(CMD_RESULT, now, body)
+        self.spool.put(EVENT, now, {"event": "command", **body})
+        if verdict.accepted:
+            self.accepted.append(verdict.command)
+
+    def raise_alarm(self, t_s: float, name: str, value=None) -> None:
+        if name in self.active_alarms:
+            return
+        body = {"alarm": name, "state": "raised", "severity": _severity(name), "value": value}
+        self.active_alarms[name] = body
+        self.spool.put(ALARM, t_s, body)
+
+    def clear_alarm(self, t_s: float, name: str, value=None) -> None:
+        if self.active_alarms.pop(name, None) is not None:
+            self.spool.put(ALARM, t_s, {"alarm": name, "state": "cleared", "severity": _severity(name),
+                                        "value": value})
+
+    def apply(self, loop, t_s: float, cmd: dict) -> None:
+        """Between cycles. Records the command as applied; an alarm ack marks the alarm acknowledged.
+        Setpoint schedules, modes, reserve, warnings and grid updates are handed over in ``applied`` for
+        the strategy to consume; nothing here writes a setpoint past the interlocks."""
+        op = loop.devices.get("operator") if loop is not None else None
+        a, kind = cmd["args"], cmd["type"]
+        if kind == "alarm_ack":
+            name = a["alarm"]
+            if name == "uplink_spool_full":
+                self.active_alarms.get(name, {})["acked"] = True
+            elif op is not None and name in L.ALARM_NAMES:
+                op.acknowledge(1 << L.ALARM_NAMES.index(name))   # the step raises EV_ALARM_ACKED
+        elif kind == "mode" and op is not None:
+            op.set_mode(a["mode"])
+        elif kind == "reserve_soc" and op is not None:
+            op.set_reserve_pct(a["reserve_pct"])
+        elif kind == "setpoint_schedule":
+            self.schedule = a
+        self.applied.append(cmd)
+        self.spool.put(EVENT, t_s, {"event": "command_applied", "id": cmd["id"], "type": cmd["type"]})
+
+    def follow_schedule(self, loop, t_s: float) -> None:
+        """Hand the schedule's current slot to the operator inputs (the interlocks clamp it)."""
+        op = loop.devices.get("operator") if loop is not None else None
+        sch = self.schedule
+        k = int((t_s - sch["start_s"]) // sch["step_s"])
+        if k >= len(sch["battery_kw"]):
+            self.schedule = None
+            if op is not None:
+                op.set_battery_kw(0.0)
+            self.spool.put(EVENT, t_s, {"event": "schedule_done"})
+        elif k >= 0 and op is not None:
+            op.set_battery_kw(float(sch["battery_kw"][k]))
+
+    def close(self, drain_timeout_s: float = 0.0) -> bool:
+        """Stop the MQTT side (after up to drain_timeout_s of draining) and close the spool."""
+        empty = self.mqtt.stop(drain_timeout_s) if self.mqtt is not None else False
+        self.spool.close()
+        return empty
+
+    def stats(self) -> dict:
+        out = {"spool": self.spool.stats()}
+        hs = sorted(self.hook_s)
+        if hs:
+            out["hook_p99_us"] = round(1e6 * hs[min(len(hs) - 1, int(0.99 * len(hs)))], 1)
+            out["hook_max_us"] = round(1e6 * hs[-1], 1)
+        if self.mqtt is not None:
+            s = self.mqtt.stats
+            out["mqtt"] = {k: getattr(s, k) for k in ("connects", "connect_failures", "messages", "batches",
+                                                      "records_sent", "records_acked", "nacks", "wire_bytes",
+                                                      "payload_bytes", "raw_bytes", "protocol")}
+        return out
+
+
+def make_uplink_hook(cfg, broker_url: str | None, data_dir, *, public_key=None, drain: DrainPolicy | None = None,
+                     quota_bytes: int = DEFAULT_QUOTA, min_free_bytes: int | None = None,
+                     clock_status: str = "unknown", client_id: str | None = None, require_subscriber: bool = True,
+                     start: bool = True, **broker_overrides):
+    """Build the per-cycle hook and the uplink behind it. ``broker_url=None``: spool only (offline).
+
+    The cloud's Ed25519 public key: ``public_key`` (PEM / path / raw / key object), else
+    ``$EDGE_EMS_CLOUD_KEY`` (a PEM path), else ``DATA_DIR/cloud_pubkey.pem``; without one every command
+    is refused ("no cloud public key configured")."""
+    site, gateway = cfg["site"]["name"], cfg["site"]["gateway_id"]
+    topics = Topics(site, gateway)
+    kw = {} if min_free_bytes is None else {"min_free_bytes": min_free_bytes}
+    spool = Spool(data_dir, site, gateway, quota_bytes=quota_bytes, clock_status=clock_status, **kw)
+    if public_key is None:
+        path = os.environ.get("EDGE_EMS_CLOUD_KEY") or str(Path(data_dir) / "cloud_pubkey.pem")
+        public_key = path if Path(path).is_file() else None
+    verifier = CommandVerifier(load_public_key(public_key), gateway, Limits.from_site(cfg),
+                               lambda: spool.get_meta(COUNTER_KEY, "0"),
+                               lambda value: spool.set_meta(COUNTER_KEY, value))
+    up = Uplink(spool, None, verifier, topics)
+    if broker_url:
+        broker = BrokerConfig.from_url(broker_url, **broker_overrides)
+        up.mqtt = MqttUplink(spool, topics, broker, drain=drain, client_id=client_id,
+                             on_command=up.handle_command, require_subscriber=require_subscriber)
+        if start:
+            up.mqtt.start()
+    diesel_kg_per_kwh = 0.0
+    try:
+        diesel_kg_per_kwh = float(cfg["genset"]["fuel_l_per_kwh"]) * float(cfg["emissions"]["diesel_kg_per_l"])
+    except (KeyError, TypeError):
+        pass
+    minute = MinuteSummary()
+    quarter = IntervalTotals(diesel_kg_per_kwh)
+    last = {"spool_alarm": False}
+    spool.put(EVENT, time.time(), {"event": "uplink_boot", "boot_id": spool.boot_id})
+
+    def hook(loop, image, cmd, events, n):
+        t0 = time.perf_counter()
+        t = float(image["t_s"])
+        up.now_s = t
+        value, quality = image["value"], image["quality"]
+        body = minute.add(t, value, quality, cmd)
+        if body is not None:
+            spool.put(TELEMETRY, t, body)
+        body = quarter.add(t, value)
+        if body is not None:
+            spool.put(INTERVAL, t, body)
+        for i in range(n):
+            code, v = int(events[i, 0]), _f(events[i, 1])
+            spool.put(EVENT, t, {"event": L.EVENT_NAMES.get(code, str(code)).split(":")[0].split(" ")[0],
+                                 "code": code, "value": v})
+            if code in ALARM_EVENTS and v is not None and 0 <= int(v) < len(L.ALARM_NAMES):
+                name = L.ALARM_NAMES[int(v)]
+                state = ALARM_EVENTS[code]
+                if state == "raised":
+                    up.active_alarms[name] = {"alarm": name, "state": state}
+                elif state == "cleared":
+                    up.active_alarms.pop(name, None)
+                spool.put(ALARM, t, {"alarm": name, "state": state, "severity": _severity(name), "value": int(v)})
+        if up.schedule is not None:
+            up.follow_schedule(loop, t)
+        if spool.alarm != last["spool_alarm"]:
+            last["spool_alarm"] = spool.alarm
+            if spool.alarm:
+                up.raise_alarm(t, "uplink_spool_full", spool.total_bytes)
+            else:
+                up.clear_alarm(t, "uplink_spool_full", spool.total_bytes)
+        while up.accepted:
+            up.apply(loop, t, up.accepted.popleft())
+        up.hook_s.append(time.perf_counter() - t0)
+
+    return hook, up

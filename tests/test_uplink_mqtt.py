@@ -1,0 +1,141 @@
+"""The uplink against a real Mosquitto on 127.0.0.1: TLS with client certificates and a password,
+retained status and last will, at-least-once through broker restarts without persistence."""
+import json
+import threading
+import time
+
+import pytest
+
+from controller.uplink.client import BrokerConfig, MqttUplink
+from controller.uplink.spool import Spool
+from controller.uplink.topics import ALARM, EVENT, INTERVAL, TELEMETRY, Topics
+from uplink_broker import Broker, Subscriber, wait_for
+
+SITE, GW = "inner-mongolia-mine", "imm-gw-01"
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = Broker(tmp_path / "broker").start()
+    yield b
+    b.kill()
+
+
+@pytest.fixture
+def subscriber(broker):
+    s = Subscriber(broker.port)
+    wait_for(s.subscribed.is_set, 10, "subscriber connected")
+    yield s
+    s.close()
+
+
+def start_uplink(tmp_path, url, **kw):
+    spool = Spool(tmp_path / "spool", SITE, GW, clock_status="test")
+    up = MqttUplink(spool, Topics(SITE, GW), BrokerConfig.from_url(url), backoff_base_s=0.05,
+                    backoff_cap_s=0.5, **kw).start()
+    return spool, up
+
+
+def test_mutual_tls_with_password_live_records_and_retained_status(broker, subscriber, tmp_path):
+    spool, up = start_uplink(tmp_path, broker.tls_url)
+    try:
+        wait_for(up.connected.is_set, 10, "TLS connect")
+        assert up.stats.protocol == "5"
+        for i in range(5):
+            spool.put(TELEMETRY, 1.7e9 + 60 * i, {"i": i})
+        spool.put(ALARM, 1.7e9, {"alarm": "grid_lost", "state": "raised"})
+        wait_for(lambda: len(subscriber.seqs()) == 6, 10, "6 records")
+        wait_for(lambda: spool.pending_rows == 0, 10, "acks deleted the rows")
+        status = subscriber.retained[f"edge-ems/v1/{SITE}/{GW}/status"]
+        assert status["state"] == "online" and status["boot_id"] == spool.boot_id
+        rec = subscriber.records(ALARM)[0]
+        assert {"gateway", "boot_id", "seq", "t", "clock", "body"} <= set(rec)
+        assert rec["gateway"] == GW and rec["t"].endswith("Z")
+    finally:
+        up.stop()
+        spool.close()
+    # a clean stop publishes a retained "offline"
+    wait_for(lambda: subscriber.retained.get(f"edge-ems/v1/{SITE}/{GW}/status", {}).get("state") == "offline",
+             10, "retained offline")
+
+
+def test_tls_refuses_a_client_without_certificate(broker, tmp_path):
+    url = broker.tls_url.split("&cert=")[0]          # CA only, no client certificate
+    spool, up = start_uplink(tmp_path, url)
+    try:
+        wait_for(lambda: up.stats.connect_failures >= 2, 10, "refused TLS handshakes")
+        assert not up.connected.is_set()
+    finally:
+        up.stop()
+        spool.close()
+
+
+def test_wrong_password_is_refused(broker, tmp_path):
+    url = broker.tls_url.replace(":s3cret-pass@", ":wrong@")
+    spool, up = start_uplink(tmp_path, url)
+    try:
+        wait_for(lambda: up.stats.connect_failures >= 2, 10, "refused logins")
+        assert not up.connected.is_set()
+    finally:
+        up.stop()
+        spool.close()
+
+
+def test_nothing_listening_means_not_delivered(broker, tmp_path):
+    """MQTT v5 PUBACK 0x10 (no matching subscribers) keeps the record in the spool until the cloud listens."""
+    spool, up = start_uplink(tmp_path, broker.url)
+    try:
+        wait_for(up.connected.is_set, 10, "connect")
+        spool.put(EVENT, 1.7e9, {"event": "x"})
+        wait_for(lambda: up.stats.nacks >= 1, 10, "a 0x10 PUBACK")
+        assert spool.pending_rows >= 1
+        sub = Subscriber(broker.port, client_id="late-cloud")
+        try:
+            wait_for(lambda: sub.seqs(), 10, "delivery once someone listens")
+            wait_for(lambda: spool.pending_rows == 0, 10, "acked and deleted")
+        finally:
+            sub.close()
+    finally:
+        up.stop()
+        spool.close()
+
+
+def _feeder(spool, stop, counts, period_s=0.002):
+    kinds = (TELEMETRY, TELEMETRY, TELEMETRY, EVENT, INTERVAL, TELEMETRY, ALARM)
+    i = 0
+    while not stop.is_set():
+        kind = kinds[i % len(kinds)]
+        spool.put(kind, 1.7e9 + i, {"i": i, "pad": "x" * 200})
+        counts[kind] = counts.get(kind, 0) + 1
+        i += 1
+        time.sleep(period_s)
+
+
+@pytest.mark.parametrize("restarts", [3])
+def test_broker_killed_and_restarted_without_persistence_loses_nothing(broker, subscriber, tmp_path, restarts):
+    spool, up = start_uplink(tmp_path, broker.url)
+    stop, counts = threading.Event(), {}
+    feeder = threading.Thread(target=_feeder, args=(spool, stop, counts), daemon=True)
+    feeder.start()
+    try:
+        for k in range(restarts):
+            wait_for(lambda: len(subscriber.seqs()) > 200 * (k + 1), 20, "traffic before the kill")
+            broker.kill()                                  # SIGKILL, no persistence: its state is gone
+            wait_for(lambda: not up.connected.is_set(), 10, "uplink notices")
+            n_before = spool.last_seq
+            wait_for(lambda: spool.last_seq > n_before + 100, 10, "spooling while the broker is down")
+            broker.start()
+            wait_for(up.connected.is_set, 20, "reconnect with back-off")
+        stop.set()
+        feeder.join(5)
+        spool.flush()
+        last = spool.last_seq
+        wait_for(lambda: spool.pending_rows == 0, 30, "backlog drained")
+        wait_for(lambda: len(subscriber.seqs()) >= last, 10, "all at the subscriber")
+        assert subscriber.seqs() == set(range(1, last + 1)), "every committed seq exactly once after de-dup"
+        subscriber.assert_in_order()
+        assert up.stats.connects >= restarts + 1 and up.stats.batches > 0
+    finally:
+        stop.set()
+        up.stop()
+        spool.close()
