@@ -63,8 +63,14 @@ def cmd_run(args) -> int:
           f"scenario {scn.name}, period {cfg['control']['period_s']} s, real time", flush=True)
     from controller.watchdog import SystemdNotifier
     notifier = SystemdNotifier()
-    result = run_sim(scn, hours=hours, seed=args.seed, out_dir=args.out, speed=args.speed,
-                     install_signals=True, hooks=[notifier.hook])
+    from controller.ipc import start_ipc_for_run
+    ipc = start_ipc_for_run(cfg, args)        # the TUI's socket (None with --socket none or on failure)
+    try:
+        result = run_sim(scn, hours=hours, seed=args.seed, out_dir=args.out, speed=args.speed,
+                         install_signals=True, hooks=[notifier.hook, *([ipc.hook] if ipc else [])])
+    finally:
+        if ipc is not None:
+            ipc.close()
     notifier.stopping()
     print(json.dumps(result.loop.stats.as_dict()))
     return EXIT_OK
@@ -155,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, default=1.0, help="simulated devices only: times real time")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", help="directory for the recording and KPIs")
+    p.add_argument("--socket", default=None, help="the TUI's local socket (default /run/edge-ems/ipc.sock or "
+                   "$XDG_RUNTIME_DIR/edge-ems/ipc.sock; 'none': no socket)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sim", help="the real controller against a simulated site")
@@ -187,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from controller.carbon.report import add_ledger_parser
     add_ledger_parser(sub)                 # ledger verify | report (controller/carbon/report.py)
+
+    from controller.tui.app import add_tui_parser
+    add_tui_parser(sub)                    # tui [--socket PATH] [--ascii] [--demo] (controller/tui/app.py)
 
     p = sub.add_parser("plan", help="solve one planning instance (JSON) and print the plan")
     p.add_argument("instance")

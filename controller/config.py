@@ -139,6 +139,14 @@ SITE_SCHEMA = Table({
         "genset_start_timeout_s": F("number", default=60.0, min=1),
         "alarm_clear_s": F("number", default=10.0, min=0),
     }),
+    # The technician TUI (controller/ipc.py): PIN as "scrypt$n$r$p$salt_hex$hash_hex" or
+    # "pbkdf2_sha256$iterations$salt_hex$hash_hex" (`edge-ems tui --hash-pin`); empty = actions disabled.
+    "tui": Table({
+        "pin_hash": F("string", default=""),
+        "lockout_after": F("integer", default=3, min=1, max=20),
+        "lockout_s": F("number", default=300.0, min=1, max=86400),
+        "session_s": F("number", default=600.0, min=10, max=86400),
+    }),
     "limits": Table({
         "bms_max_age_s": F("number", default=5.0, min=0, min_exclusive=True),
         "meter_max_age_s": F("number", default=5.0, min=0, min_exclusive=True),

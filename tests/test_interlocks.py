@@ -23,31 +23,11 @@ from controller.replay import iter_records
 from tools.sim.runner import run_sim
 from tools.sim.scenario import load_scenario
 
+from images import image, run_images
+
 CFG = load_site("inner-mongolia-mine")
 PARAMS = build_params(CFG)
 SITE_TEXT = (SITES_DIR / "inner-mongolia-mine.toml").read_text()
-
-
-def image(**values):
-    value = np.zeros(N_POINTS)
-    quality = np.zeros(N_POINTS, dtype=np.uint8)
-    base = dict(soc_pct=60.0, battery_v=768.0, bms_ccl_a=300.0, bms_dcl_a=300.0, cell_v_max=3.30,
-                cell_v_min=3.28, cell_temp_max_c=25.0, cell_temp_min_c=24.0, bms_charge_enable=1.0,
-                bms_discharge_enable=1.0, grid_available=1.0, grid_kw=40.0, pv_kw=10.0, genset_available=1.0,
-                genset_running=1.0, it_kw=40.0, cooling_kw=5.0, op_genset=-1.0)
-    base.update(values)
-    for name, v in base.items():
-        value[INDEX[name]] = v
-    return value, quality
-
-
-def run_images(params, images, t0=1000.0):
-    state = L.new_state(t0 - 1.0)
-    out = []
-    for i, (value, quality) in enumerate(images):
-        state, cmd, events, n = step(params, state, t0 + i, value, quality)
-        out.append((state.copy(), cmd.copy(), events[:n].copy()))
-    return out
 
 
 def test_alarm_catalogue_matches_kernel_bits():

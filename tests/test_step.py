@@ -6,30 +6,17 @@ from controller.config import load_site
 from controller.core import layout as L
 from controller.core.step import step
 from controller.params import build_params
-from controller.points import INDEX, N_POINTS, Q_OK, Q_STALE
+from controller.points import INDEX, Q_STALE
+from images import image, run_images
 
 PARAMS = build_params(load_site("inner-mongolia-mine"))
 
 
-def healthy_image(**values):
-    value = np.zeros(N_POINTS)
-    quality = np.zeros(N_POINTS, dtype=np.uint8)
-    base = dict(soc_pct=60.0, battery_v=768.0, bms_ccl_a=300.0, bms_dcl_a=300.0, cell_v_max=3.30,
-                cell_v_min=3.28, bms_charge_enable=1.0, bms_discharge_enable=1.0, grid_available=1.0,
-                grid_kw=40.0, pv_kw=10.0, battery_kw=0.0, genset_available=1.0, it_kw=40.0, cooling_kw=5.0)
-    base.update(values)
-    for name, v in base.items():
-        value[INDEX[name]] = v
-    return value, quality
+healthy_image = image
 
 
-def run(params, images, t0=1000.0):
-    state = L.new_state(t0 - 1.0)
-    out = []
-    for i, (value, quality) in enumerate(images):
-        state, cmd, events, n = step(params, state, t0 + i, value, quality)
-        out.append((state.copy(), cmd.copy(), events[:n].copy()))
-    return out
+def run(params, images):
+    return run_images(params, images)
 
 
 def test_same_inputs_same_outputs_bit_for_bit():

@@ -102,3 +102,53 @@ def test_put_never_waits_for_fsync(tmp_path):
     assert st["committed_rows"] == 20_000 and st["commits"] < 20_000       # batched commits
     assert st["put_p99_us"] < 100, st
     s.close()
+
+
+def _conforms(schema, value, path="$"):
+    """A small JSON Schema subset (type, required, const, enum, properties, additionalProperties)."""
+    types = schema.get("type")
+    if types:
+        types = [types] if isinstance(types, str) else types
+        py = {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float),
+              "boolean": bool, "null": type(None)}
+        assert any(isinstance(value, py[t]) and not (t in ("integer", "number") and isinstance(value, bool))
+                   for t in types), f"{path}: {value!r} is not {types}"
+    if "const" in schema:
+        assert value == schema["const"], f"{path}: {value!r} != {schema['const']!r}"
+    if "enum" in schema:
+        assert value in schema["enum"], f"{path}: {value!r} not in {schema['enum']}"
+    if isinstance(value, dict):
+        for key in schema.get("required", []):
+            assert key in value, f"{path}: missing {key}"
+        for key, sub in schema.get("properties", {}).items():
+            if key in value:
+                _conforms(sub, value[key], f"{path}.{key}")
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key in set(value) - set(schema.get("properties", {})):
+                _conforms(extra, value[key], f"{path}.{key}")
+
+
+def test_a_simulated_day_spools_records_that_match_the_schemas(tmp_path):
+    from pathlib import Path
+    from controller.uplink import make_uplink_hook
+    from tools.sim.runner import run_sim
+    from tools.sim.scenario import load_scenario
+    schemas = Path(__file__).resolve().parent.parent / "controller" / "uplink" / "schemas"
+    scn = load_scenario("inner-mongolia-mine")
+    hook, up = make_uplink_hook(scn.site, None, tmp_path, clock_status="sim")
+    run_sim(scn, hours=6, seed=1, hooks=[hook])
+    up.spool.flush()
+    seen = {}
+    for kind, file in ((TELEMETRY, "telemetry"), (INTERVAL, "interval"), (ALARM, "alarm"), (EVENT, "event")):
+        schema = json.loads((schemas / f"{file}.json").read_text())
+        rows = up.spool.pending(kind, 0, 100_000)
+        for _, payload in rows:
+            _conforms(schema, json.loads(payload))
+        seen[kind] = len(rows)
+    assert seen[TELEMETRY] >= 359 and seen[INTERVAL] >= 23 and seen[EVENT] >= 1
+    tele = json.loads(up.spool.pending(TELEMETRY, 0, 1)[0][1])["body"]
+    soc = tele["points"]["soc_pct"]
+    assert tele["cycles"] == 60 and soc["min"] <= soc["mean"] <= soc["max"]
+    print("hook cost:", up.stats().get("hook_p99_us"), "us p99")
+    up.close()

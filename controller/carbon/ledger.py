@@ -187,7 +187,7 @@ def verify(path: str | Path, pubkey: Ed25519PublicKey | None = None, keep: bool 
     res = VerifyResult(ok=False, key_source="--pubkey" if pubkey is not None else "genesis record (not independent)")
     key = pubkey
     n_expect, prev = 0, GENESIS_PREV
-    frag_start = None
+    frag_start, frag_line = None, None
     for lineno, (off, line, has_nl) in enumerate(_lines(data), start=1):
         where = f"line {lineno}"
         try:
@@ -198,7 +198,7 @@ def verify(path: str | Path, pubkey: Ed25519PublicKey | None = None, keep: bool 
                                  "an incomplete write (crash); not a record, not verified")
                 break
             if frag_start is None:
-                frag_start = off
+                frag_start, frag_line = off, lineno
             res.torn_tail = f"{where}: {exc}"
             continue
         n = payload.get("n")
@@ -207,8 +207,9 @@ def verify(path: str | Path, pubkey: Ed25519PublicKey | None = None, keep: bool 
             body = data[frag_start:off - 1]
             if not (payload.get("kind") == "recovery" and payload.get("torn_offset") == frag_start
                     and payload.get("torn_sha256") == hashlib.sha256(body).hexdigest()):
-                return _fail(res, n, lineno - 1 if lineno > 1 else lineno,
-                             f"line {lineno - 1}: not a complete record, and no recovery record accounts for it")
+                return _fail(res, n_expect, frag_line,
+                             f"line {frag_line} (where record n={n_expect} belongs): not a complete record, "
+                             "and no recovery record accounts for it")
             frag_start = None
             res.torn_tail = ""
         if n_expect == 0:
@@ -243,7 +244,7 @@ def verify(path: str | Path, pubkey: Ed25519PublicKey | None = None, keep: bool 
         n_expect += 1
         res.records += 1
     if frag_start is not None:
-        return _fail(res, None, None, f"{res.torn_tail}; and no recovery record follows it")
+        return _fail(res, n_expect, frag_line, f"{res.torn_tail}; and no recovery record follows it")
     if res.records == 0:
         return _fail(res, None, 1, "no records")
     res.ok = True

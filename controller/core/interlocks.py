@@ -147,21 +147,22 @@ def battery_limits(params, value, quality, state, st, dt_s, safe):
     if force and discharge > 0.0:
         discharge, d_reason = 0.0, R_FORCE_CHARGE
 
-    # A drop to zero applies at once; coming back waits the recovery delay (then the ramp applies).
-    delay = params[P_RECOVERY_DELAY_S]
-    if charge <= 0.0:
-        st[S_CHARGE_BLOCK_S] = delay
-    else:
-        st[S_CHARGE_BLOCK_S] = max(0.0, state[S_CHARGE_BLOCK_S] - dt_s)
-        if state[S_CHARGE_BLOCK_S] > 0.0:
-            charge, c_reason = 0.0, R_RECOVERY_DELAY
-    if discharge <= 0.0:
-        st[S_DISCHARGE_BLOCK_S] = delay
-    else:
-        st[S_DISCHARGE_BLOCK_S] = max(0.0, state[S_DISCHARGE_BLOCK_S] - dt_s)
-        if state[S_DISCHARGE_BLOCK_S] > 0.0:
-            discharge, d_reason = 0.0, R_RECOVERY_DELAY
+    charge, c_reason = _recovery(charge, c_reason, state, st, S_CHARGE_BLOCK_S, dt_s, params[P_RECOVERY_DELAY_S])
+    discharge, d_reason = _recovery(discharge, d_reason, state, st, S_DISCHARGE_BLOCK_S, dt_s,
+                                    params[P_RECOVERY_DELAY_S])
     return charge, discharge, c_reason, d_reason, hold_edge, force_edge
+
+
+@njit(cache=True)
+def _recovery(limit, reason, state, st, slot, dt_s, delay_s):
+    """A drop to zero applies at once; coming back waits the recovery delay (then the ramp applies)."""
+    if limit <= 0.0:
+        st[slot] = delay_s
+        return limit, reason
+    st[slot] = max(0.0, state[slot] - dt_s)
+    if state[slot] > 0.0:
+        return 0.0, R_RECOVERY_DELAY
+    return limit, reason
 
 
 @njit(cache=True)
