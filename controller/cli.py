@@ -67,7 +67,8 @@ def cmd_run(args) -> int:
     ipc = start_ipc_for_run(cfg, args)        # the TUI's socket (None with --socket none or on failure)
     try:
         result = run_sim(scn, hours=hours, seed=args.seed, out_dir=args.out, speed=args.speed,
-                         install_signals=True, hooks=[notifier.hook, *([ipc.hook] if ipc else [])])
+                         install_signals=True, hooks=[notifier.hook, *([ipc.hook] if ipc else [])],
+                         wire=args.wire)
     finally:
         if ipc is not None:
             ipc.close()
@@ -91,7 +92,8 @@ def cmd_sim(args) -> int:
     with Progress(transient=True) as bar:
         task = bar.add_task(f"{scn.name} {args.strategy}", total=1.0)
         result = run_sim(scn, hours=args.hours, seed=args.seed, strategy=args.strategy, out_dir=args.out,
-                         speed=args.speed, progress=lambda f: bar.update(task, completed=f), hooks=hooks)
+                         speed=args.speed, progress=lambda f: bar.update(task, completed=f), hooks=hooks,
+                         wire=args.wire, wire_baud=args.wire_baud)
     if uplink is not None:
         drained = uplink.close(drain_timeout_s=60.0)
         print(json.dumps({"uplink": uplink.stats(), "drained": drained}), file=sys.stderr)
@@ -140,6 +142,11 @@ def cmd_read(args) -> int:
     return EXIT_OK
 
 
+def cmd_selftest(args) -> int:
+    from controller.selftest import selftest
+    return selftest(args.site, args.data_dir)
+
+
 def cmd_scan(args) -> int:
     from drivers.commissioning import scan_bus
     print(json.dumps(scan_bus(args.port, args.baud)))
@@ -163,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="directory for the recording and KPIs")
     p.add_argument("--socket", default=None, help="the TUI's local socket (default /run/edge-ems/ipc.sock or "
                    "$XDG_RUNTIME_DIR/edge-ems/ipc.sock; 'none': no socket)")
+    p.add_argument("--wire", action="store_true", help="simulated devices only: Modbus on a pty RS-485 bus and "
+                   "the BMS on virtual CAN, read by the real drivers (as `sim --wire`)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sim", help="the real controller against a simulated site")
@@ -214,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", required=True)
     p.add_argument("--baud", type=int, default=9600)
     p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("selftest", help="is this gateway ready? profile, ports, clock, disk, keys, kernels")
+    p.add_argument("--site", default="/etc/edge-ems/site.toml", help="profile name or path")
+    p.add_argument("--data-dir", default=None, help="default $EDGE_EMS_DATA_DIR or /var/lib/edge-ems")
+    p.set_defaults(func=cmd_selftest)
     return parser
 
 
