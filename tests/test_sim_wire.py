@@ -105,3 +105,13 @@ def test_meter_that_stops_answering_through_the_whole_loop():
     assert mode[-1] == L.MODE_NORMAL and L.EV_METER_BACK in events
     stats = res.loop.devices["_wire"].wire.stats()
     assert stats["modbus_failures"] > 0
+
+
+def test_cli_sim_wire_goes_over_the_wire(tmp_path, capsys):
+    """`edge-ems sim --wire` must really take the wire path (it once silently ran in process)."""
+    import json
+    from controller.cli import main
+    out = tmp_path / "w"
+    assert main(["sim", "--scenario", SCENARIO, "--hours", "0.005", "--seed", "1", "--wire", "--out", str(out)]) == 0
+    kpis = json.loads((out / "kpis.json").read_text())
+    assert kpis["wire"] is True and kpis["cycles"] == 18

@@ -100,7 +100,7 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
     hours = float(hours if hours is not None else scn["scenario"]["hours"])
     site = SimSite(scn, hours, seed)
     cfg = scn.site
-    params = build_params(cfg, strategy)
+    params = build_params(cfg, strategy, t_ref_s=scn.start.timestamp())
     close_wire = None
     if wire:
         from tools.sim.wire import build_wire_devices
@@ -121,7 +121,7 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
     carbon = None
     if out_dir is not None and ledger:        # OUT/ledger + OUT/ledger.pub (controller/carbon)
         from controller.carbon.hook import sim_carbon_hook
-        carbon = sim_carbon_hook(scn, site, Path(out_dir))
+        carbon = sim_carbon_hook(scn, site, Path(out_dir), seed=seed, hours=hours)
         hooks = [*(hooks or []), carbon]
 
     def keep_events(loop, image, cmd, events, n):
@@ -150,6 +150,7 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
     if close_wire is not None:
         close_wire()
     kpis = kpis_of(site, loop, hours, wall_s)
+    kpis["wire"] = bool(wire)                    # which I/O path produced these figures
     if out_dir is not None:
         out = Path(out_dir)
         (out / "kpis.json").write_text(json.dumps(kpis, indent=2) + "\n")
