@@ -14,8 +14,61 @@ def _put_curve(p: np.ndarray, curve: int, points: list[list[float]]) -> None:
         p[base + 1 + L.CURVE_MAX_POINTS + i] = y
 
 
-def build_params(cfg: SiteConfig, strategy: str | None = None) -> np.ndarray:
-    """The PARAMS vector for `step`; `strategy` overrides [control].strategy (the sim's --strategy)."""
+# MPC planner settings (issue 4): 24 h ahead in 15-min steps (the demand-charge window), re-planned
+# every 60 s so the plan in force is never older than that; the genset pattern search is capped so a
+# plan fits a cycle's budget (see tools/bench/mpc.py for its gap at this budget).
+MPC_HORIZON, MPC_DT_H, MPC_REPLAN_S, MPC_GENSET_EVALS = 96, 0.25, 60.0, 100
+MPC_UNSERVED_PENALTY = 50.0      # per kWh not served (site currency): far above any energy price
+MPC_RESERVE_PENALTY = 0.03       # per kWh-hour under the reserve SOC: the genset backs the reserve up
+MPC_TERMINAL_FRAC = 1.0          # stored energy at the horizon's end is worth this x mean grid cost x eta
+# Added to the battery's wear cost in the plan only: a cycle must clear this margin per kWh each way, so
+# the planner skips shallow arbitrage (e.g. valley -> flat) whose gain does not pay for the losses' CO2.
+MPC_CYCLE_HURDLE = 0.1
+MPC_OUTAGE_ASSUME_S = 3600.0     # an unannounced outage is assumed to last at least this long
+
+
+def _utc_offset_s(tz: str, t_ref_s: float | None) -> float:
+    """The site's UTC offset at t_ref_s (now if None): the TOU table is by local hour."""
+    import time
+    from datetime import datetime, timezone
+    from zoneinfo import ZoneInfo
+    t = time.time() if t_ref_s is None else t_ref_s
+    return datetime.fromtimestamp(t, timezone.utc).astimezone(ZoneInfo(tz)).utcoffset().total_seconds()
+
+
+def _put_mpc(p: np.ndarray, cfg: SiteConfig, t_ref_s: float | None) -> None:
+    from controller.core.forecast import pv_params
+    site, tariff, emis, bat = cfg["site"], cfg["tariff"], cfg["emissions"], cfg["battery"]
+    gen, pv = cfg.get("genset") or {}, cfg.get("pv") or {}
+    p[L.P_MPC_HORIZON], p[L.P_MPC_DT_H] = MPC_HORIZON, MPC_DT_H
+    p[L.P_MPC_REPLAN_S], p[L.P_MPC_GENSET_EVALS] = MPC_REPLAN_S, MPC_GENSET_EVALS
+    p[L.P_TZ_OFFSET_S] = _utc_offset_s(site["timezone"], t_ref_s)
+    p[L.P_TARIFF_SPOT] = 1.0 if tariff["kind"] == "spot" else 0.0
+    p[L.P_EXPORT_PRICE] = tariff["export_price_per_kwh"]
+    p[L.P_PEAK_PRICE] = tariff["peak_price_per_kw"]
+    p[L.P_CARBON_PRICE] = emis["carbon_price_per_kg"]
+    p[L.P_GRID_CO2] = emis["grid_kg_per_kwh"]
+    p[L.P_FUEL_L_PER_KWH] = gen.get("fuel_l_per_kwh", 0.0)
+    p[L.P_FUEL_L_PER_H_ON] = gen.get("fuel_l_per_h_on", 0.0)
+    p[L.P_FUEL_PRICE] = gen.get("fuel_price_per_l", 0.0)
+    p[L.P_DIESEL_CO2_PER_L] = emis["diesel_kg_per_l"]
+    p[L.P_GEN_START_COST] = gen.get("start_cost", 0.0)
+    p[L.P_WEAR_COST] = bat["wear_cost_per_kwh"] + MPC_CYCLE_HURDLE
+    p[L.P_UNSERVED_PENALTY] = MPC_UNSERVED_PENALTY
+    p[L.P_RESERVE_PENALTY] = MPC_RESERVE_PENALTY
+    p[L.P_TERMINAL_FRAC] = MPC_TERMINAL_FRAC
+    p[L.P_OUTAGE_ASSUME_S] = MPC_OUTAGE_ASSUME_S
+    p[L.P_STORM_RESERVE_PCT] = cfg["control"]["storm_reserve_pct"]
+    p[L.P_PV_VECTOR:L.P_PV_VECTOR + 14] = pv_params(
+        site["latitude"], site["longitude"], site["altitude_m"], pv.get("rated_kw", 0.0),
+        tilt_deg=pv.get("tilt_deg", 30.0), azimuth_deg=pv.get("azimuth_deg", 180.0))
+    price = tariff["import_price_per_kwh"]
+    p[L.P_TARIFF:L.P_TARIFF + 24] = price if isinstance(price, list) else [price] * 24
+
+
+def build_params(cfg: SiteConfig, strategy: str | None = None, t_ref_s: float | None = None) -> np.ndarray:
+    """The PARAMS vector for `step`; `strategy` overrides [control].strategy (the sim's --strategy).
+    `t_ref_s`: when the run starts (UTC epoch s; default now), for the site's UTC offset."""
     p = np.zeros(L.N_PARAMS, dtype=np.float64)
     bat, grid, ctl, gen, il = cfg["battery"], cfg["grid"], cfg["control"], cfg.get("genset"), cfg["interlocks"]
     p[L.P_PERIOD_S] = ctl["period_s"]
@@ -74,4 +127,5 @@ def build_params(cfg: SiteConfig, strategy: str | None = None) -> np.ndarray:
     }
     for name, points in curves.items():
         _put_curve(p, L.CURVE_NAMES.index(name), points)
+    _put_mpc(p, cfg, t_ref_s)
     return p

@@ -64,6 +64,17 @@ CATALOGUE: tuple[Point, ...] = (
     Point("op_ack_bits", "bits", "operator", "ack_bits", HELD, "alarms to acknowledge (a one-cycle pulse)"),
     # The scan loop's own health, put in the image so the safe state it triggers replays.
     Point("loop_late_cycles", "cycles", "self", "late_cycles", HELD, "consecutive cycles over their period"),
+    # Announcements the MPC plans with (issue 4): pushed by the compute platform, a weather service and
+    # the utility; times are UTC epoch seconds, 0 / 0 when nothing is announced.
+    Point("job_kw", "kW", "compute", "job_kw", SLOW, "announced job: extra IT power"),
+    Point("job_start_s", "s", "compute", "job_start_s", SLOW, "announced job: start (UTC epoch s)"),
+    Point("job_end_s", "s", "compute", "job_end_s", SLOW, "announced job: end (UTC epoch s)"),
+    Point("wx_pv_cut", "frac", "weather", "pv_cut_frac", SLOW, "weather warning: share of PV lost (sandstorm)"),
+    Point("wx_start_s", "s", "weather", "warn_start_s", SLOW, "weather warning: start (UTC epoch s)"),
+    Point("wx_end_s", "s", "weather", "warn_end_s", SLOW, "weather warning: end (UTC epoch s)"),
+    Point("wx_ramp_s", "s", "weather", "warn_ramp_s", SLOW, "weather warning: time to full depth"),
+    Point("outage_start_s", "s", "grid", "outage_start_s", SLOW, "announced grid outage: start (UTC epoch s)"),
+    Point("outage_end_s", "s", "grid", "outage_end_s", SLOW, "announced grid outage: end (UTC epoch s)"),
 )
 
 N_POINTS = len(CATALOGUE)
@@ -77,6 +88,8 @@ CELL_V_MAX, CELL_V_MIN, CELL_TEMP_MAX_C, CELL_TEMP_MIN_C = range(16, 20)
 BMS_CHARGE_ENABLE, BMS_DISCHARGE_ENABLE, BMS_FORCE_CHARGE, BMS_ALARM_BITS = range(20, 24)
 IT_KW, COOLING_KW, AUX_KW, GRID_AVAILABLE, GRID_PRICE, GRID_CO2, AMBIENT_C = range(24, 31)
 OP_MODE, OP_BATTERY_KW, OP_GENSET, OP_RESERVE_PCT, OP_ACK_BITS, LOOP_LATE_CYCLES = range(31, 37)
+JOB_KW, JOB_START_S, JOB_END_S, WX_PV_CUT, WX_START_S, WX_END_S, WX_RAMP_S = range(37, 44)
+OUTAGE_START_S, OUTAGE_END_S = range(44, 46)
 
 # Quality codes, as in drivers/base.py (kept equal by a test).
 Q_OK, Q_STALE, Q_ERROR = 0, 1, 2
@@ -109,7 +122,9 @@ def _check_layout() -> None:
              "battery_v battery_a battery_temp_c bms_cvl_v bms_ccl_a bms_dcl_a cell_v_max cell_v_min "
              "cell_temp_max_c cell_temp_min_c bms_charge_enable bms_discharge_enable bms_force_charge "
              "bms_alarm_bits it_kw cooling_kw aux_kw grid_available grid_price grid_co2_kg_per_kwh "
-             "ambient_c op_mode op_battery_kw op_genset op_reserve_pct op_ack_bits loop_late_cycles").split()
+             "ambient_c op_mode op_battery_kw op_genset op_reserve_pct op_ack_bits loop_late_cycles "
+             "job_kw job_start_s job_end_s wx_pv_cut wx_start_s wx_end_s wx_ramp_s "
+             "outage_start_s outage_end_s").split()
     assert [p.name for p in CATALOGUE] == names, "index constants out of step with CATALOGUE"
 
 

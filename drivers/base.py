@@ -30,9 +30,9 @@ CANONICAL_POINTS = {
             "discharge_enable", "force_charge", "alarm_bits", "warning_bits"),
     "genset": ("power_kw", "running", "available", "fuel_pct", "run_hours_h", "starts", "alarm_bits"),
     "pv_inverter": ("power_kw", "available_kw", "limit_kw"),
-    "compute": ("it_kw", "cooling_kw", "aux_kw"),
-    "weather": ("ambient_c", "irradiance_w_m2"),
-    "grid": ("available", "price_per_kwh", "co2_kg_per_kwh", "import_max_kw"),
+    "compute": ("it_kw", "cooling_kw", "aux_kw", "job_kw", "job_start_s", "job_end_s"),
+    "weather": ("ambient_c", "irradiance_w_m2", "pv_cut_frac", "warn_start_s", "warn_end_s", "warn_ramp_s"),
+    "grid": ("available", "price_per_kwh", "co2_kg_per_kwh", "import_max_kw", "outage_start_s", "outage_end_s"),
 }
 
 # Canonical commands per device class (write side).

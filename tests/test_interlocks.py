@@ -157,7 +157,8 @@ def test_loop_that_cannot_keep_its_period_goes_safe():
 
 
 def test_manual_setpoint_beyond_a_limit_is_clamped_and_says_why():
-    out = run_images(PARAMS, [image(op_mode=1.0, op_battery_kw=900.0, bms_dcl_a=100.0)] * 3)
+    # a 160 kW load (grid 150 + PV 10) takes the discharge: the BMS, not the export limit, bounds it
+    out = run_images(PARAMS, [image(op_mode=1.0, op_battery_kw=900.0, bms_dcl_a=100.0, grid_kw=150.0)] * 3)
     _, cmd, _ = out[-1]
     assert cmd[L.C_BATTERY_KW] == pytest.approx(100.0 * 768.0 / 1000.0)
     assert cmd[L.C_MODE] == L.MODE_MANUAL
@@ -356,3 +357,22 @@ def test_watchdog_ready_and_keepalive_over_a_real_socket(tmp_path):
     assert messages[0].startswith("READY=1")
     assert "WATCHDOG=1" in messages
     assert messages[-1] == "STOPPING=1"
+
+
+def test_manual_setpoint_cannot_export_or_import_past_the_grid_limits():
+    """Found by the TUI tests: a manual 250 kW discharge on a zero-export site exported 194 kW.
+    The operator's setpoint is bounded by the grid connection like any other limit, and says so."""
+    assert PARAMS[L.P_GRID_EXPORT_MAX_KW] == 0.0
+    # load 50 kW from the meters (grid 40 + PV 10): at most 40 kW of discharge stays on site
+    out = run_images(PARAMS, [image(op_mode=1.0, op_battery_kw=250.0, genset_running=0.0)] * 3)
+    _, cmd, _ = out[-1]
+    assert cmd[L.C_BATTERY_KW] == pytest.approx(40.0)
+    assert L.reason_name(cmd[L.C_DISCHARGE_REASON]) == "grid_export_limit"
+    limited = [e for e in out[0][2] if int(e[0]) == L.EV_BATTERY_LIMITED]
+    assert limited and L.reason_name(limited[0][1]) == "grid_export_limit"
+    # charging: import cap less margin, plus PV, minus the load
+    cap_kw = PARAMS[L.P_GRID_IMPORT_MAX_KW] - PARAMS[L.P_GRID_MARGIN_KW]
+    out = run_images(PARAMS, [image(op_mode=1.0, op_battery_kw=-250.0, genset_running=0.0)] * 3)
+    _, cmd, _ = out[-1]
+    assert cmd[L.C_BATTERY_KW] == pytest.approx(-(cap_kw + 10.0 - 50.0))
+    assert L.reason_name(cmd[L.C_CHARGE_REASON]) == "grid_import_limit"

@@ -182,6 +182,18 @@ def ramp_battery_kw(wanted_kw, last_kw, ramp_kw_per_s, dt_s):
 
 
 @njit(cache=True)
+def grid_limits_kw(load_kw, pv_kw, gen_kw, import_cap_kw, export_max_kw):
+    """(charge_kw, discharge_kw) the grid connection allows the battery this cycle.
+
+    The strategies plan inside the feeder's import cap and the export limit themselves; an operator's
+    manual setpoint does not, so for it these bound the battery like any other limit: discharging past
+    the load must not export more than allowed, charging must not import past the cap."""
+    discharge_kw = max(0.0, load_kw - pv_kw - gen_kw + export_max_kw)
+    charge_kw = max(0.0, import_cap_kw + pv_kw + gen_kw - load_kw)
+    return charge_kw, discharge_kw
+
+
+@njit(cache=True)
 def clamp_battery_kw(params, wanted_kw, last_kw, dt_s, charge_kw, discharge_kw, c_reason, d_reason):
     """(battery_kw, reason it was cut or -1) after the limits and the ramp."""
     kw = min(max(wanted_kw, -charge_kw), discharge_kw)

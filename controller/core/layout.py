@@ -37,6 +37,17 @@ CURVE_SLOTS = 1 + 2 * CURVE_MAX_POINTS
 _constants("CURVE", CURVE_NAMES)
 N_PARAMS = N_SCALAR_PARAMS + CURVE_SLOTS * len(CURVE_NAMES)
 
+# The MPC strategy's block (controller/core/mpc_strategy.py): planner settings and site economics, then
+# the forecasters' PV parameter vector (forecast.N_PV_PARAMS = 14) and the 24 hourly tariff prices.
+MPC_PARAM_NAMES = (
+    "mpc_horizon mpc_dt_h mpc_replan_s mpc_genset_evals tz_offset_s tariff_spot export_price peak_price "
+    "carbon_price grid_co2 fuel_l_per_kwh fuel_l_per_h_on fuel_price diesel_co2_per_l gen_start_cost "
+    "wear_cost unserved_penalty reserve_penalty terminal_frac outage_assume_s storm_reserve_pct"
+).split()
+P_PV_VECTOR = _constants("P", MPC_PARAM_NAMES, N_PARAMS)
+P_TARIFF = P_PV_VECTOR + 14
+N_PARAMS = P_TARIFF + 24
+
 STRATEGY_NONE, STRATEGY_RULE, STRATEGY_MPC = 0, 1, 2
 STRATEGY_CODES = {"none": STRATEGY_NONE, "rule": STRATEGY_RULE, "mpc": STRATEGY_MPC}
 STRATEGY_NAMES = {code: name for name, code in STRATEGY_CODES.items()}
@@ -52,7 +63,17 @@ STATE_NAMES = (
 N_STATE_SCALARS = _constants("S", STATE_NAMES)
 S_ALARM_CLEAR_S = N_STATE_SCALARS            # 32 per-alarm "condition clear since" timers
 S_GEN_START_TIMES = S_ALARM_CLEAR_S + 32      # ring of the last GEN_START_RING start times (t_s)
-N_STATE = S_GEN_START_TIMES + GEN_START_RING
+# The MPC strategy's block: the plan in force, the billing peak, then the forecasters' learned states
+# (PV derate: forecast.N_DERATE_STATE = 6; load, price and grid-CO2 profiles: forecast.N_LOAD_STATE = 202 each).
+MPC_STATE_NAMES = (
+    "mpc_ready plan_t_s plan_key plan_grid_kw plan_export_kw plan_battery_kw plan_diesel_kw plan_diesel_on "
+    "plan_soc_end_pct plan_objective plan_count peak_kw peak_win peak_win_kwh plan_peak_kw"
+).split()
+S_DERATE = _constants("S", MPC_STATE_NAMES, S_GEN_START_TIMES + GEN_START_RING)
+S_LOADF = S_DERATE + 6
+S_PRICEF = S_LOADF + 202
+S_CO2F = S_PRICEF + 202
+N_STATE = S_CO2F + 202
 
 # --- commands: what actuate writes, plus what the interlocks decided and why ---------------------
 COMMAND_NAMES = ("battery_kw genset_run genset_kw pv_limit_kw mode charge_limit_kw discharge_limit_kw "
@@ -66,7 +87,8 @@ OP_AUTO, OP_MANUAL, OP_STANDBY = 0, 1, 2
 
 # Which limit bounds a direction (C_CHARGE_REASON / C_DISCHARGE_REASON; event values).
 LIMIT_REASONS = ("none configured_max bms_current bms_forbids soc_hard_limit cell_voltage_curve "
-                 "temperature_curve soc_curve hold recovery_delay ramp safe_state force_charge").split()
+                 "temperature_curve soc_curve hold recovery_delay ramp safe_state force_charge grid_export_limit "
+                 "grid_import_limit").split()
 _constants("R", LIMIT_REASONS)
 
 # --- alarms: bit positions; texts, severities and checks live in profiles/alarms.toml ------------

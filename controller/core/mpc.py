@@ -23,7 +23,7 @@ With a genset the problem is mixed-integer (p_min, start cost). The convex relax
 [0,1], start cost dropped) is solved the same way and gives a certified lower bound LB. On/off
 patterns come from rounding the relaxed diesel use and from unit-commitment rounds (price stored
 energy at the plan's dual dV/dE, decide each step off/on with a two-state Viterbi over start
-costs); the best is improved by a first-improvement local search (extend/shrink/drop runs, fill gaps,
+costs); the best is improved by a first-improvement local search (extend/shrink/shift/drop runs, fill gaps,
 start new runs), every candidate an exact DP over stage tables built once. The search is capped
 at GENSET_EVALS passes; gap_bound = (objective - LB) / max(1, |objective|) is reported per call.
 
@@ -51,7 +51,8 @@ LAGRANGE_ROUNDS = 4
 # prm (float64 scalars) layout
 P_DT, P_XMAX, P_UNS, P_SF, P_CAP, P_E0, P_EHI, P_CMAX, P_DMAX, P_ETAC, P_ETAD, P_WEAR, P_TV = range(13)
 P_PMIN, P_PMAX, P_QCOST, P_ONCOST, P_START, P_ON0, P_PEAK, P_HASD, P_SOC0 = range(13, 22)
-N_PRM = 22
+P_PEAK0 = 22  # peak already billed in this period (kW): import up to it is free of the peak term
+N_PRM = 23
 # steps (2-D float64, one column per step) layout
 S_LOAD, S_PV, S_GCOST, S_XPRICE, S_GMAX, S_FLOOR = range(6)
 N_STEPS = 6
@@ -662,11 +663,12 @@ def _peak_search(steps, prm, mode, p_hi, evals):
     """Minimise the convex PL h(P) = Phi(P) + peak_price*P on [0, p_hi] by tangent intersection
     (Kelley's method in 1-D: finite for PL functions), slopes by one-sided differences, at most
     `evals` DP passes. Returns (P, h(P), lower bound on min h)."""
-    if prm[P_PEAK] <= 0.0 or p_hi <= 0.0:
+    a0 = min(max(prm[P_PEAK0], 0.0), p_hi)
+    if prm[P_PEAK] <= 0.0 or p_hi <= 0.0 or a0 >= p_hi:
         v = _value(steps, prm, mode, p_hi)
         return p_hi, v, v
     delta = 1e-7 * p_hi
-    a, b = 0.0, p_hi
+    a, b = a0, p_hi
     ha = _value(steps, prm, mode, a)
     sa = (_value(steps, prm, mode, a + delta) - ha) / delta
     hb = _value(steps, prm, mode, b)
@@ -717,19 +719,27 @@ def _runs(mode, rs, re):
 
 
 MOVE_STEPS = (1, 2, 4, 8)
+MOVES_PER_RUN = 24          # 6 kinds (extend/shrink either end, shift left/right) x MOVE_STEPS
 NEW_RUN_STEPS = (1, 4, 12, 32)
 
 
 @njit(cache=True, error_model="numpy")
 def _apply_move(mode, rs, re, nr, idx, m):
-    """Neighbour number idx of a pattern, written to m: per on-run, extend/shrink either end by
-    1/2/4/8 steps (16 moves), drop it, fill the gap after it; then start a one-step run at any
-    off step (1, 4, 12 or 32 steps long). Returns False when the move does not apply."""
+    """Neighbour number idx of a pattern, written to m: per on-run, extend/shrink either end or
+    shift the whole run by 1/2/4/8 steps (24 moves), drop it, fill the gap after it; then start a
+    run at any off step (1, 4, 12 or 32 steps long). Returns False when the move does not apply."""
     H = mode.shape[0]
     m[:] = mode
-    if idx < 16 * nr:
-        j, kind, k = idx // 16, (idx % 16) // 4, MOVE_STEPS[idx % 4]
+    if idx < MOVES_PER_RUN * nr:
+        j, kind, k = idx // MOVES_PER_RUN, (idx % MOVES_PER_RUN) // 4, MOVE_STEPS[idx % 4]
         s, e = rs[j], re[j]
+        if kind == 4 or kind == 5:  # shift the run (a start cost moved, not added)
+            d = -k if kind == 4 else k
+            if s + d < 0 or e + d > H:
+                return False
+            m[s:e] = MODE_OFF
+            m[s + d:e + d] = MODE_ON
+            return True
         if kind == 0:
             if s - k < 0:
                 return False
@@ -747,7 +757,7 @@ def _apply_move(mode, rs, re, nr, idx, m):
                 return False
             m[e - k: e] = MODE_OFF
         return True
-    idx -= 16 * nr
+    idx -= MOVES_PER_RUN * nr
     if idx < nr:
         m[rs[idx]: re[idx]] = MODE_OFF
         return True
@@ -852,7 +862,7 @@ def _genset_patterns(steps, prm, pcap, q_relax, dual, budget):
     idx = 0
     since = 0  # moves tried since the last improvement
     while used < budget:
-        total = (18 * nr - 1 if nr > 0 else 0) + len(NEW_RUN_STEPS) * H
+        total = ((MOVES_PER_RUN + 2) * nr - 1 if nr > 0 else 0) + len(NEW_RUN_STEPS) * H
         if since >= total:
             break  # a local optimum: no move improves
         idx = idx % total

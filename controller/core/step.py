@@ -10,7 +10,7 @@ from numba import njit
 
 from controller.core.alarms import alarm_conditions, update_alarms
 from controller.core.events import emit
-from controller.core.interlocks import battery_limits, clamp_battery_kw, genset_permitted
+from controller.core.interlocks import battery_limits, clamp_battery_kw, genset_permitted, grid_limits_kw
 from controller.core.layout import (
     A_GENSET_START_FAILED, C_ALARMS_ACTIVE, C_ALARMS_UNACKED, C_BATTERY_KW, C_CHARGE_LIMIT_KW, C_CHARGE_REASON,
     C_DISCHARGE_LIMIT_KW, C_DISCHARGE_REASON, C_GENSET_KW, C_GENSET_RUN, C_MODE, C_PV_LIMIT_KW,
@@ -24,8 +24,9 @@ from controller.core.layout import (
     P_RESERVE_PCT, P_SOC_MAX_PCT, P_SOC_MIN_PCT, P_STRATEGY, S_BMS_STALE_N, S_CONSERVATIVE, S_CYCLES,
     S_GEN_FAILED, S_GEN_OFF_S, S_GEN_ON, S_GEN_ON_S, S_GEN_START_TIMES, S_GEN_START_WAIT_S, S_GEN_STARTS,
     S_GRID_UP, S_LAST_BATTERY_KW, S_LAST_MODE, S_LAST_T_S, S_LIMITED, S_LOAD_KW, S_LOOP_SAFE, S_METER_STALE_N,
-    S_SAFE_BMS, S_TRIPS, STRATEGY_RULE, S_FORCE_CHARGE, S_ALARM_ACTIVE, S_ALARM_UNACKED,
+    R_GRID_EXPORT_LIMIT, R_GRID_IMPORT_LIMIT, S_SAFE_BMS, S_TRIPS, STRATEGY_RULE, S_FORCE_CHARGE, S_ALARM_ACTIVE, S_ALARM_UNACKED, STRATEGY_MPC,
 )
+from controller.core.mpc_strategy import mpc_learn, mpc_setpoints
 from controller.core.rule import rule_setpoints
 from controller.points import (
     AUX_KW, BATTERY_KW, BMS_CCL_A, BMS_DCL_A, CELL_V_MIN, COOLING_KW, GENSET_KW, GENSET_RUNNING,
@@ -142,6 +143,9 @@ def step(params, state, t_s, value, quality):
     reserve_pct = params[P_RESERVE_PCT]
     if quality[OP_RESERVE_PCT] == Q_OK and value[OP_RESERVE_PCT] > 0.0:
         reserve_pct = min(max(value[OP_RESERVE_PCT], params[P_SOC_MIN_PCT]), params[P_SOC_MAX_PCT])
+    mpc = params[P_STRATEGY] == STRATEGY_MPC
+    if mpc:                                            # forecasters learn in every mode
+        mpc_learn(params, st, t_s, dt_s, value, quality, load_kw, meters_fresh, pv_kw)
 
     # --- interlock limits first: the strategy may plan with them, the clamp below enforces them -----
     charge_lim_kw, discharge_lim_kw, c_reason, d_reason, hold_edge, force_edge = battery_limits(
@@ -166,11 +170,21 @@ def step(params, state, t_s, value, quality):
         want_gen = gen_on if value[OP_GENSET] < -0.5 else value[OP_GENSET] > 0.5
         if want_gen:
             gen_sp_kw = params[P_GEN_RATED_KW]
+        pv_now_kw = value[PV_KW] if quality[PV_KW] == Q_OK else 0.0
+        grid_charge_kw, grid_discharge_kw = grid_limits_kw(load_kw, pv_now_kw, gen_kw, cap_kw, export_max_kw)
+        if grid_discharge_kw < discharge_lim_kw:
+            discharge_lim_kw, d_reason = grid_discharge_kw, R_GRID_EXPORT_LIMIT
+        if grid_charge_kw < charge_lim_kw:
+            charge_lim_kw, c_reason = grid_charge_kw, R_GRID_IMPORT_LIMIT
     elif op_mode == OP_STANDBY:
         pass
     elif params[P_STRATEGY] == STRATEGY_RULE:
         battery_kw, want_gen, gen_sp_kw = rule_setpoints(params, soc_pct, load_kw, pv_kw, gen_kw, cap_kw,
                                                          grid_up, gen_on, reserve_pct)
+    elif mpc:
+        battery_kw, want_gen, gen_sp_kw = mpc_setpoints(params, state, st, t_s, value, quality, soc_pct, load_kw,
+                                                        pv_kw, gen_kw, cap_kw, export_max_kw, grid_up, gen_on,
+                                                        reserve_pct, discharge_lim_kw)
 
     # --- fallbacks ----------------------------------------------------------------------------------
     if conservative:
@@ -215,7 +229,7 @@ def step(params, state, t_s, value, quality):
 
     # PV limit: what load, battery charging and export can take; none without a strategy.
     pv_limit_kw = params[P_PV_RATED_KW]
-    if params[P_STRATEGY] == STRATEGY_RULE or conservative:
+    if params[P_STRATEGY] == STRATEGY_RULE or mpc or conservative:
         pv_limit_kw = min(pv_limit_kw, max(0.0, load_kw + charge_lim_kw + export_max_kw - gen_sp_kw))
 
     # --- alarms -------------------------------------------------------------------------------------

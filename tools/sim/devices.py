@@ -117,12 +117,34 @@ class SimGenset(SimDevice):
             self.site.actuate_genset(commands["run"] > 0.5, commands.get("setpoint_kw"))
 
 
+def _announced(site: SimSite, kind: str, notice_h):
+    """The scenario event of `kind` announced by now and not yet over (the latest such), or None.
+    notice_h(ev): hours before the event's start at which the gateway hears of it."""
+    now_h = site.t_s / 3600.0
+    found = None
+    for ev in site.scn["events"]:
+        if ev["kind"] != kind:
+            continue
+        start_h = ev["start_h"] if kind == "job_announce" else ev["at_h"]
+        if start_h - notice_h(ev) <= now_h < start_h + ev["duration_min"] / 60.0:
+            found = (ev, start_h)
+    return found
+
+
 class SimCompute(SimDevice):
     kind = "compute"
 
     def read(self):
         s, t = self.site.series, self.site.t_s
-        return (("it_kw", s.at("it_kw", t)), ("cooling_kw", s.at("cooling_kw", t)), ("aux_kw", s.at("aux_kw", t)))
+        job_kw = job_start = job_end = 0.0
+        hit = _announced(self.site, "job_announce", lambda ev: ev["start_h"] - ev["at_h"])
+        if hit is not None:       # the compute platform's announcement (MQTT in the field)
+            ev, start_h = hit
+            t0 = self.site.scn.start.timestamp()
+            job_kw, job_start = ev["kw"], t0 + start_h * 3600.0
+            job_end = job_start + ev["duration_min"] * 60.0
+        return (("it_kw", s.at("it_kw", t)), ("cooling_kw", s.at("cooling_kw", t)), ("aux_kw", s.at("aux_kw", t)),
+                ("job_kw", job_kw), ("job_start_s", job_start), ("job_end_s", job_end))
 
 
 class SimGrid(SimDevice):
@@ -132,15 +154,29 @@ class SimGrid(SimDevice):
 
     def read(self):
         s, t = self.site.series, self.site.t_s
+        start = end = 0.0
+        hit = _announced(self.site, "grid_outage", lambda ev: ev["warn_min"] / 60.0)
+        if hit is not None and hit[0]["warn_min"] > 0:   # the utility's maintenance notice
+            ev, start_h = hit
+            start = self.site.scn.start.timestamp() + start_h * 3600.0
+            end = start + ev["duration_min"] * 60.0
         return (("available", 1.0 if self.site.grid_up() else 0.0), ("price_per_kwh", s.at("price_per_kwh", t)),
-                ("co2_kg_per_kwh", s.at("co2_kg_per_kwh", t)))
+                ("co2_kg_per_kwh", s.at("co2_kg_per_kwh", t)), ("outage_start_s", start), ("outage_end_s", end))
 
 
 class SimWeather(SimDevice):
     kind = "weather"
 
     def read(self):
-        return (("ambient_c", self.site.series.at("ambient_c", self.site.t_s)),)
+        cut = start = end = ramp = 0.0
+        hit = _announced(self.site, "pv_derate", lambda ev: ev["warn_min"] / 60.0)
+        if hit is not None and hit[0]["warn_min"] > 0:   # a weather service's warning (sandstorm)
+            ev, start_h = hit
+            cut, ramp = ev["fraction"], ev["ramp_min"] * 60.0
+            start = self.site.scn.start.timestamp() + start_h * 3600.0
+            end = start + ev["duration_min"] * 60.0
+        return (("ambient_c", self.site.series.at("ambient_c", self.site.t_s)), ("pv_cut_frac", cut),
+                ("warn_start_s", start), ("warn_end_s", end), ("warn_ramp_s", ramp))
 
 
 SIM_DEVICE_BY_ROLE = {

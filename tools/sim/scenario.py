@@ -79,6 +79,9 @@ SCENARIO_SCHEMA = Table({
         "kw": F("number", default=0.0, min=-10000, max=10000),
         "mv": F("number", default=0.0, min=-1000, max=1000),
         "start_h": F("number", default=-1.0, min=-1),
+        # pv_derate / grid_outage: minutes of advance notice the gateway gets (a weather service's
+        # sandstorm warning, the utility's maintenance notice); 0: unannounced
+        "warn_min": F("number", default=0.0, min=0),
         "note": F("string", default=""),
     })),
 })

@@ -1,0 +1,336 @@
+"""The perfect-foresight optimum of a whole simulated run (`edge-ems sim --strategy oracle`).
+
+Two stages:
+
+1. **Plan** -- one sparse MILP (HiGHS via scipy.optimize.milp) over the whole run at `step_min`
+   resolution (15 min by default: the demand-charge window), fed with the TRUE future of the scenario's
+   1-minute Series averaged per step: load = it + cooling + aux, pv_avail (events included), grid_up
+   (import and export caps scaled by the share of the step the grid is up, 0 during an outage),
+   import price, grid CO2 intensity, genset_fail windows. The objective is the planning contract's of
+   issue 4: energy cost - export revenue + carbon price x CO2 + battery wear + fuel (a*P + b*on) x
+   (fuel price + carbon price x kgCO2/L) + start cost x starts + unserved penalty + peak price x the
+   largest 15-min average import. Genset: MIP (on/off binaries, p_min, start cost, the profile's
+   min_run_s as a minimum up time) by default; `genset="lp"` relaxes on_t to [0, 1].
+   SOC: hard [soc_min, soc_max] band (no reserve by default: with perfect foresight no outage is a
+   surprise; `reserve=True` adds the contract's soft reserve floor), the BMS charge/discharge taper of
+   tools/sim/physics.py as linear limits on end-of-step SOC (conservative), and a terminal condition
+   soc_end >= soc_start (soft, at the unserved penalty) so the oracle cannot win by emptying the battery.
+
+2. **Replay through the physics** -- the schedule drives a SimSite (the same Battery/Genset models and
+   `balance` rules the rule strategy is scored on) at `sim_step_s` (60 s default, 1 s possible): per
+   step the PV limit is the plan's (proportional curtailment), the genset runs as planned at its
+   planned power, and the PCS setpoint makes the grid follow the plan's import (so the 15-min peak is
+   the plan's) while the battery absorbs the minute-to-minute deviations from the step means; at each
+   step start a proportional term pulls SOC back to the plan. No interlocks (the oracle is not the
+   controller). KPIs are those of `runner.kpis_of`, computed by it from the SimSite meters.
+"""
+from __future__ import annotations
+
+import math
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from controller.core import layout as L
+from tools.sim.scenario import Scenario, load_scenario
+from tools.sim.site import SimSite
+
+__all__ = ["OraclePlan", "build_inputs", "solve_plan", "simulate_plan", "run_oracle"]
+
+# The BMS taper of tools/sim/physics.Battery (ccl: 1 at 90 % -> 0.3 at 97 %; dcl: 0 at 3 % -> 1 at 12 %)
+CCL_KNEE_PCT, CCL_SLOPE_PER_PCT = 90.0, 0.7 / 7.0
+DCL_ZERO_PCT, DCL_FULL_PCT = 3.0, 12.0
+
+
+class OraclePlan(SimpleNamespace):
+    """Arrays of length N (kW, step means) + soc_pct (N+1) + objective, status, solve_s, mip_gap."""
+
+
+def build_inputs(scn: Scenario, series, hours: float, step_min: int) -> dict:
+    """Step means of the true 1-min series over the run."""
+    n = int(round(hours * 60 / step_min))
+    m = step_min
+    tot = n * m
+
+    def steps(a):
+        return np.asarray(a[:tot], dtype=float).reshape(n, m)
+
+    s = series
+    load = steps(s.it_kw) + steps(s.cooling_kw) + steps(s.aux_kw)
+    up = steps(s.grid_up) > 0.5
+    fail = steps(s.genset_fail) > 0.5
+    cfg = scn.site
+    return {
+        "n": n, "m": m, "dt_h": step_min / 60.0,
+        "load_kw": load.mean(axis=1), "pv_kw": steps(s.pv_avail_kw).mean(axis=1),
+        "price": steps(s.price_per_kwh).mean(axis=1), "co2": steps(s.co2_kg_per_kwh).mean(axis=1),
+        "up_frac": up.mean(axis=1), "gen_ok": ~fail.any(axis=1),
+        "import_max_kw": cfg["grid"]["import_max_kw"] * up.mean(axis=1),
+        "export_max_kw": cfg["grid"]["export_max_kw"] * up.mean(axis=1),
+        "export_price": float(cfg["tariff"]["export_price_per_kwh"]),
+    }
+
+
+def solve_plan(scn: Scenario, inp: dict, genset: str = "mip", reserve: bool = False,
+               unserved_penalty_per_kwh: float = 50.0, mip_rel_gap: float = 1e-4,
+               time_limit_s: float = 60.0) -> OraclePlan:
+    """The whole-run MILP (or LP with genset='lp'). Variable blocks of N: g x c d q u l s z [on st], then P, zT."""
+    cfg = scn.site
+    bat, emis = cfg["battery"], cfg["emissions"]
+    gen = cfg.get("genset")
+    has_g = gen is not None
+    N, dt = inp["n"], inp["dt_h"]
+    cap = bat["capacity_kwh"]
+    cp = emis.get("carbon_price_per_kg", 0.0)
+    soc0 = float(scn["init"]["soc_pct"])
+    smin, smax = min(bat["soc_min_pct"], soc0), max(bat["soc_max_pct"], soc0)
+    names = ["g", "x", "c", "d", "q", "u", "l", "s", "z"] + (["on", "st"] if has_g else [])
+    B = {k: i for i, k in enumerate(names)}
+    nv = len(names) * N + 2
+    iP, iZT = nv - 2, nv - 1
+    t = np.arange(N)
+
+    def ix(name, tt=t):
+        return B[name] * N + tt
+
+    cost = np.zeros(nv)
+    cost[ix("g")] = dt * (inp["price"] + cp * inp["co2"])
+    cost[ix("x")] = -dt * inp["export_price"]
+    cost[ix("c")] = dt * bat["wear_cost_per_kwh"]
+    cost[ix("d")] = dt * bat["wear_cost_per_kwh"]
+    cost[ix("l")] = dt * unserved_penalty_per_kwh
+    cost[ix("z")] = dt * unserved_penalty_per_kwh * cap / 100.0   # reserve shortfall (when enabled)
+    cost[iP] = cfg["tariff"]["peak_price_per_kw"]
+    cost[iZT] = unserved_penalty_per_kwh * cap / 100.0
+    lo, hi = np.zeros(nv), np.full(nv, np.inf)
+    hi[ix("g")] = inp["import_max_kw"]
+    hi[ix("x")] = inp["export_max_kw"]
+    hi[ix("c")] = bat["charge_max_kw"]
+    hi[ix("d")] = bat["discharge_max_kw"]
+    hi[ix("u")] = inp["pv_kw"]
+    hi[ix("l")] = inp["load_kw"]
+    lo[ix("s")], hi[ix("s")] = smin, smax
+    if not reserve:
+        hi[ix("z")] = 0.0
+    if has_g:
+        per_l = gen["fuel_price_per_l"] + cp * emis["diesel_kg_per_l"]
+        cost[ix("q")] = dt * gen["fuel_l_per_kwh"] * per_l
+        cost[ix("on")] = dt * gen["fuel_l_per_h_on"] * per_l
+        cost[ix("st")] = gen.get("start_cost", 0.0)
+        hi[ix("q")] = gen["rated_kw"] * inp["gen_ok"]
+        hi[ix("on")] = inp["gen_ok"].astype(float)
+        hi[ix("st")] = 1.0
+    else:
+        hi[ix("q")] = 0.0
+
+    rows, cols, vals, rlo, rhi = [], [], [], [], []
+    nrow = [0]
+
+    def add(entries, lo_, hi_, k=N):
+        """k rows at once; entries: (column index array of length k, coefficient scalar or array)."""
+        r0 = nrow[0]
+        for c_, v_ in entries:
+            c_ = np.asarray(c_)
+            rows.append(r0 + np.arange(k))
+            cols.append(c_)
+            vals.append(np.broadcast_to(np.asarray(v_, dtype=float), (k,)).copy())
+        rlo.append(np.broadcast_to(np.asarray(lo_, dtype=float), (k,)).copy())
+        rhi.append(np.broadcast_to(np.asarray(hi_, dtype=float), (k,)).copy())
+        nrow[0] += k
+
+    k_soc = 100.0 * dt / cap
+    net = inp["load_kw"] - inp["pv_kw"]
+    add([(ix("g"), 1), (ix("d"), 1), (ix("q"), 1), (ix("l"), 1), (ix("c"), -1), (ix("x"), -1), (ix("u"), -1)],
+        net, net)
+    # soc_t - soc_{t-1} - k*eta_c*c_t + k/eta_d*d_t = 0
+    rhs = np.zeros(N)
+    rhs[0] = soc0
+    add([(ix("s"), 1), (ix("c"), -k_soc * bat["eta_charge"]), (ix("d"), k_soc / bat["eta_discharge"])], rhs, rhs)
+    r_soc = nrow[0] - N
+    rows.append(r_soc + np.arange(1, N))
+    cols.append(ix("s", t[:-1]))
+    vals.append(np.full(N - 1, -1.0))
+    # BMS taper (end-of-step SOC; physics tapers with the SOC it is at, so this is conservative)
+    cmax, dmax = bat["charge_max_kw"], bat["discharge_max_kw"]
+    add([(ix("c"), 1), (ix("s"), cmax * CCL_SLOPE_PER_PCT)], -np.inf, cmax * (1 + CCL_SLOPE_PER_PCT * CCL_KNEE_PCT))
+    add([(ix("d"), 1), (ix("s"), -dmax / (DCL_FULL_PCT - DCL_ZERO_PCT))], -np.inf,
+        -dmax * DCL_ZERO_PCT / (DCL_FULL_PCT - DCL_ZERO_PCT))
+    # reserve (soft): s_t + z_t >= max(soc_min, reserve)
+    if reserve:
+        add([(ix("s"), 1), (ix("z"), 1)], max(bat["soc_min_pct"], bat["reserve_pct"]), np.inf)
+    # peak: mean import over each 15-min window <= P
+    w = max(1, int(round(0.25 / dt)))
+    nw = N // w
+    if cfg["tariff"]["peak_price_per_kw"] > 0 and nw > 0:
+        win = np.arange(nw)
+        add([(ix("g", win * w + j), 1.0 / w) for j in range(w)] + [(np.full(nw, iP), -1.0)], -np.inf, 0.0, k=nw)
+    # terminal: soc_end + zT >= soc0
+    add([(np.array([ix("s", N - 1)]), 1.0), (np.array([iZT]), 1.0)], soc0, np.inf, k=1)
+    integrality = np.zeros(nv)
+    if has_g:
+        pmin, pmax = gen["p_min_kw"], gen["rated_kw"]
+        add([(ix("q"), 1), (ix("on"), -pmax)], -np.inf, 0.0)
+        add([(ix("q"), -1), (ix("on"), pmin)], -np.inf, 0.0)
+        # st_t >= on_t - on_{t-1} (off before the run)
+        add([(ix("on"), 1), (ix("st"), -1)], -np.inf, 0.0)
+        r_st = nrow[0] - N
+        rows.append(r_st + np.arange(1, N))
+        cols.append(ix("on", t[:-1]))
+        vals.append(np.full(N - 1, -1.0))
+        # minimum up time: on_t >= st_tau for tau in (t-R, t]
+        R = int(math.ceil(gen.get("min_run_s", 0.0) / (dt * 3600.0) - 1e-9))
+        for back in range(1, R):
+            tt = t[back:]
+            add([(ix("on", tt), 1), (ix("st", tt - back), -1)], 0.0, np.inf, k=len(tt))
+        if genset == "mip":
+            integrality[ix("on")] = 1
+        elif genset != "lp":
+            raise ValueError(f"genset must be 'mip' or 'lp', got {genset!r}")
+    A = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(nrow[0], nv))
+    t0 = time.perf_counter()
+    res = milp(cost, constraints=LinearConstraint(A, np.concatenate(rlo), np.concatenate(rhi)),
+               bounds=Bounds(lo, hi), integrality=integrality if integrality.any() else None,
+               options={"mip_rel_gap": mip_rel_gap, "time_limit": time_limit_s, "presolve": True})
+    solve_s = time.perf_counter() - t0
+    if res.x is None:
+        raise RuntimeError(f"oracle: HiGHS found no solution ({res.message})")
+    xv = res.x[:len(names) * N].reshape(len(names), N)
+    on = xv[B["on"]] if has_g else np.zeros(N)
+    q = xv[B["q"]].copy()
+    if genset == "mip":
+        on = (on > 0.5).astype(float)
+        q[on < 0.5] = 0.0
+    gap = getattr(res, "mip_gap", 0.0) if integrality.any() else 0.0
+    return OraclePlan(grid_kw=xv[B["g"]], export_kw=xv[B["x"]], charge_kw=xv[B["c"]], discharge_kw=xv[B["d"]],
+                      diesel_kw=q, curtail_kw=xv[B["u"]], unserved_kw=xv[B["l"]],
+                      soc_pct=np.concatenate([[soc0], xv[B["s"]]]), diesel_on=on, peak_kw=float(res.x[iP]),
+                      objective=float(res.fun), status=int(res.status), message=str(res.message),
+                      solve_s=solve_s, mip_gap=float(gap if gap is not None else 0.0), n_vars=nv, n_rows=nrow[0],
+                      genset=genset if has_g else "none")
+
+
+def simulate_plan(scn: Scenario, site: SimSite, plan: OraclePlan, inp: dict, hours: float,
+                  sim_step_s: float = 60.0, soc_gain: float = 0.5) -> SimSite:
+    """Drive the SimSite with the plan's schedule as setpoints (see the module docstring)."""
+    cfg = scn.site
+    bat = cfg["battery"]
+    cap = bat["capacity_kwh"]
+    s = site.series
+    step_s = inp["dt_h"] * 3600.0
+    n = inp["n"]
+    steps = int(round(hours * 3600.0 / sim_step_s))
+    gen = site.genset
+    gen_on_prev = False
+    corr_kw = 0.0
+    block = -1
+    for i in range(steps):
+        now = i * sim_step_s
+        k = min(int(now // step_s), n - 1)
+        if k != block:
+            block = k
+            err_pct = plan.soc_pct[k] - site.battery.soc_pct
+            corr_kw = soc_gain * err_pct * cap / 100.0 / inp["dt_h"]   # + : charge more than planned
+        load = s.at("it_kw", now) + s.at("cooling_kw", now) + s.at("aux_kw", now)
+        pv_avail = s.at("pv_avail_kw", now)
+        up = s.flag("grid_up", now)
+        pv_k = inp["pv_kw"][k]
+        keep = 1.0 - plan.curtail_kw[k] / pv_k if pv_k > 1e-9 else 1.0
+        pv_used = pv_avail * min(1.0, max(0.0, keep))
+        uf = inp["up_frac"][k]
+        g_t = plan.grid_kw[k] / uf if (up and uf > 0) else 0.0
+        x_t = plan.export_kw[k] / uf if (up and uf > 0) else 0.0
+        run = bool(plan.diesel_on[k] > 0.5 and plan.diesel_kw[k] > 1e-6)
+        q_sp = plan.diesel_kw[k] if run else 0.0
+        if gen is not None:
+            if run != gen_on_prev:
+                site.actuate_genset(run, q_sp)
+                gen_on_prev = run
+            else:
+                site.gen_sp_kw = q_sp
+        q_eff = q_sp if (gen is not None and gen.running) else 0.0
+        bat_sp = load - pv_used - q_eff - g_t + x_t - corr_kw
+        soc = site.battery.soc_pct
+        if bat_sp < 0.0 and soc >= bat["soc_max_pct"]:
+            bat_sp = 0.0
+        if bat_sp > 0.0 and soc <= bat["soc_min_pct"] and up:
+            bat_sp = 0.0
+        site.actuate_pcs(bat_sp)
+        # proportional curtailment as planned; when the battery is full, let surplus be curtailed by
+        # the physics rather than exported beyond the plan
+        site.actuate_pv_limit(pv_used if keep < 1.0 - 1e-9 else site.pv_rated_kw)
+        site.advance_to(now + sim_step_s)
+    return site
+
+
+def _kpis(scn: Scenario, site: SimSite, hours: float, wall_s: float) -> dict:
+    """runner.kpis_of on the SimSite meters (the same formulas as every other strategy), minus loop health."""
+    from tools.sim.runner import kpis_of
+    params = np.zeros(L.N_PARAMS)
+    fake_loop = SimpleNamespace(params=params, state=np.zeros(L.N_STATE),
+                                stats=SimpleNamespace(as_dict=lambda: {"overruns": 0, "p99_ms": 0.0, "max_ms": 0.0,
+                                                                      "cycles": 0}))
+    k = kpis_of(site, fake_loop, hours, wall_s)
+    k["strategy"] = "oracle"
+    for key in ("interlock_trips", "cycle_overruns", "cycle_p99_ms", "cycle_max_ms", "cycles"):
+        k[key] = None
+    return k
+
+
+def energy_closure_kwh(site: SimSite) -> float:
+    """load - (pv_used + import - export + discharge - charge + diesel + unserved): 0 when energy closes."""
+    m = site.meters
+    diesel = site.genset.energy_kwh if site.genset else 0.0
+    return (m.load_kwh - (m.pv_used_kwh + m.grid_import_kwh - m.grid_export_kwh + m.battery_discharge_kwh
+                          - m.battery_charge_kwh + diesel + m.unserved_kwh))
+
+
+def run_oracle(scn: Scenario | str, hours: float | None = None, seed: int = 1, step_min: int = 15,
+               genset: str = "mip", reserve: bool = False, sim_step_s: float = 60.0,
+               unserved_penalty_per_kwh: float = 50.0, return_details: bool = False) -> dict:
+    """Perfect-foresight optimum of a run: plan with the true future, replay it through the physics.
+
+    Returns the KPI dict of `runner.kpis_of` (strategy "oracle") plus an "oracle" entry with the plan's
+    objective, HiGHS status and time, MIP gap, step and options. With return_details=True returns
+    (kpis, plan, site, inputs).
+    """
+    if isinstance(scn, str):
+        scn = load_scenario(scn)
+    hours = float(hours if hours is not None else scn["scenario"]["hours"])
+    if (hours * 60) % step_min:
+        raise ValueError(f"hours*60 ({hours * 60:g} min) must be a multiple of step_min ({step_min})")
+    wall0 = time.perf_counter()
+    site = SimSite(scn, hours, seed)
+    inp = build_inputs(scn, site.series, hours, step_min)
+    plan = solve_plan(scn, inp, genset=genset, reserve=reserve, unserved_penalty_per_kwh=unserved_penalty_per_kwh)
+    simulate_plan(scn, site, plan, inp, hours, sim_step_s)
+    wall_s = time.perf_counter() - wall0
+    kpis = _kpis(scn, site, hours, wall_s)
+    kpis["oracle"] = {
+        "objective": round(plan.objective, 3), "status": plan.status, "message": plan.message,
+        "solve_s": round(plan.solve_s, 3), "mip_gap": plan.mip_gap, "step_min": step_min, "genset": plan.genset,
+        "reserve": reserve, "sim_step_s": sim_step_s, "plan_grid_peak_kw": round(plan.peak_kw, 3),
+        "plan_soc_end_pct": round(float(plan.soc_pct[-1]), 2),
+        "plan_diesel_kwh": round(float(np.sum(plan.diesel_kw) * inp["dt_h"]), 3),
+        "plan_unserved_kwh": round(float(np.sum(plan.unserved_kw) * inp["dt_h"]), 3),
+        "energy_closure_kwh": round(energy_closure_kwh(site), 6),
+    }
+    if return_details:
+        return kpis, plan, site, inp
+    return kpis
+
+
+def write_oracle(scn: Scenario | str, hours: float | None, seed: int, out_dir=None) -> dict:
+    """`edge-ems sim --strategy oracle`: run_oracle, then OUT/kpis.json and OUT/minutes.npy like a sim."""
+    import json
+    from pathlib import Path
+    kpis, plan, site, inp = run_oracle(scn, hours, seed, return_details=True)
+    kpis = json.loads(json.dumps(kpis, default=float))
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "kpis.json").write_text(json.dumps(kpis, indent=2) + "\n")
+        np.save(out / "minutes.npy", np.asarray(site.meters.log))
+    return kpis
