@@ -14,13 +14,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - 3.10 gateways
     import tomli as tomllib
 
+from controller.carbon.contracts import CARBON_SCHEMA, validate_carbon
 from controller.schema import ArrayOf, Field, MapOf, Problem, ProfileError, Table, Validator
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 SITES_DIR = PROFILES_DIR / "sites"
 
 ROLES = ("grid_meter", "pv_meter", "pcs", "bms", "genset", "compute", "pv_inverter", "weather", "grid")
-STRATEGIES = ("rule", "none")  # "mpc" joins with the MPC issue
+STRATEGIES = ("rule", "none", "mpc")
 
 F = Field
 SITE_SCHEMA = Table({
@@ -39,6 +40,8 @@ SITE_SCHEMA = Table({
         "strategy": F("string", default="rule", choices=STRATEGIES),
         "bms_stale_cycles": F("integer", default=3, min=1, max=100),
         "meter_stale_cycles": F("integer", default=3, min=1, max=100),
+        # mpc: on a weather warning, enter the event with at least this SOC (0: off; "storm watch")
+        "storm_reserve_pct": F("number", default=0.0, min=0, max=100),
     }),
     "buses": MapOf(Table({
         "kind": F("string", required=True, choices=("modbus_rtu", "can", "sim")),
@@ -78,6 +81,8 @@ SITE_SCHEMA = Table({
     }, required=True),
     "pv": Table({
         "rated_kw": F("number", default=0.0, min=0),
+        "tilt_deg": F("number", default=30.0, min=0, max=90),          # for the clear-sky forecast
+        "azimuth_deg": F("number", default=180.0, min=0, max=360),
     }),
     "genset": Table({
         "rated_kw": F("number", required=True, min=0, min_exclusive=True),
@@ -147,6 +152,7 @@ SITE_SCHEMA = Table({
         "lockout_s": F("number", default=300.0, min=1, max=86400),
         "session_s": F("number", default=600.0, min=10, max=86400),
     }),
+    "carbon": CARBON_SCHEMA,            # market-based contracts, residual mix, CFE (controller/carbon/contracts.py)
     "limits": Table({
         "bms_max_age_s": F("number", default=5.0, min=0, min_exclusive=True),
         "meter_max_age_s": F("number", default=5.0, min=0, min_exclusive=True),
@@ -248,6 +254,11 @@ def _cross_checks(cfg: dict, v: Validator) -> None:
                       f"which is not defined under [buses] (defined: {defined})")
         elif cfg["buses"][dev["bus"]]["kind"] == "sim" and not dev["simulated"]:
             v.problem(f"{key}.simulated", f"device {dev['name']!r} is on a 'sim' bus; set simulated = true")
+    try:                                # contracts' dates and volumes (controller/carbon/contracts.py)
+        validate_carbon(cfg["carbon"], cfg["emissions"]["grid_kg_per_kwh"], v.file)
+    except ProfileError as exc:
+        for p in exc.problems:
+            v.problem(p.key, p.message)
     for role in ("bms", "pcs"):
         if not any(d["role"] == role for d in cfg["devices"]):
             v.problem("devices", f"the site needs a device with role = {role!r}")

@@ -65,8 +65,9 @@ def feed(hook, t_start, soc_first, soc_last, **kw):
 def ledger(tmp_path_factory):
     d = tmp_path_factory.mktemp("hand")
     jobs = JobBook([{"id": "j1", "kw": 20.0, "start_s": T0, "end_s": T0 + 1800.0, "label": "render"}])
+    sent = []
     hook = make_carbon_hook(CFG, d / "ledger", d / "gw.key", jobs=jobs, carbon=CARBON,
-                            clock_status=lambda: "synchronised")
+                            clock_status=lambda: "synchronised", on_record=sent.append)
     hook(FakeLoop, image(T0), None, None, 0)                        # first image: no span yet
     # A 00:00-00:15  PV 70, loads 60, battery charging 20, grid 10 (pushed intensity 0.6, fresh)
     feed(hook, T0, 50.0, 54.8, pv_kw=70.0, battery_kw=-20.0, grid_kw=10.0, co2=0.6)
@@ -78,11 +79,11 @@ def ledger(tmp_path_factory):
     hook.close()
     res = verify(d / "ledger", keep=True)
     assert res.ok, res.message
-    return {p["t_start"][11:16]: p for p in res.payloads if p["kind"] == "interval"}, res.payloads
+    return {p["t_start"][11:16]: p for p in res.payloads if p["kind"] == "interval"}, res.payloads, d / "ledger", sent
 
 
 def test_interval_a_location_market_pool(ledger):
-    recs, _ = ledger
+    recs, *_ = ledger
     a = recs["00:00"]
     e = a["energy_kwh"]
     # allocation: PV -> loads 60 kW, PV -> charge 10 kW, grid -> charge 10 kW; x 0.25 h
@@ -107,7 +108,7 @@ def test_interval_a_location_market_pool(ledger):
 
 
 def test_interval_b_battery_pool_and_diesel(ledger):
-    recs, _ = ledger
+    recs, *_ = ledger
     b = recs["00:15"]
     c = b["co2_kg"]
     # diesel: (0.244 x 24 + 3.7) L/h x 0.25 h = 2.389 L x 2.66 = 6.35474 kg
@@ -131,7 +132,7 @@ def test_interval_b_battery_pool_and_diesel(ledger):
 
 
 def test_interval_c_profile_factor_estimated_grid(ledger):
-    recs, _ = ledger
+    recs, *_ = ledger
     c = recs["01:00"]
     # meter silent: grid = loads 60 + charge 20 - PV 70 = 10 kW -> 2.5 kWh; stale intensity -> profile 0.5
     assert c["estimated_s"] == 900.0 and c["clock_jumps"] == 1
@@ -144,7 +145,7 @@ def test_interval_c_profile_factor_estimated_grid(ledger):
 
 
 def test_hourly_cfe_capped_and_weighted(ledger):
-    _, payloads = ledger
+    _, payloads, *_ = ledger
     rep = build_report(payloads)
     # hour 00: (15 + 2) + (0.394161 + 2) clean over 30 kWh = 64.647 %; hour 01: 17 / 15 -> capped at 100 %
     # weighted by consumption: (19.394161 + 15) / (30 + 15) = 76.431 %
@@ -156,3 +157,51 @@ def test_hourly_cfe_capped_and_weighted(ledger):
     assert rep["total"]["scope2_location_kg"] == pytest.approx(1.5 + 1.25, abs=1e-3)
     assert rep["total"]["scope2_market_kg"] == pytest.approx(0.16 + 0.4, abs=1e-3)
     assert rep["jobs"]["j1"]["it_kwh"] == pytest.approx(10.0)
+    # IT 50 kW x 0.75 h = 37.5 kWh, j1 took 10; loads 45 kWh, j1 40 % of A and B (6 + 6); the loads' kg
+    # (all in B: 10.888271) minus j1's 40 %
+    rest = rep["jobs"]["(unattributed)"]
+    assert rest["it_kwh"] == pytest.approx(27.5) and rest["kwh"] == pytest.approx(45.0 - 6.0 - 6.0)
+    assert rest["kg_location"] == pytest.approx(0.6 * 10.888271, abs=1e-3)
+
+
+def test_intervals_go_to_the_uplink_as_they_close(ledger):
+    """Each closed interval reaches on_record as an uplink `interval` body (required keys and types of
+    controller/uplink/schemas/interval.json) carrying its signed ledger line."""
+    import json
+    from pathlib import Path
+    _, payloads, path, sent = ledger
+    assert [b["ledger_n"] for b in sent] == [p["n"] for p in payloads if p["kind"] == "interval"]
+    schema = json.loads((Path(__file__).parents[1] / "controller/uplink/schemas/interval.json").read_text())
+    body_schema = schema["properties"]["body"]
+    lines = path.read_bytes().decode().splitlines()
+    for b in sent:
+        assert set(body_schema["required"]) <= b.keys()
+        for key, spec in body_schema["properties"].items():
+            types = spec["type"] if isinstance(spec["type"], list) else [spec["type"]]
+            ok = {"number": (int, float), "boolean": (bool,), "null": (type(None),)}
+            assert isinstance(b[key], tuple(t for name in types for t in ok[name])), (key, b[key])
+        assert b["provisional"] is False and b["ledger_line"] in lines
+    a = sent[0]
+    assert a["co2_kg"] == pytest.approx(1.5) and a["grid_import_kwh"] == pytest.approx(2.5)
+    assert a["renewable_share"] == pytest.approx(1.0) and a["end_s"] - a["start_s"] == 900.0
+
+
+def test_restart_continues_the_chain_the_pool_and_the_certificates(ledger, tmp_path):
+    """A new hook on the same ledger (a restart) resumes the counter, the battery pool and what is left of
+    the certificate volume from the last interval record."""
+    import shutil
+    recs, payloads, path, _ = ledger
+    copy = tmp_path / "ledger"
+    shutil.copy(path, copy)
+    shutil.copy(path.with_name("gw.key"), tmp_path / "gw.key")
+    hook = make_carbon_hook(CFG, copy, tmp_path / "gw.key", carbon=CARBON, clock_status=lambda: "synchronised")
+    t = T0 + 7200.0
+    hook(FakeLoop, image(t, soc=50.225), None, None, 0)
+    feed(hook, t, 50.225, 50.225, pv_kw=60.0)                       # PV serves the loads: pool untouched
+    hook.close()
+    res = verify(copy, keep=True)
+    assert res.ok, res.message
+    last = res.payloads[-1]
+    assert last["n"] == payloads[-1]["n"] + 1 and last["t_start"] == "2026-01-01T02:00:00Z"
+    assert last["pool_start"] == recs["01:00"]["pool"]
+    assert last["market"]["certificates_left_kwh"] == {"gec": 0.0}

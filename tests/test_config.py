@@ -88,3 +88,18 @@ def test_run_refuses_field_devices_until_field_io(tmp_path, capsys):
 def test_missing_file(capsys):
     assert main(["check", "--site", "/nonexistent/site.toml"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_bad_carbon_contract_stops_start_up(tmp_path, capsys):
+    """Market-based contracts live in the site profile's [carbon] table; a bad one is a profile problem."""
+    path = tmp_path / "site.toml"
+    path.write_text(REFERENCE + '\n[[carbon.contracts]]\nname = "Ordos PPA"\nkind = "ppa"\nkw = 20.0\n'
+                    'valid_from = "next spring"\n')
+    assert main(["check", "--site", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "carbon.contracts[0].valid_from" in err and "ISO 8601" in err, err
+    good = tmp_path / "good.toml"
+    good.write_text(REFERENCE + '\n[carbon]\nresidual_mix_kg_per_kwh = 0.70\n\n[[carbon.contracts]]\n'
+                    'name = "Ordos PPA"\nkind = "ppa"\nkw = 20.0\nvalid_from = "2026-01-01T00:00:00Z"\n')
+    cfg = load_site(good)
+    assert cfg["carbon"]["residual_mix_kg_per_kwh"] == 0.70 and cfg["carbon"]["contracts"][0]["kw"] == 20.0

@@ -81,10 +81,20 @@ def _epoch(text: str, key: str, v: Validator) -> float | None:
     return t.timestamp()
 
 
+def _given(x):
+    """The table without its None entries, at every depth (a default-filled table walks like the original)."""
+    if isinstance(x, dict):
+        return {k: _given(val) for k, val in x.items() if val is not None}
+    if isinstance(x, list):
+        return [_given(val) for val in x]
+    return x
+
+
 def validate_carbon(table: dict | None, grid_kg_per_kwh: float, file: str = "(site profile)") -> dict:
     """Validate and complete a `[carbon]` table (None -> defaults). Raises ProfileError."""
     v = Validator(file, "")
-    data = v.walk(CARBON_SCHEMA, table or {}, "carbon")
+    # None is the schema's "not given" (after the site schema filled defaults): walk what was given
+    data = v.walk(CARBON_SCHEMA, _given(table or {}), "carbon")
     if v.problems:
         raise ProfileError(v.problems)
     if data["residual_mix_kg_per_kwh"] is None:

@@ -14,39 +14,13 @@ from typing import Callable
 from controller.carbon.intervals import INTERVAL_S, Constants, Interval, Pool, interval_start, settle
 from controller.carbon.keys import load_or_create_key, write_public_key
 from controller.carbon.ledger import LedgerWriter
+from controller.compute.jobs import JobBook  # noqa: F401  (re-exported: the hook's jobs= argument)
 
 SYNC_FLAG = Path("/run/systemd/timesync/synchronized")   # systemd-timesyncd touches it once in sync
 
 
 def system_clock_status() -> str:
     return "synchronised" if SYNC_FLAG.exists() else "unknown"
-
-
-class JobBook:
-    """IT power per job: announced jobs (kW over [start, end)), overridden by measured per-job telemetry.
-
-    The compute-telemetry side (MQTT) calls `measure(job, kw, t_s)`; a measurement older than
-    `max_age_s` falls back to the announcement.
-    """
-
-    def __init__(self, announced: list[dict] | None = None, max_age_s: float = 120.0):
-        self.announced = list(announced or [])   # {id, kw, start_s, end_s, label}
-        self.measured: dict[str, tuple[float, float]] = {}
-        self.max_age_s = max_age_s
-        self.labels = {j["id"]: j.get("label", "") for j in self.announced}
-
-    def measure(self, job: str, kw: float, t_s: float) -> None:
-        self.measured[job] = (kw, t_s)
-
-    def power_at(self, t_s: float) -> dict[str, float]:
-        out = {}
-        for j in self.announced:
-            if j["start_s"] <= t_s < j["end_s"]:
-                out[j["id"]] = j["kw"]
-        for job, (kw, ts) in self.measured.items():
-            if t_s - ts <= self.max_age_s:
-                out[job] = kw
-        return out
 
 
 class CarbonHook:
@@ -129,7 +103,7 @@ class CarbonHook:
         payload = self.writer.append("interval", body)
         self.closed += 1
         if self.on_record is not None:
-            self.on_record(payload)
+            self.on_record(uplink_body(payload, self.writer.last_line))
         return payload
 
     def close(self) -> None:
@@ -140,31 +114,61 @@ class CarbonHook:
         self.writer.close()
 
 
+def uplink_body(payload: dict, line: bytes) -> dict:
+    """An interval record as the uplink's `interval` body (controller/uplink/schemas/interval.json): the
+    summary fields the cloud dashboards read, `provisional: false` (it replaces the uplink's own metered
+    estimate for the same start_s), and the signed ledger line itself, so the cloud keeps a verifiable copy
+    (the anchor for the ledger's tail: a hash chain alone cannot show records cut from its end)."""
+    from controller.carbon.report import _t
+    en, c = payload["energy_kwh"], payload["co2_kg"]
+    src, snk = en["sources"], en["sinks"]
+    loads = snk["it"] + snk["cooling"] + snk["aux"]
+    start = _t(payload["t_start"])
+    return {"start_s": start, "end_s": start + INTERVAL_S, "covered_s": payload["covered_s"],
+            "grid_import_kwh": src["grid"], "grid_export_kwh": snk["export"], "pv_kwh": src["pv"],
+            "genset_kwh": src["diesel"], "battery_discharge_kwh": src["battery_discharge"],
+            "battery_charge_kwh": snk["battery_charge"], "it_kwh": snk["it"], "load_kwh": round(loads, 6),
+            "grid_co2_kg": c["scope2_location"], "diesel_co2_kg": c["scope1_diesel"],
+            "co2_kg": round(c["scope1_diesel"] + c["scope2_location"], 6),
+            "renewable_share": round(payload["renewable_kwh"] / loads, 4) if loads > 1e-9 else None,
+            "provisional": False, "ledger_n": payload["n"], "ledger_line": line.decode()}
+
+
 def make_carbon_hook(cfg: dict, ledger_path, key_path, **kw) -> CarbonHook:
     """A ScanLoop hook `hook(loop, image, cmd, events, n)` writing the carbon ledger; call .close() at
     the end. Keywords: jobs (JobBook), clock_status (callable -> str), carbon (a [carbon] table when the
-    site profile does not carry one), pub_path, on_record (callable: each record as it is written, for
-    the uplink)."""
+    site profile does not carry one), pub_path, on_record (callable: each interval as it is written, as
+    `uplink_body(...)`, e.g. ``lambda b: uplink.spool.put("interval", b["end_s"], b)``)."""
     return CarbonHook(cfg, ledger_path, key_path, **kw)
 
 
-def sim_jobs(scn, series) -> JobBook:
-    """The scenario's announced jobs (tools/sim/exogenous.py Series.jobs) as a JobBook."""
+def sim_jobs(scn, series, seed: int | None = None, hours: float | None = None) -> JobBook:
+    """The simulated compute platform's jobs as a JobBook: the scenario's announced jobs (job1, job2...,
+    tools/sim/exogenous.py Series.jobs) and, given seed and hours, the random training jobs the simulator
+    adds to the IT load (train1, train2...), which a Kepler bridge would report per job."""
     t0 = scn.start.timestamp()
     jobs = []
     for i, ev in enumerate(series.jobs, start=1):
         start = t0 + ev["start_h"] * 3600.0
         jobs.append({"id": f"job{i}", "kw": ev["kw"], "start_s": start, "end_s": start + ev["duration_min"] * 60.0,
                      "label": ev.get("note", "")})
+    if seed is not None and hours is not None and scn["load"]["training_kw"] > 0.0:
+        from tools.sim.exogenous import _training_jobs
+        for i, (start_h, dur_h) in enumerate(_training_jobs(seed, scn["load"], hours), start=1):
+            start = t0 + start_h * 3600.0
+            jobs.append({"id": f"train{i}", "kw": scn["load"]["training_kw"], "start_s": start,
+                         "end_s": start + dur_h * 3600.0, "label": "training batch (simulated, unannounced)"})
     return JobBook(jobs)
 
 
-def sim_carbon_hook(scn, site, out_dir: Path, carbon: dict | None = None) -> CarbonHook:
+def sim_carbon_hook(scn, site, out_dir: Path, carbon: dict | None = None, seed: int | None = None,
+                    hours: float | None = None, on_record: Callable[[dict], None] | None = None) -> CarbonHook:
     """`edge-ems sim`: a fresh OUT/ledger signed with OUT/gateway.key (the simulated gateway's key, created
     on first use), the public key in OUT/ledger.pub, clock status 'simulated'."""
     ledger = Path(out_dir) / "ledger"
     for stale in (ledger, ledger.with_name("ledger.pub")):
         if stale.exists():
             stale.unlink()
-    return make_carbon_hook(scn.site, ledger, Path(out_dir) / "gateway.key", jobs=sim_jobs(scn, site.series),
-                            clock_status=lambda: "simulated", carbon=carbon)
+    return make_carbon_hook(scn.site, ledger, Path(out_dir) / "gateway.key",
+                            jobs=sim_jobs(scn, site.series, seed, hours), clock_status=lambda: "simulated",
+                            carbon=carbon, on_record=on_record)

@@ -83,6 +83,10 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
         if not isinstance(pub, Ed25519PublicKey):
             raise ValueError(f"{path}: not an Ed25519 public key")
         return pub
-    text = data.decode()
-    raw = bytes.fromhex(text) if len(text) == 64 else base64.b64decode(text)
-    return Ed25519PublicKey.from_public_bytes(raw)
+    try:
+        text = data.decode("ascii")
+        raw = bytes.fromhex(text) if len(text) == 64 else base64.b64decode(text, validate=True)
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        raise ValueError(f"{path}: not an Ed25519 public key (expected a PEM file, or the raw 32-byte key as "
+                         "base64 or hex)") from None

@@ -65,6 +65,8 @@ def parse_line(line: bytes) -> tuple[dict, bytes, bytes]:
         raise LineError(f"not a complete record ({type(exc).__name__})") from None
     if not isinstance(payload, dict) or len(sig) != 64:
         raise LineError("not a complete record (payload or signature malformed)")
+    if base64.b64encode(sig) != sig_b64:       # the last base64 digit has unused bits: one changed byte
+        raise LineError("signature is not canonical base64")   # there could still decode to the same 64 bytes
     return payload, head, sig
 
 
@@ -94,6 +96,7 @@ class LedgerWriter:
         self.last: dict | None = None          # last payload written or found
         self.last_interval: dict | None = None
         self.recovered: dict | None = None
+        self.last_line: bytes = b""            # the signed line of the last record written (for the uplink)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         existing = self.path.read_bytes() if self.path.exists() else b""
         good_end = self._scan(existing) if existing else 0
@@ -143,6 +146,7 @@ class LedgerWriter:
         line = head + b"|" + base64.b64encode(self.key.sign(head))
         os.write(self.fd, line + b"\n")
         os.fsync(self.fd)
+        self.last_line = line
         self.n, self.prev, self.last = payload["n"], line_hash(line), payload
         if kind == "interval":
             self.last_interval = payload
@@ -180,10 +184,10 @@ class VerifyResult:
     payloads: list = field(default_factory=list)
 
 
-def verify(path: str | Path, pubkey: Ed25519PublicKey | None = None, keep: bool = False) -> VerifyResult:
-    """Check every line, hash link, counter and signature. `pubkey`: the key the auditor trusts; without
-    it the genesis record's own key is used (integrity, not origin)."""
-    data = Path(path).read_bytes()
+def verify(path: str | Path | bytes, pubkey: Ed25519PublicKey | None = None, keep: bool = False) -> VerifyResult:
+    """Check every line, hash link, counter and signature of a ledger file (or its bytes). `pubkey`: the key
+    the auditor trusts; without it the genesis record's own key is used (integrity, not origin)."""
+    data = bytes(path) if isinstance(path, (bytes, bytearray)) else Path(path).read_bytes()
     res = VerifyResult(ok=False, key_source="--pubkey" if pubkey is not None else "genesis record (not independent)")
     key = pubkey
     n_expect, prev = 0, GENESIS_PREV

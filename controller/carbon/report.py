@@ -47,15 +47,16 @@ def _t(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def parse_when(text: str | None) -> float | None:
-    """'2026-04', '2026-04-10', '2026-04-10T12:00:00Z' -> UTC epoch seconds."""
+def parse_when(text: str | None, option: str = "--from") -> float | None:
+    """'2026', '2026-04', '2026-04-10', '2026-04-10T12:00:00Z' -> UTC epoch seconds."""
     if not text:
         return None
-    if len(text) == 7:
-        text += "-01"
-    if len(text) == 4:
-        text += "-01-01"
-    t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    full = text + "-01" if len(text) == 7 else text + "-01-01" if len(text) == 4 else text
+    try:
+        t = datetime.fromisoformat(full.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{option}: expected a UTC time like 2026, 2026-04, 2026-04-10 or 2026-04-10T12:00:00Z, "
+                         f"got {text!r}") from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=timezone.utc)
     return t.timestamp()
@@ -149,6 +150,15 @@ def build_report(payloads: list[dict], t_from: float | None = None, t_to: float 
             for k in ("it_kwh", "kwh", "kg_location", "kg_market"):
                 j[k] += d[k]
             j["intervals"] += 1
+    tot = total.result()
+    if jobs:      # the IT energy no job claimed (inference baseline, idle), so the job rows add up to the total
+        rest = {"label": "IT not attributed to an announced or measured job", "intervals": total.intervals,
+                "it_kwh": tot["energy_kwh"]["it"], "kwh": tot["energy_kwh"]["loads"],
+                "kg_location": total.c["loads_location"], "kg_market": total.c["loads_market"]}
+        for j in jobs.values():
+            for k in ("it_kwh", "kwh", "kg_location", "kg_market"):
+                rest[k] -= j[k]
+        jobs["(unattributed)"] = rest
     for j in jobs.values():
         for k in ("it_kwh", "kwh", "kg_location", "kg_market"):
             j[k] = round(j[k], 3)
@@ -159,7 +169,7 @@ def build_report(payloads: list[dict], t_from: float | None = None, t_to: float 
         "residual_mix": {k: genesis.get("carbon", {}).get(k) for k in
                          ("residual_mix_kg_per_kwh", "residual_mix_source", "residual_mix_year")},
         "period": {"from": None if t_from is None else _iso(t_from), "to": None if t_to is None else _iso(t_to)},
-        "total": total.result(),
+        "total": tot,
         "months": {k: a.result() for k, a in sorted(months.items())},
         "years": {k: a.result() for k, a in sorted(years.items())},
         "jobs": jobs,
@@ -233,7 +243,7 @@ def ledger_report_main(args) -> int:
     try:
         pub = load_public_key(args.pubkey) if args.pubkey else None
         res = verify(args.file, pub, keep=True)
-        t_from, t_to = parse_when(args.t_from), parse_when(args.t_to)
+        t_from, t_to = parse_when(args.t_from, "--from"), parse_when(args.t_to, "--to")
     except (OSError, ValueError) as exc:
         print(f"edge-ems: {exc}", file=sys.stderr)
         return 2

@@ -91,7 +91,7 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
             out_dir: str | Path | None = None, speed: float = 0.0,
             progress: Callable[[float], None] | None = None, hooks: list | None = None,
             install_signals: bool = False, wire: bool = False, wire_baud: int | None = None,
-            ledger: bool = True) -> SimResult:
+            ledger: bool = True, ledger_on_record: Callable[[dict], None] | None = None) -> SimResult:
     """Simulate `hours` of the scenario with the real scan loop; write kpis.json, recording, events.
 
     ``wire``: the Modbus devices and the BMS behind real ports read by the real drivers (tools/sim/wire.py);
@@ -121,7 +121,7 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
     carbon = None
     if out_dir is not None and ledger:        # OUT/ledger + OUT/ledger.pub (controller/carbon)
         from controller.carbon.hook import sim_carbon_hook
-        carbon = sim_carbon_hook(scn, site, Path(out_dir), seed=seed, hours=hours)
+        carbon = sim_carbon_hook(scn, site, Path(out_dir), seed=seed, hours=hours, on_record=ledger_on_record)
         hooks = [*(hooks or []), carbon]
 
     def keep_events(loop, image, cmd, events, n):

@@ -1,0 +1,102 @@
+"""The job book: what the compute platform announced and measured, per job, over time.
+
+Three users read it: the carbon ledger (`power_at`: IT kW per job for the per-job attribution), the
+load forecast (`forecast_arrays`: the announced jobs in the layout controller/core/forecast.py's
+`load_forecast` takes), and the defer/resume policy (controller/compute/headroom.py). Measured per-job
+power (compute/power `jobs`) overrides the announcement while it is fresh (`max_age_s`), because the
+announcement is the platform's estimate and the exporter's reading is what the node drew.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from drivers.compute import ITPower, JobAnnouncement
+
+
+def _as_job(j) -> JobAnnouncement:
+    if isinstance(j, JobAnnouncement):
+        return j
+    return JobAnnouncement(j["id"], float(j["kw"]), float(j["start_s"]), float(j["end_s"]) - float(j["start_s"]),
+                           bool(j.get("deferrable", False)), j.get("deadline_s"), j.get("label", ""),
+                           j.get("node", ""), j.get("state", "announced"))
+
+
+class JobBook:
+    """Announced jobs (kW over [start, end)), overridden by fresh measured per-job telemetry.
+
+    Accepts `JobAnnouncement`s or dicts {id, kw, start_s, end_s, label[, deferrable, deadline_s]}.
+    """
+
+    def __init__(self, announced=None, max_age_s: float = 120.0):
+        self.jobs: dict[str, JobAnnouncement] = {}
+        self.measured: dict[str, tuple[float, float]] = {}
+        self.deferred: dict[str, float] = {}          # job -> remaining seconds when it was deferred
+        self.deferred_at: dict[str, float] = {}
+        self.last_power: ITPower | None = None
+        self.max_age_s = max_age_s
+        for j in announced or []:
+            self.announce(j)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {j.id: j.label for j in self.jobs.values()}
+
+    # -- inputs -------------------------------------------------------------------------------------
+    def announce(self, job) -> None:
+        """A new announcement, or a later message about the same id (state running/done/cancelled)."""
+        job = _as_job(job)
+        old = self.jobs.get(job.id)
+        if job.state in ("done", "cancelled") and old is not None:
+            old.state = job.state
+            if job.state == "done":
+                old.duration_s = max(0.0, min(old.duration_s, job.start_s + job.duration_s - old.start_s))
+            self.deferred.pop(job.id, None)
+            return
+        self.jobs[job.id] = job
+
+    def measure(self, job: str, kw: float, t_s: float) -> None:
+        self.measured[job] = (float(kw), float(t_s))
+
+    def measure_power(self, p: ITPower) -> None:
+        self.last_power = p
+        for job, kw in p.jobs.items():
+            self.measure(job, kw, p.t_s)
+
+    # -- queries ------------------------------------------------------------------------------------
+    def active(self, j: JobAnnouncement, t_s: float) -> bool:
+        return j.state not in ("done", "cancelled") and j.id not in self.deferred and j.start_s <= t_s < j.end_s
+
+    def power_at(self, t_s: float) -> dict[str, float]:
+        out = {j.id: j.kw for j in self.jobs.values() if self.active(j, t_s)}
+        for job, (kw, ts) in self.measured.items():
+            if 0.0 <= t_s - ts <= self.max_age_s and job not in self.deferred:
+                out[job] = kw
+        return out
+
+    def forecast_arrays(self, t_s: float):
+        """(job_kw, job_start_s, job_dur_s, n) of the jobs still ahead or running, for load_forecast.
+        A deferred job is placed at its latest start (the worst case the planner must keep room for)."""
+        rows = []
+        for j in self.jobs.values():
+            if j.state in ("done", "cancelled"):
+                continue
+            if j.id in self.deferred:
+                rem = self.deferred[j.id]
+                rows.append((j.kw, max(t_s, j.latest_end_s - rem), rem))
+            elif j.end_s > t_s:
+                rows.append((j.kw, j.start_s, j.duration_s))
+        a = np.array(rows, dtype=np.float64).reshape(-1, 3)
+        return (np.ascontiguousarray(a[:, 0]), np.ascontiguousarray(a[:, 1]), np.ascontiguousarray(a[:, 2]),
+                len(rows))
+
+    # -- defer / resume (the policy is headroom.defer_decisions; this keeps the book) ---------------------
+    def mark_deferred(self, job: str, t_s: float) -> None:
+        j = self.jobs[job]
+        self.deferred[job] = max(0.0, j.end_s - max(t_s, j.start_s))
+        self.deferred_at[job] = t_s
+
+    def mark_resumed(self, job: str, t_s: float) -> None:
+        rem = self.deferred.pop(job)
+        j = self.jobs[job]
+        j.start_s, j.duration_s = t_s, rem           # runs its remaining time from now
+        self.deferred_at.pop(job, None)
