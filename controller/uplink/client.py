@@ -13,6 +13,15 @@
   reason 0x10 *No matching subscribers* (Mosquitto says so when nobody listens, e.g. right after a
   broker restart without persistence, before the cloud consumer re-subscribed) is treated as *not
   delivered*: the kind is re-offered from that record after a short back-off (``require_subscriber``).
+- ``confirm``: a PUBACK is hop-by-hop. A broker without persistence that dies after its PUBACK but
+  before it wrote the message to the cloud consumer (queued behind the consumer's in-flight window)
+  loses it. With ``confirm="cloud"`` (``?confirm=cloud`` in the URL) the PUBACK only moves the cursor;
+  a row is deleted when the cloud consumer confirms the message on ``.../ack`` with
+  ``{"acks": [[kind, first_seq, last_seq], ...]}``. Anything not confirmed is offered again after every
+  reconnect and after ``cloud_ack_timeout_s``: nothing committed is lost even across a non-persistent
+  broker's restart, duplicates are dropped by ``(gateway, seq)``. ``confirm="broker"`` (default) is
+  for a cloud consumer that does not send receipts (then rely on a persistent broker).
+  The ack topic must be writable by the cloud only (broker ACL): a forged ack deletes spooled rows.
 """
 from __future__ import annotations
 
@@ -30,11 +39,22 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
+from controller.uplink.priority import lower_this_thread, protect_scan_cycle
 from controller.uplink.drain import DrainPolicy, TokenBucket, encode_batch, publish_wire_bytes
 from controller.uplink.spool import Spool, iso_utc
 from controller.uplink.topics import RECORD_KINDS, Topics
 
 RC_NO_MATCHING_SUBSCRIBERS = 0x10
+
+
+def _int_option(q: dict, key: str, default: int) -> int:
+    try:
+        value = int(q.get(key, default))
+    except ValueError:
+        raise ValueError(f"broker URL: {key} must be a whole number of seconds, not {q[key]!r}") from None
+    if value <= 0:
+        raise ValueError(f"broker URL: {key} must be > 0, not {value}")
+    return value
 
 
 @dataclass
@@ -49,10 +69,17 @@ class BrokerConfig:
     password: str | None = None
     keepalive: int = 30
     protocol: str = "auto"           # auto | 5 | 3.1.1
+    confirm: str = "broker"          # broker (PUBACK deletes) | cloud (the cloud's .../ack deletes)
+
+    def __post_init__(self):
+        if self.protocol not in ("auto", "5", "3.1.1"):
+            raise ValueError(f"broker URL: protocol must be auto, 5 or 3.1.1, not {self.protocol!r}")
+        if self.confirm not in ("broker", "cloud"):
+            raise ValueError(f"broker URL: confirm must be broker or cloud, not {self.confirm!r}")
 
     @classmethod
     def from_url(cls, url: str, **overrides) -> "BrokerConfig":
-        """``mqtt[s]://[user:pass@]host[:port][?ca=FILE&cert=FILE&key=FILE&keepalive=S&protocol=5]``"""
+        """``mqtt[s]://[user:pass@]host[:port][?ca=FILE&cert=FILE&key=FILE&keepalive=S&protocol=5&confirm=cloud]``"""
         u = urlparse(url)
         if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
             raise ValueError(f"broker URL must be mqtt://HOST:PORT or mqtts://HOST:PORT, not {url!r}")
@@ -62,7 +89,8 @@ class BrokerConfig:
                   ca_certs=q.get("ca"), certfile=q.get("cert"), keyfile=q.get("key"),
                   username=unquote(u.username) if u.username else None,
                   password=unquote(u.password) if u.password else None,
-                  keepalive=int(q.get("keepalive", 30)), protocol=q.get("protocol", "auto"))
+                  keepalive=_int_option(q, "keepalive", 30), protocol=q.get("protocol", "auto"),
+                  confirm=q.get("confirm", "broker"))
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kw)
 
@@ -77,6 +105,8 @@ class UplinkStats:
     records_sent: int = 0
     records_acked: int = 0
     nacks: int = 0
+    cloud_acks: int = 0               # confirm=cloud: messages the cloud confirmed
+    resends: int = 0                  # confirm=cloud: rewinds after cloud_ack_timeout_s without a receipt
     wire_bytes: int = 0               # MQTT PUBLISH + PUBACK framing + payload, records only
     payload_bytes: int = 0
     raw_bytes: int = 0                # records' JSON before compression
@@ -89,7 +119,8 @@ class MqttUplink:
 
     def __init__(self, spool: Spool, topics: Topics, broker: BrokerConfig, *, drain: DrainPolicy | None = None,
                  client_id: str | None = None, on_command=None, require_subscriber: bool = True,
-                 backoff_base_s: float = 0.5, backoff_cap_s: float = 60.0, nack_retry_s: float = 0.5):
+                 backoff_base_s: float = 0.5, backoff_cap_s: float = 60.0, nack_retry_s: float = 0.5,
+                 cloud_ack_timeout_s: float = 30.0):
         self.spool, self.topics, self.broker = spool, topics, broker
         self.drain = drain or DrainPolicy()
         self.client_id = client_id or f"edge-ems-{topics.gateway}"
@@ -97,6 +128,8 @@ class MqttUplink:
         self.require_subscriber = require_subscriber
         self.backoff_base_s, self.backoff_cap_s = backoff_base_s, backoff_cap_s
         self.nack_retry_s = nack_retry_s
+        self.cloud_confirms = broker.confirm == "cloud"
+        self.cloud_ack_timeout_s = cloud_ack_timeout_s
         self.stats = UplinkStats()
         self.connected = threading.Event()
         self._stop = threading.Event()
@@ -107,6 +140,7 @@ class MqttUplink:
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> "MqttUplink":
+        protect_scan_cycle()
         self._thread = threading.Thread(target=self._run, name="uplink-mqtt", daemon=True)
         self._thread.start()
         return self
@@ -128,6 +162,8 @@ class MqttUplink:
         self._inflight: dict[int, tuple[str, list[int], float]] = {}   # mid -> (kind, seqs, t)
         self._inflight_n = {k: 0 for k in RECORD_KINDS}
         self._hold_until = {k: 0.0 for k in RECORD_KINDS}
+        self._awaiting: dict[tuple[str, int, int], float] = {}   # confirm=cloud: PUBACKed, no receipt yet
+        self._early: set[tuple[str, int, int]] = set()           # receipts that came before the PUBACK
 
     # --- the connection thread ------------------------------------------------------------------
     def _new_client(self) -> mqtt.Client:
@@ -155,6 +191,7 @@ class MqttUplink:
         return random.uniform(0.0, min(self.backoff_cap_s, self.backoff_base_s * 2 ** min(attempt, 20)))
 
     def _run(self) -> None:
+        lower_this_thread()
         attempt = 0
         while not self._stop.is_set():
             self._connack = None
@@ -176,8 +213,6 @@ class MqttUplink:
             except (OSError, ssl.SSLError, ValueError):
                 pass
             if self._connack is not True:
-                if self._connack is None and self._v5 and self.broker.protocol == "auto" and attempt >= 1:
-                    pass
                 if self._connack == "unsupported":
                     self._v5 = False                    # broker speaks 3.1.1 only
                 self.stats.connect_failures += 1
@@ -210,6 +245,8 @@ class MqttUplink:
                   "boot_id": self.spool.boot_id, "t": iso_utc(time.time()), "protocol": self.stats.protocol}
         client.publish(self.topics.status, json.dumps(online), qos=1, retain=True)
         client.subscribe(self.topics.cmd, qos=1)
+        if self.cloud_confirms:
+            client.subscribe(self.topics.ack, qos=1)
         self.connected.set()
         try:
             while not self._stop.is_set() and self.connected.is_set():
@@ -229,8 +266,22 @@ class MqttUplink:
             self.connected.clear()
             self.stats.disconnects += 1
 
+    def _rewind_unconfirmed(self, now: float) -> None:
+        """confirm=cloud: a message without a receipt after the timeout is offered again (with all later
+        ones of its kind, so per-topic order holds)."""
+        late = [key for key, t in self._awaiting.items() if now - t > self.cloud_ack_timeout_s]
+        for kind, first, _ in late:
+            if (kind, first, _) not in self._awaiting:
+                continue
+            self._cursor[kind] = min(self._cursor[kind], first - 1)
+            for key in [k for k in self._awaiting if k[0] == kind and k[1] >= first]:
+                del self._awaiting[key]
+            self.stats.resends += 1
+
     def _offer(self, client: mqtt.Client) -> None:
         now = time.monotonic()
+        if self._awaiting:
+            self._rewind_unconfirmed(now)
         for kind in RECORD_KINDS:
             if self._inflight_n[kind] >= self.drain.inflight_per_kind or now < self._hold_until[kind]:
                 continue
@@ -285,15 +336,38 @@ class MqttUplink:
             self._cursor[kind] = min(self._cursor[kind], seqs[0] - 1)
             self._hold_until[kind] = time.monotonic() + self.nack_retry_s
             return
-        self.spool.ack(seqs)
+        if self.cloud_confirms:
+            key = (kind, seqs[0], seqs[-1])
+            if key in self._early:                   # the receipt overtook the PUBACK
+                self._early.discard(key)
+            else:
+                self._awaiting[key] = time.monotonic()
+        else:
+            self.spool.ack(seqs)
         self.stats.records_acked += len(seqs)
         if len(seqs) == 1:
             self.stats.latency_s.append(time.monotonic() - t0)
 
     def _on_message(self, client, userdata, msg):
-        if msg.topic == self.topics.cmd and self.on_command is not None:
+        if msg.topic == self.topics.ack and self.cloud_confirms:
+            self._on_cloud_ack(bytes(msg.payload))
+        elif msg.topic == self.topics.cmd and self.on_command is not None:
             try:
                 self.on_command(bytes(msg.payload))
             except Exception as exc:             # a command must never take the uplink down
-                self.stats.nacks += 0
                 print(f"uplink: command handler failed: {exc!r}")
+
+    def _on_cloud_ack(self, raw: bytes) -> None:
+        """``{"acks": [[kind, first_seq, last_seq], ...]}``; anything else is ignored (and said so)."""
+        try:
+            acks = json.loads(raw)["acks"]
+            ranges = [(str(k), int(a), int(b)) for k, a, b in acks]
+        except (ValueError, KeyError, TypeError) as exc:
+            print(f"uplink: ignoring a malformed ack on {self.topics.ack}: {exc!r}")
+            return
+        for kind, first, last in ranges:
+            if kind in RECORD_KINDS and 0 < first <= last:
+                self.spool.ack_range(kind, first, last)
+                if self._awaiting.pop((kind, first, last), None) is None and len(self._early) < 10_000:
+                    self._early.add((kind, first, last))
+                self.stats.cloud_acks += 1

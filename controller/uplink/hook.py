@@ -18,6 +18,7 @@ from pathlib import Path
 
 from controller.core import layout as L
 from controller.uplink.client import BrokerConfig, MqttUplink
+from controller.uplink.priority import protect_scan_cycle
 from controller.uplink.commands import CommandVerifier, Limits, COUNTER_KEY, load_public_key
 from controller.uplink.drain import DrainPolicy
 from controller.uplink.spool import DEFAULT_QUOTA, Spool
@@ -132,7 +133,7 @@ class Uplink:
         if self.mqtt is not None:
             s = self.mqtt.stats
             out["mqtt"] = {k: getattr(s, k) for k in ("connects", "connect_failures", "messages", "batches",
-                                                      "records_sent", "records_acked", "nacks", "wire_bytes",
+                                                      "records_sent", "records_acked", "nacks", "cloud_acks", "resends", "wire_bytes",
                                                       "payload_bytes", "raw_bytes", "protocol")}
         return out
 
@@ -148,6 +149,8 @@ def make_uplink_hook(cfg, broker_url: str | None, data_dir, *, public_key=None, 
     is refused ("no cloud public key configured")."""
     site, gateway = cfg["site"]["name"], cfg["site"]["gateway_id"]
     topics = Topics(site, gateway)
+    broker = BrokerConfig.from_url(broker_url, **broker_overrides) if broker_url else None   # bad URL: fail first
+    protect_scan_cycle()                         # the spool writer and MQTT threads share our GIL
     kw = {} if min_free_bytes is None else {"min_free_bytes": min_free_bytes}
     spool = Spool(data_dir, site, gateway, quota_bytes=quota_bytes, clock_status=clock_status, **kw)
     if public_key is None:
@@ -157,8 +160,7 @@ def make_uplink_hook(cfg, broker_url: str | None, data_dir, *, public_key=None, 
                                lambda: spool.get_meta(COUNTER_KEY, "0"),
                                lambda value: spool.set_meta(COUNTER_KEY, value))
     up = Uplink(spool, None, verifier, topics)
-    if broker_url:
-        broker = BrokerConfig.from_url(broker_url, **broker_overrides)
+    if broker is not None:
         up.mqtt = MqttUplink(spool, topics, broker, drain=drain, client_id=client_id,
                              on_command=up.handle_command, require_subscriber=require_subscriber)
         if start:

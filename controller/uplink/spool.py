@@ -32,11 +32,12 @@ from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
 
+from controller.uplink.priority import lower_this_thread
 from controller.uplink.topics import NEVER_DROPPED, RECORD_KINDS, TELEMETRY, EVENT
 
 SPOOL_FILE = "uplink-spool.sqlite"
 ROW_OVERHEAD = 48                  # bytes counted per row on top of its payload (b-tree cell + index)
-DEFAULT_QUOTA = 64 * 1024 * 1024   # a week offline at default settings needs ~9 MB; see README
+DEFAULT_QUOTA = 64 * 1024 * 1024   # a week offline measured 14.1 MB (tools/bench/uplink.py week; README)
 DEFAULT_MIN_FREE = 16 * 1024 * 1024
 LOW_WATER = 0.9                    # eviction frees down to this fraction of the quota
 
@@ -136,13 +137,20 @@ class Spool:
         for seq, payload in rows:
             if out and size + len(payload) > max_bytes:
                 break
-            out.append((seq, bytes(payload)))
+            out.append((seq, payload))
             size += len(payload)
         return out
 
     def ack(self, seqs) -> None:
         """The broker acknowledged these: delete them (in the writer thread)."""
         self._q.put(("del", list(seqs)))
+
+    def ack_range(self, kind: str, first_seq: int, last_seq: int) -> None:
+        """The cloud confirmed one uplink message: delete the rows of ``kind`` in [first_seq, last_seq].
+
+        Safe as a range: a message carries every spooled row of its kind in that range (rows of a kind
+        are offered in seq order, and rows committed later get higher seqs)."""
+        self._q.put(("delr", str(kind), int(first_seq), int(last_seq)))
 
     def wait_new(self, timeout: float) -> None:
         with self._new:
@@ -187,6 +195,7 @@ class Spool:
             return json.dumps(rec, separators=(",", ":")).encode()
 
     def _write_loop(self) -> None:
+        lower_this_thread()
         retry: list = []
         while True:
             try:
@@ -234,7 +243,7 @@ class Spool:
         t0 = time.perf_counter()
         self._check_disk()
         db = self._db
-        rows, dels, metas = [], [], []
+        rows, dels, metas, ranges, range_gone = [], [], [], [], []
         seq = self.last_seq
         for item in batch:
             if item[0] == "rec":
@@ -246,9 +255,11 @@ class Spool:
                 rows.append((seq, kind, t_s, self._encode(seq, kind, t_s, body)))
             elif item[0] == "del":
                 dels.extend(item[1])
+            elif item[0] == "delr":
+                ranges.append(item[1:])
             elif item[0] == "meta":
                 metas.append((item[1], item[2]))
-        if not (rows or dels or metas):
+        if not (rows or dels or metas or ranges):
             return
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -260,6 +271,12 @@ class Spool:
                 chunk = dels[i:i + 500]
                 gone += db.execute(f"DELETE FROM records WHERE seq IN ({','.join('?' * len(chunk))}) "
                                    "RETURNING kind, length(payload)", chunk).fetchall()
+            for kind, first, last in ranges:        # aggregate in SQL: no Python row per deleted record
+                n, size = db.execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM records "
+                                     "WHERE kind=? AND seq BETWEEN ? AND ?", (kind, first, last)).fetchone()
+                if n:
+                    db.execute("DELETE FROM records WHERE kind=? AND seq BETWEEN ? AND ?", (kind, first, last))
+                    range_gone.append((kind, n, size))
             if metas:
                 db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?,?)", metas)
             db.execute("COMMIT")
@@ -273,6 +290,9 @@ class Spool:
         for kind, size in gone:
             self.bytes_by_kind[kind] -= size + ROW_OVERHEAD
             self.rows_by_kind[kind] -= 1
+        for kind, n, size in range_gone:
+            self.bytes_by_kind[kind] -= size + ROW_OVERHEAD * n
+            self.rows_by_kind[kind] -= n
         self.commits += 1
         self.committed_rows += len(rows)
         self.commit_s.append(time.perf_counter() - t0)

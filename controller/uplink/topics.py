@@ -1,7 +1,8 @@
 """MQTT topic names of the uplink: ``edge-ems/v1/{site}/{gateway}/{kind}``.
 
 Kinds published by the gateway: status (retained, last will "offline"), telemetry (1-min summaries),
-interval (15-min carbon intervals), alarm, event, cmd/result. Subscribed: cmd.
+interval (15-min carbon intervals), alarm, event, cmd/result. Subscribed: cmd, and ack (the cloud's
+end-to-end receipts, used with ``confirm=cloud``, see client.py).
 A backlog drained in batches goes to ``{kind}/batch`` (zlib-compressed JSON, see drain.py), so a cloud
 consumer subscribes ``.../{kind}/#`` to get both the live records and the batches (``#`` also matches
 the parent level).
@@ -9,8 +10,8 @@ the parent level).
 from __future__ import annotations
 
 PREFIX = "edge-ems/v1"
-STATUS, TELEMETRY, INTERVAL, ALARM, EVENT, CMD, CMD_RESULT = (
-    "status", "telemetry", "interval", "alarm", "event", "cmd", "cmd/result")
+STATUS, TELEMETRY, INTERVAL, ALARM, EVENT, CMD, CMD_RESULT, ACK = (
+    "status", "telemetry", "interval", "alarm", "event", "cmd", "cmd/result", "ack")
 # Spooled record kinds, in drain priority order: live alarms go first, telemetry last.
 RECORD_KINDS = (ALARM, CMD_RESULT, EVENT, INTERVAL, TELEMETRY)
 NEVER_DROPPED = (ALARM, CMD_RESULT, EVENT, INTERVAL)
@@ -42,6 +43,10 @@ class Topics:
     @property
     def cmd(self) -> str:
         return self(CMD)
+
+    @property
+    def ack(self) -> str:
+        return self(ACK)
 
     def kind_of(self, topic: str) -> tuple[str, bool]:
         """(kind, is_batch) of one of our topics; ValueError for a foreign topic."""
