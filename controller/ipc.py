@@ -1,13 +1,16 @@
 """The local socket the technician TUI and tools attach to (a Unix socket, line-delimited JSON).
 
 The controller never depends on anything here: the scan cycle only calls :meth:`IpcServer.hook`, which
-does a few in-memory updates and, at most ``publish_hz`` times a wall-clock second, hands copies of the
-image and commands to the server thread (an atomic reference swap and a non-blocking wake byte). All
-socket I/O, JSON and PIN hashing run in the server thread; a client that reads slowly is skipped (it
-gets fewer snapshots), one that stalls with a full buffer is dropped, a dead one is closed. Nothing a
-client does can block the cycle.
+does a few in-memory updates and, while a client is attached, at most ``publish_hz`` times a wall-clock
+second hands copies of the image and commands to the server thread (an atomic reference swap and a
+non-blocking wake byte). All socket I/O, JSON and PIN hashing run in the server thread, and only once
+the loop has counted the cycle that woke it (so the snapshot never takes the GIL from the cycle's later
+hooks); a client that reads slowly is skipped (it gets fewer snapshots), one that stalls with a full
+buffer is dropped, a dead one is closed. Nothing a client does can block the cycle. A device read or
+bus scan uses the controller's own Modbus bus under its lock: the cycle then waits at most one
+transaction.
 
-Protocol (one JSON object per line, UTF-8, each way; see ``PROTOCOL`` below for the list):
+Protocol (one JSON object per line, UTF-8, each way):
 
     server -> {"type": "hello", "version": 1, "site": {...}, "points": [...], "alarms": [...], ...}
     client -> {"op": "subscribe", "hz": 2}            snapshots at <= hz (<= publish_hz)
@@ -25,8 +28,12 @@ Actions (a session is required; every attempt, refused or not, goes to the audit
     battery_kw {"kw": X}                      (+ discharge / - charge; used in manual mode; the
                                                interlocks clamp it, the snapshot's "manual" says how)
     genset {"run": true|false|null}           (null: back to automatic)
-    export {"hours": H}                       the last H hours of the recording as CSV, and the audit
-                                              log, into the export directory; the reply names the files
+    read {"device": NAME}                     every point of a Modbus device read now over the
+                                              controller's bus (image values for simulated/CAN ones)
+    scan {"bus": NAME, "units": "1-32"}       unit ids answering on a Modbus bus the controller holds
+    export {"hours": H}                       the last H hours of the recording as CSV, the signed carbon
+                                              ledger (whole, with its .pub) and the audit log, into the
+                                              export directory; the reply names the files
 
 The audit log (``IpcServer.audit``, ``audit_listeners`` and an optional JSONL file) is what the uplink
 forwards: every login attempt, lockout and action with its outcome.
@@ -65,8 +72,15 @@ DROP_ABOVE = 1024 * 1024        # ... and one that lets this much pile up is dis
 HISTORY_STEP_S = 60.0           # history ring: one sample per simulated/real minute
 HISTORY_N = 24 * 60             # 24 h
 HISTORY_FIELDS = ("soc_pct", "pv_kw", "battery_kw", "grid_kw", "genset_kw", "load_kw")
-EXPORT_RING_STEP_S = 10.0       # fallback export source when the loop has no recording
+EXPORT_RING_STEP_S = 10.0       # export source when the loop has no recording: one row / 10 s, 24 h
 EXPORT_RING_N = 24 * 360
+# The MPC's plan in force, as the step keeps it in its state (controller/core/mpc_strategy.py): only
+# present in builds with the MPC strategy, hence looked up by name.
+PLAN_FIELDS = tuple((n, getattr(L, "S_" + n.upper())) for n in (
+    "plan_count", "plan_t_s", "plan_grid_kw", "plan_export_kw", "plan_battery_kw", "plan_diesel_kw",
+    "plan_diesel_on", "plan_soc_end_pct") if hasattr(L, "S_" + n.upper()))
+PLAN_SLOTS = [i for _n, i in PLAN_FIELDS]
+EXPORT_TAIL_N = 512             # with a recording: every cycle not yet flushed to it (it flushes every 256)
 
 
 # --- socket path ------------------------------------------------------------------------------------
@@ -122,6 +136,48 @@ def check_pin(pin: str, stored: str) -> bool:
     except (ValueError, OverflowError):
         return False
     return hmac.compare_digest(got, want)
+
+
+class _Unattached:
+    """The controller's bus for a one-off read: same port and lock, but the probe device is not added
+    to the bus's cycle."""
+
+    def __init__(self, bus):
+        self._bus = bus
+        self.url = getattr(bus, "url", "?")
+
+    def read(self, *a, **kw):
+        return self._bus.read(*a, **kw)
+
+    def attach(self, device) -> None:
+        pass
+
+    def detach(self, device) -> None:
+        pass
+
+
+def _units(spec) -> list[int]:
+    """"1-32" / "5" / [1, 2] -> unit ids within 1..247."""
+    try:
+        if isinstance(spec, (list, tuple)):
+            units = [int(u) for u in spec]
+        else:
+            a, _, b = str(spec).partition("-")
+            units = list(range(int(a), int(b or a) + 1))
+    except ValueError:
+        raise ValueError(f"units must look like 1-32 or 5, got {spec!r}") from None
+    if not units or units[0] < 1 or units[-1] > 247 or len(units) > 247:
+        raise ValueError(f"units must be within 1..247, got {spec!r}")
+    return units
+
+
+def _stats_copy(stats):
+    """The loop's cycle statistics, copied in the cycle (cheap); quantiles are computed later, in the
+    server thread, when a snapshot is serialised."""
+    from controller.loop import CycleStats
+    c = CycleStats(edges_s=stats.edges_s, counts=stats.counts.copy(), cycles=stats.cycles)
+    c.overruns, c.max_s, c.total_s = stats.overruns, stats.max_s, stats.total_s
+    return c
 
 
 def _iso(t_s: float) -> str:
@@ -198,6 +254,8 @@ class IpcServer:
         self._thread = None
         self._stop = False
         self._snapshot_cache = (None, None)       # (pub seq, json line)
+        self._ledger_days: dict[str, dict] = {}      # local day -> sums of the ledger's intervals
+        self._ledger_off = 0
         self.stats = {"published": 0, "sent": 0, "skipped_slow": 0, "dropped_clients": 0, "clients": 0,
                       "hook_max_us": 0.0}
 
@@ -226,24 +284,30 @@ class IpcServer:
             row[1:] = [value[INDEX["soc_pct"]], value[INDEX["pv_kw"]], value[INDEX["battery_kw"]],
                        value[INDEX["grid_kw"]], value[INDEX["genset_kw"]], self._load_kw(value)]
             self._hist_n += 1
-        if self.recording_path is None and t_s >= self._ring_next_t:
+        if t_s >= self._ring_next_t:
+            size = EXPORT_RING_N if self.recording_path is None else EXPORT_TAIL_N
             if self._ring is None:
-                self._ring = np.full((EXPORT_RING_N, 1 + len(CATALOGUE) + L.N_COMMANDS), np.nan)
-            self._ring_next_t = t_s + EXPORT_RING_STEP_S
-            r = self._ring[self._ring_n % EXPORT_RING_N]
-            r[0] = t_s
+                self._ring = np.full((size, 1 + 2 * len(CATALOGUE) + L.N_COMMANDS), np.nan)
+            if self.recording_path is None:
+                self._ring_next_t = t_s + EXPORT_RING_STEP_S
+            r = self._ring[self._ring_n % size]
+            r[0] = math.nan                      # an export reading this row meanwhile skips it
             r[1:1 + len(CATALOGUE)] = value
-            r[1 + len(CATALOGUE):] = cmd
+            r[1 + len(CATALOGUE):1 + 2 * len(CATALOGUE)] = quality
+            r[1 + 2 * len(CATALOGUE):] = cmd
+            r[0] = t_s
             self._ring_n += 1
         wall = time.monotonic()
-        if wall - self._last_pub_wall >= 1.0 / self.publish_hz:
+        # nobody attached: no copies at all (the next cycle after a connect publishes)
+        if self._conns and wall - self._last_pub_wall >= 1.0 / self.publish_hz:
             self._last_pub_wall = wall
             b = loop.builder
             self._pub_seq += 1
             self._pub = (self._pub_seq, int(image["cycle"]), t_s, value.copy(), quality.copy(), np.array(cmd),
                          b.stamp.copy(), loop.clock.monotonic(), self._err_cycles.copy(), self._stale_cycles.copy(),
-                         list(self._events), dict(self.today), loop.stats.as_dict(), float(loop.state[L.S_TRIPS]))
-            if self._wake_w >= 0:
+                         list(self._events), dict(self.today), _stats_copy(loop.stats), float(loop.state[L.S_TRIPS]),
+                         loop.state[PLAN_SLOTS].copy() if PLAN_SLOTS else None)
+            if self._wake_w >= 0 and self._conns:     # nobody attached: let the server thread sleep
                 try:
                     os.write(self._wake_w, b"p")
                 except OSError:
@@ -311,6 +375,21 @@ class IpcServer:
             d["it_kwh"] += v("it_kw") * h
         d["load_kwh"] += max(0.0, self._load_kw(value)) * h
         d["covered_s"] += dt
+
+    def attach_uplink(self, uplink) -> None:
+        """Show the uplink on the uplink screen and forward every audit record (logins, lockouts,
+        actions and their outcome) into its spool as an event, so the cloud sees what was done on site."""
+        self.uplink = uplink
+        spool = getattr(uplink, "spool", None)
+        if spool is None:
+            return
+        from controller.uplink.topics import EVENT
+
+        def forward(rec: dict) -> None:
+            t = rec["t_s"] if rec.get("t_s") is not None else time.time()
+            spool.put(EVENT, t, {"event": "tui_" + rec["action"], "value": {
+                k: rec[k] for k in ("seq", "who", "args", "ok", "message")}})
+        self.audit_listeners.append(forward)
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> "IpcServer":
@@ -381,11 +460,14 @@ class IpcServer:
                     if key.data == "listen":
                         self._accept()
                     elif key.data == "wake":
+                        woke = b""
                         try:
-                            while os.read(self._wake_r, 4096):
-                                pass
+                            while chunk := os.read(self._wake_r, 4096):
+                                woke += chunk
                         except BlockingIOError:
                             pass
+                        if b"p" in woke:
+                            self._wait_cycle_end()
                     else:
                         conn = key.data
                         if mask & selectors.EVENT_READ:
@@ -406,6 +488,17 @@ class IpcServer:
                     self._send(conn, reply)
             self._publish()
 
+    def _wait_cycle_end(self) -> None:
+        """Woken by the hook, i.e. in the middle of a cycle: building a snapshot now would take the GIL
+        from the rest of that cycle (the hooks after this one, measured ~2 ms on a p99). Wait until the
+        loop has counted the cycle (it then sleeps to the next period boundary), at most 50 ms."""
+        pub, loop = self._pub, self.loop
+        if pub is None or loop is None:
+            return
+        deadline = time.monotonic() + 0.05
+        while loop.cycle_no <= pub[1] and time.monotonic() < deadline and not self._stop:
+            time.sleep(0.0005)
+
     def _accept(self) -> None:
         while True:
             try:
@@ -420,6 +513,8 @@ class IpcServer:
             except (OSError, AttributeError):
                 pass
             conn = _Conn(sock, uid, pid)
+            if not self._conns:
+                self._pub = None              # published while nobody listened: too old to show
             self._conns[sock.fileno()] = conn
             self._sel.register(sock, selectors.EVENT_READ, conn)
             self.stats["clients"] = len(self._conns)
@@ -588,7 +683,60 @@ class IpcServer:
                                  "interval_covered_s": _f(iv.covered_s) if iv is not None else None,
                                  "battery_pool_kg_per_kwh": _f(pool.kg / pool.kwh) if pool is not None and
                                  getattr(pool, "kwh", 0) and hasattr(pool, "kg") else None}
+                path = getattr(writer, "path", None)
+                if path is not None:
+                    self._ledger_scan(Path(path))
+                    out["ledger"]["today"] = self._ledger_days.get(today.get("day"))
         return out
+
+    def _ledger_scan(self, path: Path) -> None:
+        """Read the interval records the carbon ledger appended since the last look (the file, not
+        the writer's memory: intervals closed while nobody was attached count too)."""
+        from controller.carbon.ledger import LineError, parse_line
+        try:
+            with open(path, "rb") as f:
+                f.seek(self._ledger_off)
+                data = f.read()
+        except OSError:
+            return
+        end = data.rfind(b"\n") + 1                 # whole lines only; a line being written waits
+        self._ledger_off += end
+        for line in data[:end].splitlines():
+            try:
+                payload, _head, _sig = parse_line(line)
+            except LineError:
+                continue
+            if payload.get("kind") == "interval":
+                self._ledger_add(payload)
+
+    def _ledger_add(self, rec: dict) -> None:
+        """One signed 15-min interval into its local day's CFE, CO2 and per-job sums."""
+        try:
+            t0 = datetime.fromisoformat(rec["t_start"].replace("Z", "+00:00")).timestamp()
+        except (KeyError, ValueError, AttributeError):
+            return
+        day_no = int((t0 + self._tz_offset_s) // 86400)
+        day = datetime.fromtimestamp(day_no * 86400, timezone.utc).strftime("%Y-%m-%d")
+        if day not in self._ledger_days:
+            while len(self._ledger_days) >= 3:         # today and the two before are plenty
+                self._ledger_days.pop(min(self._ledger_days))
+            self._ledger_days[day] = {"day": day, "intervals": 0, "load_kwh": 0.0, "cfe_kwh": 0.0,
+                                      "co2_location_kg": 0.0, "co2_market_kg": 0.0, "jobs": {}}
+        try:
+            d = self._ledger_days[day]
+            cfe = rec["cfe"]
+            d["intervals"] += 1
+            d["load_kwh"] += float(cfe["load_kwh"])
+            d["cfe_kwh"] += float(cfe["onsite_kwh"]) + float(cfe["contract_kwh"]) + float(cfe["grid_kwh"])
+            d["co2_location_kg"] += float(rec["co2_kg"]["loads_location"])
+            d["co2_market_kg"] += float(rec["co2_kg"]["loads_market"])
+            for job, j in (rec.get("jobs") or {}).items():
+                acc = d["jobs"].setdefault(job, {"kwh": 0.0, "kg": 0.0})
+                acc["kwh"] += float(j["kwh"])
+                acc["kg"] += float(j["kg_location"])
+            d["cfe_pct"] = round(100.0 * d["cfe_kwh"] / d["load_kwh"], 2) if d["load_kwh"] > 0 else None
+        except (KeyError, TypeError, ValueError):
+            pass                                  # an older ledger format: leave today's sums as they are
 
     def _snapshot_line(self, pub) -> bytes:
         if self._snapshot_cache[0] == pub[0]:
@@ -601,7 +749,7 @@ class IpcServer:
 
     def _snapshot(self, pub) -> dict:
         (seq, cycle, t_s, value, quality, cmd, stamp, now_mono, err_c, stale_c, events, today, loop_stats,
-         trips) = pub
+         trips, plan) = pub
         op_mode = int(value[INDEX["op_mode"]])
         req = float(value[INDEX["op_battery_kw"]])
         bat = float(cmd[L.C_BATTERY_KW])
@@ -625,7 +773,7 @@ class IpcServer:
             "discharge_reason": L.reason_name(cmd[L.C_DISCHARGE_REASON]),
             "alarms": {"active": int(cmd[L.C_ALARMS_ACTIVE]), "unacked": int(cmd[L.C_ALARMS_UNACKED])},
             "manual": manual,
-            "loop": {**{k: _f(v) for k, v in loop_stats.items()}, "interlock_trips": int(trips)},
+            "loop": {**{k: _f(v) for k, v in loop_stats.as_dict().items()}, "interlock_trips": int(trips)},
             "events": [[s, t, c, _f(v)] for s, t, c, v in events[-60:]],
             "audit": list(self.audit)[-20:],
             "devices": self._devices(stamp, now_mono, quality, err_c, stale_c),
@@ -633,6 +781,8 @@ class IpcServer:
             "uplink": self._uplink(),
             "pin": {"locked_s": _f(max(0.0, self.locked_until - time.monotonic()))},
             "ipc": dict(self.stats),
+            "plan": ({n: _f(plan[k]) for k, (n, _i) in enumerate(PLAN_FIELDS)}
+                     if plan is not None and plan[0] > 0 else None),
         }
         return snap
 
@@ -649,7 +799,20 @@ class IpcServer:
         start = self._hist_n - n
         rows = [self._hist[i % HISTORY_N] for i in range(start, self._hist_n)]
         return {"type": "history", "step_s": HISTORY_STEP_S, "fields": ["t_s", *HISTORY_FIELDS],
-                "rows": [[_f(x) for x in r] for r in rows]}
+                "rows": [[_f(x) for x in r] for r in rows], "plan": self._plan()}
+
+    def _plan(self) -> dict | None:
+        """The strategy's plan for the next hours, when the loop publishes one as ``loop.plan`` (a dict
+        with t0_s, step_s and soc_pct / battery_kw lists; the MPC's contract); None otherwise."""
+        plan = getattr(self.loop, "plan", None)
+        if not isinstance(plan, dict):
+            return None
+        try:
+            return {"t0_s": float(plan["t0_s"]), "step_s": float(plan["step_s"]),
+                    "soc_pct": [_f(x) for x in plan.get("soc_pct", [])],
+                    "battery_kw": [_f(x) for x in plan.get("battery_kw", [])]}
+        except (KeyError, TypeError, ValueError):
+            return None
 
     # ---------------------------------------------------------------- requests
     def _request(self, conn: _Conn, line: bytes) -> None:
@@ -749,9 +912,10 @@ class IpcServer:
                 if not math.isfinite(kw):
                     raise ValueError("kw must be a finite number")
                 op.set_battery_kw(kw)
-                manual = self._pub is not None and int(self._pub[3][INDEX["op_mode"]]) == 1
-                result = {"ok": True, "kw": kw, "message": f"battery setpoint {kw:+.1f} kW requested"
-                          + ("" if manual else " (applies in manual mode)")}
+                manual = op.mode == L.OP_MANUAL
+                result = {"ok": True, "kw": kw, **self._clamp_preview(kw)}
+                result["message"] = (f"setpoint {kw:+.1f} kW" + result.pop("note")
+                                     + ("" if manual else " (applies in manual mode)"))
             elif name == "genset":
                 run = args.get("run")
                 op.set_genset(None if run is None else bool(run))
@@ -764,8 +928,15 @@ class IpcServer:
                 self._audit_record(conn, "export", args, True, "started")
                 threading.Thread(target=self._export_worker, args=(conn, reply, hours), daemon=True).start()
                 return
+            elif name in ("read", "scan"):
+                target = str(args.get("device" if name == "read" else "bus", ""))
+                units = _units(args.get("units", "1-32")) if name == "scan" else None
+                self._audit_record(conn, name, args, True, "started")
+                threading.Thread(target=self._field_worker, args=(conn, reply, name, target, units),
+                                 daemon=True).start()
+                return
             else:
-                raise ValueError(f"unknown action {name!r} (ack, mode, battery_kw, genset, export)")
+                raise ValueError(f"unknown action {name!r} (ack, mode, battery_kw, genset, read, scan, export)")
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             result = {"ok": False, "error": str(exc)}
         self._audit_record(conn, str(name), args, result["ok"], result.get("message") or result.get("error", ""))
@@ -775,7 +946,7 @@ class IpcServer:
         try:
             files = self.export(hours)
             result = {"ok": True, "files": [str(f) for f in files],
-                      "message": f"exported {hours:g} h to {files[0]}"}
+                      "message": f"exported {len(files)} files ({hours:g} h) to {files[0].parent}"}
         except Exception as exc:
             result = {"ok": False, "error": f"export failed: {exc}"}
         self._audit_record(conn, "export", {"hours": hours}, result["ok"], result.get("message") or result["error"])
@@ -784,6 +955,122 @@ class IpcServer:
             os.write(self._wake_w, b"d")
         except OSError:
             pass
+
+    def _clamp_preview(self, kw: float) -> dict:
+        """What the interlocks will make of a manual setpoint, from the limits of the last cycle: the
+        technician hears about a clamp at once, the snapshot's "manual" then shows what was applied."""
+        pub = self._pub
+        if pub is None:
+            return {"note": ""}
+        cmd = pub[5]
+        if kw > 0 and kw > float(cmd[L.C_DISCHARGE_LIMIT_KW]) + 1e-9:
+            lim, why = float(cmd[L.C_DISCHARGE_LIMIT_KW]), L.reason_name(cmd[L.C_DISCHARGE_REASON])
+        elif kw < 0 and -kw > float(cmd[L.C_CHARGE_LIMIT_KW]) + 1e-9:
+            lim, why = -float(cmd[L.C_CHARGE_LIMIT_KW]), L.reason_name(cmd[L.C_CHARGE_REASON])
+        else:
+            return {"clamped": False, "note": ": within the present limits"}
+        return {"clamped": True, "limit_kw": _f(lim), "reason": why,
+                "note": f": beyond the limit, CLAMPED to {lim:+.1f} kW by {why}"}   # <= 79 columns
+
+    def _field_worker(self, conn: _Conn, reply: dict, name: str, target: str, units) -> None:
+        """A device read or a bus scan, off the cycle and off the socket thread (they take seconds)."""
+        try:
+            if name == "read":
+                out = self.device_read(target)
+                shown = ", ".join(f"{k}={v:g}" for k, v in list(out["values"].items())[:6])
+                result = {"ok": True, **out, "message": f"read {target} ({out['source']}, {out['ms']:.0f} ms): "
+                          f"{len(out['values'])} points" + (f": {shown}" if shown else "")}
+            else:
+                out = self.bus_scan(target, units)
+                result = {"ok": True, **out, "message": f"scan {out['bus']} units {units[0]}-{units[-1]} "
+                          f"({out['ms']:.0f} ms): answering {out['found'] or 'none'}"
+                          + (f"; profile units missing {out['missing']}" if out["missing"] else "")}
+        except Exception as exc:
+            result = {"ok": False, "error": f"{name} {target}: {exc}"}
+        self._audit_record(conn, name, {"device" if name == "read" else "bus": target}, result["ok"],
+                           result.get("message") or result["error"])
+        self._done.put((conn, {**reply, "action": name, **result}))
+        try:
+            os.write(self._wake_w, b"d")
+        except OSError:
+            pass
+
+    def _loop_device(self, name: str):
+        loop = self.loop
+        if loop is None:
+            raise ValueError("controller not running yet")
+        known = [d["name"] for d in self.cfg["devices"]]
+        if name not in known:
+            raise ValueError(f"no device {name!r} in the site profile (known: {', '.join(known)})")
+        return loop.devices.get(name)
+
+    def device_read(self, name: str) -> dict:
+        """Every point of a Modbus device's profile read now, over the controller's own bus (its lock
+        serialises us with the cycle's reads: the cycle waits at most one transaction). A device with
+        no Modbus bus (simulated, CAN) answers with what the process image holds for it."""
+        dev = self._loop_device(name)
+        t0 = time.perf_counter()
+        bus = getattr(dev, "bus", None)
+        if bus is not None and hasattr(bus, "read") and hasattr(dev, "profile") and hasattr(dev, "unit"):
+            from drivers.modbus.device import ModbusDevice
+            probe = ModbusDevice(name, dev.profile, _Unattached(bus), dev.unit, emit_extras=True)
+            probe.poll(0.0)
+            if not probe.placed or probe.backoff.active:
+                raise ConnectionError(f"unit {dev.unit} on {bus.url} did not answer")
+            _fast, slow = probe.blocks()
+            for i in range(1, len(slow)):
+                probe.poll(float(i))
+            values = {k: round(v, 4) for k, (v, _t, q) in probe.readings(float(len(slow))).items()
+                      if q == Q_OK and math.isfinite(v)}
+            source = f"modbus unit {dev.unit}"
+        else:
+            pub = self._pub
+            if pub is None:
+                raise ValueError("no cycle has run yet")
+            idxs = sorted(i for (d, _p), i in self.loop.builder.slot.items() if d == name)
+            values = {CATALOGUE[i].name: round(float(pub[3][i]), 4) for i in idxs if pub[4][i] == Q_OK}
+            source = "image: no Modbus bus (simulated or CAN device)"
+        return {"device": name, "source": source, "values": values,
+                "ms": round((time.perf_counter() - t0) * 1000.0, 1)}
+
+    def bus_scan(self, bus_name: str, units: list[int]) -> dict:
+        """Unit ids answering a one-register read on a Modbus bus the controller holds. A probe holds the
+        bus lock for at most 2 x 0.1 s (+ the late-reply guard), so the cycle waits at most that long."""
+        buses = self.cfg["buses"]
+        held = {}                                   # profile bus name -> the ModbusBus the loop polls
+        for d in self.cfg["devices"]:
+            bus = getattr(self._loop_device(d["name"]), "bus", None)
+            if bus is not None and hasattr(bus, "read"):
+                held.setdefault(d["bus"], bus)
+        if not bus_name:                            # the first Modbus bus this controller holds
+            if not held:
+                raise ValueError("this controller holds no Modbus port (all devices simulated or CAN): "
+                                 "nothing to scan")
+            bus_name = next(iter(held))
+        if bus_name not in buses:
+            raise ValueError(f"no bus {bus_name!r} in the site profile (known: {', '.join(buses)})")
+        bus = held.get(bus_name)
+        if bus is None:
+            raise ValueError(f"bus {bus_name} ({buses[bus_name]['kind']}) has no Modbus port open in this "
+                             f"controller (held: {', '.join(held) or 'none'}): nothing to scan")
+        on_bus = [d for d in self.cfg["devices"] if d["bus"] == bus_name
+                  and getattr(self._loop_device(d["name"]), "bus", None) is bus]
+        import minimalmodbus
+        from drivers.modbus.bus import LINE_FAULTS
+        t0 = time.perf_counter()
+        found = []
+        for unit in units:
+            try:
+                bus.read(unit, 3, 0, 1, timeout_s=0.1, retries=1)
+            except minimalmodbus.SlaveReportedException:
+                pass
+            except LINE_FAULTS:
+                continue
+            found.append(unit)
+        expected = sorted(int(d["unit"]) for d in on_bus if d.get("unit") is not None and int(d["unit"]) in units)
+        return {"bus": bus_name, "port": getattr(bus, "url", "?"), "found": found,
+                "missing": [u for u in expected if u not in found],
+                "ms": round((time.perf_counter() - t0) * 1000.0, 1)}
 
     def export(self, hours: float) -> list[Path]:
         """The last `hours` of the recording (or, without one, the 10-s in-memory ring) as CSV, plus the
@@ -798,6 +1085,8 @@ class IpcServer:
         header = ["t_utc", "t_s", *[p.name for p in CATALOGUE], *[f"q_{p.name}" for p in CATALOGUE],
                   *[f"cmd_{c}" for c in L.COMMAND_NAMES]]
         rows = 0
+        last_t = -math.inf
+        npts = len(CATALOGUE)
         with open(csv_path, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(header)
@@ -805,21 +1094,34 @@ class IpcServer:
                 from controller.replay import iter_records
                 for r in iter_records(self.recording_path):
                     t = float(r.image["t_s"])
+                    last_t = t
                     if t < t_from:
                         continue
                     w.writerow([_iso(t), f"{t:.3f}", *(f"{x:.6g}" for x in r.image["value"]),
                                 *(int(q) for q in r.image["quality"]), *(f"{x:.6g}" for x in r.commands)])
                     rows += 1
-            elif self._ring is not None:
-                n = min(self._ring_n, EXPORT_RING_N)
-                for i in range(self._ring_n - n, self._ring_n):
-                    row = self._ring[i % EXPORT_RING_N]
-                    if row[0] < t_from:
+            ring = self._ring
+            if ring is not None:                 # the in-memory rows the recording does not hold yet
+                size = len(ring)
+                end = self._ring_n
+                for i in range(max(0, end - size), end):
+                    row = ring[i % size].copy()
+                    if not (row[0] >= t_from and row[0] > last_t):
                         continue
-                    vals = row[1:1 + len(CATALOGUE)]
-                    w.writerow([_iso(row[0]), f"{row[0]:.3f}", *(f"{x:.6g}" for x in vals),
-                                *([""] * len(CATALOGUE)), *(f"{x:.6g}" for x in row[1 + len(CATALOGUE):])])
+                    w.writerow([_iso(row[0]), f"{row[0]:.3f}", *(f"{x:.6g}" for x in row[1:1 + npts]),
+                                *(int(q) for q in row[1 + npts:1 + 2 * npts]),
+                                *(f"{x:.6g}" for x in row[1 + 2 * npts:])])
                     rows += 1
+        files = [csv_path]
+        ledger = self._ledger_path()
+        if ledger is not None and ledger.exists():
+            # the signed carbon ledger whole (a hash chain verifies only from its genesis), with its key
+            import shutil
+            for src in (ledger, ledger.with_name(ledger.name + ".pub")):
+                if src.exists():
+                    dst = self.export_dir / f"{gw}-{stamp}-{src.name}"
+                    shutil.copyfile(src, dst)
+                    files.append(dst)
         audit_path = csv_path.with_suffix(".audit.jsonl")
         with open(audit_path, "w") as f:
             for rec in list(self.audit):
@@ -828,7 +1130,14 @@ class IpcServer:
                 if t >= t_from:
                     f.write(json.dumps({"event_seq": s, "t_s": t, "code": c, "event": L.EVENT_NAMES.get(c, str(c)),
                                         "value": v}) + "\n")
-        return [csv_path, audit_path]
+        return [*files, audit_path]
+
+    def _ledger_path(self) -> Path | None:
+        for hook in list(getattr(self.loop, "hooks", [])):
+            path = getattr(getattr(hook, "writer", None), "path", None)
+            if path is not None:
+                return Path(path)
+        return None
 
     def _audit_record(self, conn: _Conn | None, action: str, args: dict, ok: bool, message: str) -> dict:
         self._audit_seq += 1

@@ -139,7 +139,10 @@ class DiffScreen:
         self.prev = None
 
     def restore(self) -> None:
-        self._write(b"\x1b[0m\x1b[H\x1b[2J\x1b[?25h")
+        try:
+            self._write(b"\x1b[0m\x1b[H\x1b[2J\x1b[?25h")
+        except OSError:                   # the terminal is gone (hangup): nothing to restore
+            pass
 
 
 class RawTerminal:
