@@ -83,17 +83,26 @@ def cmd_sim(args) -> int:
     from tools.sim.scenario import load_scenario
     from tools.sim.runner import run_sim
     scn = load_scenario(args.scenario)
+    if args.strategy == "oracle":                   # perfect foresight: one MILP over the run (tools/sim/oracle.py)
+        from tools.sim.oracle import write_oracle
+        print(json.dumps(write_oracle(scn, args.hours, args.seed, args.out), indent=2))
+        return EXIT_OK
     hooks, uplink = [], None
     if args.mqtt:                                   # the gateway's uplink, live, to a real broker
         from controller.uplink import make_uplink_hook
-        hook, uplink = make_uplink_hook(scn.site, args.mqtt, args.data_dir or Path(args.out or ".") / "uplink",
-                                        clock_status="sim")
+        try:
+            hook, uplink = make_uplink_hook(scn.site, args.mqtt, args.data_dir or Path(args.out or ".") / "uplink",
+                                            clock_status="sim")
+        except ValueError as exc:
+            print(f"edge-ems sim --mqtt: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         hooks.append(hook)
     with Progress(transient=True) as bar:
         task = bar.add_task(f"{scn.name} {args.strategy}", total=1.0)
         result = run_sim(scn, hours=args.hours, seed=args.seed, strategy=args.strategy, out_dir=args.out,
                          speed=args.speed, progress=lambda f: bar.update(task, completed=f), hooks=hooks,
-                         wire=args.wire, wire_baud=args.wire_baud)
+                         wire=args.wire, wire_baud=args.wire_baud,   # ledger intervals go up as they close:
+                         ledger_on_record=(lambda b: uplink.spool.put("interval", b["end_s"], b)) if uplink else None)
     if uplink is not None:
         drained = uplink.close(drain_timeout_s=60.0)
         print(json.dumps({"uplink": uplink.stats(), "drained": drained}), file=sys.stderr)
@@ -178,14 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", required=True, help="name (profiles/scenarios/NAME.toml) or file")
     p.add_argument("--hours", type=float, default=None)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--strategy", choices=("rule", "none"), default="rule")
+    p.add_argument("--strategy", choices=("rule", "none", "mpc", "oracle"), default="rule",
+                   help="oracle: the perfect-foresight optimum of the run (no controller, a benchmark)")
     p.add_argument("--speed", type=float, default=0.0, help="times real time (0: as fast as possible)")
     p.add_argument("--out", default=None, help="writes OUT/kpis.json, OUT/recording, OUT/events.jsonl")
     p.add_argument("--wire", action="store_true",
                    help="Modbus devices on a pty RS-485 bus and the BMS on virtual CAN, read by the real drivers")
     p.add_argument("--wire-baud", type=int, default=None, help="with --wire: pace the RS-485 bytes at this baud")
     p.add_argument("--mqtt", default=None, metavar="mqtt[s]://HOST:PORT",
-                   help="publish the uplink to this broker (mqtts: ?ca=&cert=&key= files; user:pass@ in the URL)")
+                   help="publish the uplink to this broker (mqtts: ?ca=&cert=&key= files; user:pass@ in the URL; "
+                        "&confirm=cloud: delete spooled rows on the cloud's .../ack receipts, not on PUBACK)")
     p.add_argument("--data-dir", default=None, help="uplink spool directory (default OUT/uplink or ./uplink)")
     p.set_defaults(func=cmd_sim)
 
