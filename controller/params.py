@@ -21,9 +21,6 @@ MPC_HORIZON, MPC_DT_H, MPC_REPLAN_S, MPC_GENSET_EVALS = 96, 0.25, 60.0, 100
 MPC_UNSERVED_PENALTY = 50.0      # per kWh not served (site currency): far above any energy price
 MPC_RESERVE_PENALTY = 0.03       # per kWh-hour under the reserve SOC: the genset backs the reserve up
 MPC_TERMINAL_FRAC = 1.0          # stored energy at the horizon's end is worth this x mean grid cost x eta
-# Added to the battery's wear cost in the plan only: a cycle must clear this margin per kWh each way, so
-# the planner skips shallow arbitrage (e.g. valley -> flat) whose gain does not pay for the losses' CO2.
-MPC_CYCLE_HURDLE = 0.1
 MPC_OUTAGE_ASSUME_S = 3600.0     # an unannounced outage is assumed to last at least this long
 
 
@@ -53,7 +50,9 @@ def _put_mpc(p: np.ndarray, cfg: SiteConfig, t_ref_s: float | None) -> None:
     p[L.P_FUEL_PRICE] = gen.get("fuel_price_per_l", 0.0)
     p[L.P_DIESEL_CO2_PER_L] = emis["diesel_kg_per_l"]
     p[L.P_GEN_START_COST] = gen.get("start_cost", 0.0)
-    p[L.P_WEAR_COST] = bat["wear_cost_per_kwh"] + MPC_CYCLE_HURDLE
+    # the site's battery wear alone, as in the oracle (tools/sim/oracle.py): it is what stops arbitrage
+    # whose spread does not pay for the losses and the wear (see [battery] wear_cost_per_kwh)
+    p[L.P_WEAR_COST] = bat["wear_cost_per_kwh"]
     p[L.P_UNSERVED_PENALTY] = MPC_UNSERVED_PENALTY
     p[L.P_RESERVE_PENALTY] = MPC_RESERVE_PENALTY
     p[L.P_TERMINAL_FRAC] = MPC_TERMINAL_FRAC

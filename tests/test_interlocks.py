@@ -245,7 +245,7 @@ soc_pct = 70.0
 kind = "bms_silent"
 at_h = 0.1
 duration_min = 3.0
-''', site_edits=[("wear_cost_per_kwh = 0.05", "wear_cost_per_kwh = 0.05\nramp_kw_per_s = 2.0")])
+''', site_edits=[("\n[pcs]", "ramp_kw_per_s = 2.0\n\n[pcs]")])
     out = tmp_path / "o"
     run_sim(scn, hours=0.3, out_dir=out)
     recs = records(out)
