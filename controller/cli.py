@@ -115,7 +115,7 @@ def cmd_sim(args) -> int:
 def cmd_demo(args) -> int:
     _need_sim()
     from tools.sim.demo import run_demo
-    return run_demo(args.out, hours=args.hours, seed=args.seed)
+    return run_demo(args.out, hours=args.hours, seed=args.seed, strategy=args.strategy)
 
 
 def cmd_replay(args) -> int:
@@ -204,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo")
     p.add_argument("--hours", type=float, default=24.0)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--strategy", choices=("mpc", "rule"), default="mpc",
+                   help="the controller compared against no control (default mpc)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("replay", help="re-run step on a recording")

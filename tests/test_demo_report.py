@@ -1,5 +1,7 @@
 """`edge-ems demo` end to end, without a TTY: the report exists, is well-formed, shows the three charts and
-the KPIs of the run's own kpis.json; the terminal report talks about unserved energy and fits 80 columns."""
+the KPIs of the run's own kpis.json; the terminal report talks about unserved energy and fits 80 columns;
+every label (legends, titles, summary, table headers, file notes) names the strategy that ran - the default
+MPC run and a short rule run must each show their own name and never the other's."""
 from __future__ import annotations
 
 import contextlib
@@ -17,6 +19,7 @@ from tools.sim import report as R  # noqa: E402
 from tools.sim.demo import run_demo  # noqa: E402
 
 HOURS = 2.0
+RULE_HOURS = 0.5          # the rule run only has to show its labels
 VOID = {"meta", "br", "img", "input", "link", "hr", "col", "area", "base", "source", "wbr"}
 
 
@@ -59,14 +62,24 @@ class TagBalance(HTMLParser):
             self._text += data
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def _run(tmp_path_factory, hours, **kw):
     """One short demo run; its stdout (a StringIO: not a TTY, so no live view) is the terminal report."""
     out = tmp_path_factory.mktemp("demo")
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = run_demo(out, hours=HOURS, seed=1)
+        rc = run_demo(out, hours=hours, seed=1, **kw)
     return out, rc, buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo as `edge-ems demo` runs it: no strategy given (the default must be mpc)."""
+    return _run(tmp_path_factory, HOURS)
+
+
+@pytest.fixture(scope="module")
+def demo_rule(tmp_path_factory):
+    return _run(tmp_path_factory, RULE_HOURS, strategy="rule")
 
 
 def test_demo_writes_a_wellformed_report_with_three_charts(demo):
@@ -94,13 +107,13 @@ def test_demo_writes_a_wellformed_report_with_three_charts(demo):
 
 def test_report_shows_the_kpis_of_kpis_json(demo):
     out, _, _ = demo
-    rule = json.loads((out / "kpis.json").read_text())
+    ctl = json.loads((out / "kpis.json").read_text())
     none = json.loads((out / "none" / "kpis.json").read_text())
-    assert rule["strategy"] == "rule" and none["strategy"] == "none" and rule["hours"] == HOURS
+    assert ctl["strategy"] == "mpc" and none["strategy"] == "none" and ctl["hours"] == HOURS
     parser = TagBalance()
     parser.feed((out / "report.html").read_text(encoding="utf-8"))
     for key, *_ in R.KPI_ROWS:
-        for strategy, kpis in (("rule", rule), ("none", none)):
+        for strategy, kpis in (("mpc", ctl), ("none", none)):
             raw, shown = parser.cells[(key, strategy)]
             assert float(raw) == pytest.approx(kpis[key], abs=0), (key, strategy)
             expected = kpis[key] * (100 if key == "renewable_share" else 1)
@@ -122,3 +135,44 @@ def test_terminal_report_mentions_unserved_energy_and_fits_80_columns(demo):
         assert title in text
     assert max(len(line) for line in text.splitlines()) <= 80
     assert str(out / "report.html") in text.replace("\n", "")
+
+
+def _svg_texts(html: str, chart_id: str) -> tuple[str, list[str]]:
+    """(title, legend labels) of one chart."""
+    svg = re.search(rf'<svg\b[^>]*id="{chart_id}".*?</svg>', html, re.S).group(0)
+    root = ET.fromstring(svg)
+    ns = "{http://www.w3.org/2000/svg}"
+    legends = [t.text for t in root.iter(ns + "text") if t.get("class") == "legend"]
+    return root.find(ns + "title").text, legends
+
+
+@pytest.mark.parametrize("which, strategy, short, other", [
+    ("demo", "mpc", "MPC", "rule"),
+    ("demo_rule", "rule", "rule", "MPC"),
+])
+def test_every_label_names_the_strategy_that_ran(request, which, strategy, short, other):
+    out, rc, text = request.getfixturevalue(which)
+    assert rc == 0
+    assert json.loads((out / "kpis.json").read_text())["strategy"] == strategy
+    name = f"{short} controller"
+    html = (out / "report.html").read_text(encoding="utf-8")
+
+    heads = re.search(r'<table class="kpis".*?<thead>(.*?)</thead>', html, re.S).group(1)
+    assert re.findall(r"<th[^>]*>(.*?)</th>", heads) == ["KPI", "unit", short, "none", f"{short} − none"]
+    assert f'<th data-strategy="{strategy}">' in heads
+    lead = re.search(r'<p class="lead">(.*?)</p>', html, re.S).group(1)
+    assert lead.startswith(f"With the {name} ")
+    for chart in ("chart-soc", "chart-carbon"):
+        title, legends = _svg_texts(html, chart)
+        assert legends[-2:] == [name, "no control"], (chart, legends)      # the legend box comes last
+    title, _ = _svg_texts(html, "chart-flows")
+    assert title.startswith(f"Power flows with the {name}")
+    assert f"<h2>Power flows ({name})</h2>" in html and f"<h2>Controller events ({short})</h2>" in html
+    assert f"the real scan loop and the {name} against" in html
+    assert f"{other} controller" not in html and f">{other}<" not in html
+
+    flat = " ".join(text.split())
+    assert f"{name} vs no control" in flat and f"With the {name} " in flat
+    assert f"Power flows, {name} (kW" in flat
+    assert re.search(rf"^{re.escape(short)}\s+[▁-█]", text, re.M), "SOC/carbon chart row not named after the run"
+    assert f"kpis.json ({strategy})" in flat and f"{other} controller" not in flat

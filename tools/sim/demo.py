@@ -1,8 +1,9 @@
 """`edge-ems demo`: a simulated day at the Inner Mongolia mine node, live in the terminal, then a report.
 
-The real scan loop and rule controller run against the simulated site; a live rich view shows local
-time, the battery, the power flows, mode, genset and the controller's events. Then the same day runs
-without control, and the two are compared in the terminal and in OUT/report.html.
+The real scan loop and a controller (`--strategy mpc`, the default, or `rule`) run against the simulated
+site; a live rich view shows local time, the battery, the power flows, mode, genset and the controller's
+events. Then the same day runs without control, and the two are compared in the terminal and in
+OUT/report.html, every label naming the strategy that ran (taken from its kpis.json, not from the flag).
 
 The live view is refreshed from the run's progress callback, between scan cycles, never from a thread
 and never inside a cycle: the cycle-time KPIs stay those of the controller, not of the display.
@@ -20,6 +21,7 @@ from controller.core import layout as L
 
 SCENARIO = "inner-mongolia-mine"
 REFRESH_HZ = 8.0
+STRATEGIES = ("mpc", "rule")       # what the demo compares against no control; mpc first = the default
 
 
 def _pace_s(hours: float) -> float:
@@ -30,8 +32,8 @@ def _pace_s(hours: float) -> float:
 class LiveView:
     """Keeps a snapshot of the running loop and renders it; fed by a cheap hook and the progress callback."""
 
-    def __init__(self, scn, hours: float, ctx):
-        self.scn, self.hours, self.ctx = scn, hours, ctx
+    def __init__(self, scn, hours: float, ctx, name: str):
+        self.scn, self.hours, self.ctx, self.name = scn, hours, ctx, name
         self.loop = None
         self.events: deque = deque(maxlen=8)    # (t_s utc, code, value)
         self.soc: list[float] = []              # one sample per snapshot
@@ -123,7 +125,7 @@ class LiveView:
         from rich.text import Text
         from tools.sim.report import local_time
         s = self.snap
-        title = f"[bold]edge-ems demo[/] · {self.scn.name} · rule controller"
+        title = f"[bold]edge-ems demo[/] · {self.scn.name} · {self.name}"
         if s is None:
             return Panel(Text("compiling kernels and starting the scan loop…", style="dim"), title=title,
                          border_style="cyan", width=80)
@@ -188,21 +190,25 @@ class LiveView:
         return Panel(body, title=title, border_style="cyan", width=80)
 
 
-def run_demo(out, hours: float = 24.0, seed: int = 1) -> int:
-    """Run the demo into `out` (kpis.json, recording, report.html; the no-control run in out/none)."""
+def run_demo(out, hours: float = 24.0, seed: int = 1, strategy: str = "mpc") -> int:
+    """Run the demo into `out` (kpis.json, recording, report.html; the no-control run in out/none):
+    `strategy` ("mpc" or "rule") against no control."""
     from rich.console import Console
     from rich.live import Live
-    from tools.sim.report import context_for, print_terminal_report, write_report
+    from tools.sim.report import STRATEGY_SHORT, context_for, print_terminal_report, write_report
     from tools.sim.runner import run_sim
     from tools.sim.scenario import load_scenario
 
+    if strategy not in STRATEGIES:
+        raise ValueError(f"edge-ems demo: strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
     console = Console()
+    name = f"{STRATEGY_SHORT[strategy]} controller"
     out = Path(out)
     scn = load_scenario(SCENARIO)
     interactive = console.is_terminal
     try:
         if interactive:
-            view = LiveView(scn, hours, context_for(scn, hours))
+            view = LiveView(scn, hours, context_for(scn, hours), name)
             pace = _pace_s(hours)
             last = [0.0]
             with Live(view.render(), console=console, auto_refresh=False, transient=False) as live:
@@ -218,26 +224,29 @@ def run_demo(out, hours: float = 24.0, seed: int = 1) -> int:
                         last[0] = now
                         live.update(view.render(), refresh=True)
 
-                result_rule = run_sim(scn, hours=hours, seed=seed, strategy="rule", out_dir=out,
-                                      progress=progress, hooks=[view.hook])
+                result_ctl = run_sim(scn, hours=hours, seed=seed, strategy=strategy, out_dir=out,
+                                     progress=progress, hooks=[view.hook])
                 view.sample(1.0)
                 live.update(view.render(), refresh=True)
             result_none = _run_quiet(console, scn, hours, seed, out / "none", show=True)
         else:
-            console.print(f"edge-ems demo: {scn.name}, {hours:g} h, seed {seed}: rule controller …")
-            result_rule = run_sim(scn, hours=hours, seed=seed, strategy="rule", out_dir=out)
+            console.print(f"edge-ems demo: {scn.name}, {hours:g} h, seed {seed}: {name} …")
+            result_ctl = run_sim(scn, hours=hours, seed=seed, strategy=strategy, out_dir=out)
             console.print("edge-ems demo: the same run without control, for the comparison …")
             result_none = _run_quiet(console, scn, hours, seed, out / "none", show=False)
     except KeyboardInterrupt:
         console.print("[yellow]edge-ems demo: interrupted[/]")
         return 130
-    result_rule.seed = seed
+    result_ctl.seed = seed
     result_none.seed = seed
-    path = write_report(out, result_rule, result_none)
-    print_terminal_report(console, result_rule, result_none)
+    if result_ctl.kpis.get("strategy") != strategy:     # the report names what ran; it must be what was asked
+        raise RuntimeError(f"edge-ems demo: asked for {strategy}, the loop ran {result_ctl.kpis.get('strategy')}")
+    path = write_report(out, result_ctl, result_none)
+    print_terminal_report(console, result_ctl, result_none)
     console.print()
     console.print(f"report: [bold]{path}[/]")
-    console.print(f"KPIs:   {out / 'kpis.json'} (rule), {out / 'none' / 'kpis.json'} (none)", style="dim")
+    console.print(f"KPIs:   {out / 'kpis.json'} ({result_ctl.kpis['strategy']}), "
+                  f"{out / 'none' / 'kpis.json'} (none)", style="dim")
     return 0
 
 

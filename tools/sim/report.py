@@ -1,8 +1,10 @@
 """The demo's report: an HTML page with inline SVG charts, and the same story in the terminal.
 
-Both compare two runs of one scenario (normally the rule controller against no control) from the
+Both compare two runs of one scenario (a controller - MPC or rule - against no control) from the
 simulator's own per-minute meter log (`SimSite.meters.log`) and the runs' KPIs (`kpis.json`).
-Nothing here touches the controller: it only reads finished `SimResult`s.
+Nothing here touches the controller: it only reads finished `SimResult`s. Every label naming the
+controller comes from the controlled run's own kpis.json "strategy" (what the loop actually ran), so
+the report cannot show one strategy's name over another's figures.
 
 The HTML is self-contained (inline CSS and SVG, no script, no external asset) and well-formed XML,
 so it opens anywhere, prints, and can be archived next to the run's kpis.json.
@@ -39,9 +41,37 @@ KPI_ROWS = (
 )
 
 COLORS = {"pv": "#f2b701", "battery": "#2a9d8f", "charge": "#8fd3c9", "grid": "#5b7db1", "genset": "#b5543c",
-          "unserved": "#d62828", "load": "#1d1d1d", "rule": "#2a6f97", "none": "#9a9a9a",
+          "unserved": "#d62828", "load": "#1d1d1d", "ctl": "#2a6f97", "none": "#9a9a9a",
           "reserve": "#e76f51", "min": "#d62828", "max": "#6c757d", "outage": "#5b7db1", "sandstorm": "#c9a227",
           "other": "#888888"}
+
+# How the report names the controlled run's strategy (kpis.json "strategy"): table columns, chart rows.
+STRATEGY_SHORT = {"rule": "rule", "mpc": "MPC"}
+
+
+def strategy_of(kpis: dict) -> str:
+    """The strategy the loop ran (kpis.json records it from the loop's parameters)."""
+    return str(kpis.get("strategy", "?"))
+
+
+def short_name(kpis: dict) -> str:
+    s = strategy_of(kpis)
+    return STRATEGY_SHORT.get(s, s)
+
+
+def controller_name(kpis: dict) -> str:
+    """'MPC controller', 'rule controller': what legends, titles and the summary call the controlled run."""
+    return f"{short_name(kpis)} controller"
+
+
+# What the SOC chart's caption says the controller does, per strategy.
+SOC_CAPTION = {
+    "rule": "The rule controller holds the battery above its reserve for outages and starts the genset below "
+            "its start SOC",
+    "mpc": "The MPC controller re-plans battery, grid and genset over the next 24 h every minute (15-min steps, "
+           "from its learned forecasts and the announced events), with the reserve as a soft floor the genset "
+           "backs up",
+}
 
 
 # --- numbers ------------------------------------------------------------------------------------
@@ -67,9 +97,9 @@ def _unit(unit: str, kpis: dict) -> str:
     return unit.format(currency=kpis.get("currency", ""))
 
 
-def _delta(key: str, better: str | None, rule: float, none: float) -> tuple[str, str]:
-    """(text, verdict) for rule vs none; verdict is 'better', 'worse' or 'same'."""
-    d = rule - none
+def _delta(key: str, better: str | None, ctl: float, none: float) -> tuple[str, str]:
+    """(text, verdict) for ctl vs none; verdict is 'better', 'worse' or 'same'."""
+    d = ctl - none
     if key == "renewable_share":
         d *= 100.0
     if abs(d) < 1e-9 or (abs(d) < 0.05 and key != "cycle_p99_ms"):
@@ -353,7 +383,7 @@ def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return out
 
 
-def chart_soc(ctx: Context, rule: RunSeries, none: RunSeries) -> str:
+def chart_soc(ctx: Context, ctl: RunSeries, none: RunSeries, name: str) -> str:
     p = _Plot(ctx.hours, 0.0, 100.0)
     p.frame(ctx, "state of charge (%)", range(0, 101, 20), "{:g}")
     p.event_bands(ctx, labels=True)
@@ -361,13 +391,13 @@ def chart_soc(ctx: Context, rule: RunSeries, none: RunSeries) -> str:
     p.hline(ctx.reserve_pct, COLORS["reserve"], f"reserve {ctx.reserve_pct:g} %")
     p.hline(ctx.soc_min_pct, COLORS["min"], f"min {ctx.soc_min_pct:g} %")
     p.polyline(none.log[:, T_H], none.log[:, SOC], COLORS["none"], 2.0, dash="6 3")
-    p.polyline(rule.log[:, T_H], rule.log[:, SOC], COLORS["rule"], 2.6)
-    p.legend([("rule controller", COLORS["rule"], "line"), ("no control", COLORS["none"], "dash")])
-    return p.svg("chart-soc", "Battery state of charge, rule controller vs no control")
+    p.polyline(ctl.log[:, T_H], ctl.log[:, SOC], COLORS["ctl"], 2.6)
+    p.legend([(name, COLORS["ctl"], "line"), ("no control", COLORS["none"], "dash")])
+    return p.svg("chart-soc", f"Battery state of charge, {name} vs no control")
 
 
-def chart_flows(ctx: Context, rule: RunSeries) -> str:
-    log = rule.log
+def chart_flows(ctx: Context, ctl: RunSeries, name: str) -> str:
+    log = ctl.log
     t = log[:, T_H]
     pv = np.maximum(log[:, PV], 0.0)
     dis = np.maximum(log[:, BATT], 0.0)
@@ -385,8 +415,8 @@ def chart_flows(ctx: Context, rule: RunSeries) -> str:
     p.frame(ctx, "power (kW)", _nice_ticks(lo, hi, 6), "{:g}")
     p.event_bands(ctx, labels=True)
     base = np.zeros_like(t)
-    for name, values, color in layers:
-        p.area(t, base, base + values, color, name)
+    for layer, values, color in layers:
+        p.area(t, base, base + values, color, layer)
         base = base + values
     p.area(t, chg, np.zeros_like(t), COLORS["charge"], "battery charging")
     p.add(f'<line x1="{p.ML}" y1="{float(p.y(0)):.1f}" x2="{p.ML + p.pw}" y2="{float(p.y(0)):.1f}" '
@@ -395,11 +425,11 @@ def chart_flows(ctx: Context, rule: RunSeries) -> str:
     items = [("load", COLORS["load"], "line")] + [(n, c, "box") for n, v, c in layers if v.max(initial=0) > EPS_KW]
     items.append(("battery charging", COLORS["charge"], "box"))
     p.legend(items)
-    return p.svg("chart-flows", "Power flows with the rule controller: supply stacked against the load")
+    return p.svg("chart-flows", f"Power flows with the {name}: supply stacked against the load")
 
 
-def chart_carbon(ctx: Context, rule: RunSeries, none: RunSeries) -> str:
-    peak = max(float(rule.ci15.max(initial=0.0)), float(none.ci15.max(initial=0.0)), ctx.grid_co2,
+def chart_carbon(ctx: Context, ctl: RunSeries, none: RunSeries, name: str) -> str:
+    peak = max(float(ctl.ci15.max(initial=0.0)), float(none.ci15.max(initial=0.0)), ctx.grid_co2,
                ctx.diesel_rated_kg)
     p = _Plot(ctx.hours, 0.0, _nice_max(peak * 1.08))
     p.frame(ctx, "kg CO2e per kWh of load", _nice_ticks(0.0, p.y1, 5), "{:.2f}")
@@ -408,8 +438,8 @@ def chart_carbon(ctx: Context, rule: RunSeries, none: RunSeries) -> str:
     if ctx.diesel_rated_kg > 0:
         p.hline(ctx.diesel_rated_kg, COLORS["genset"], f"diesel@rated {ctx.diesel_rated_kg:.2f}", "2 3")
     p.polyline(none.ci15_t, none.ci15, COLORS["none"], 2.0, dash="6 3", step=True)
-    p.polyline(rule.ci15_t, rule.ci15, COLORS["rule"], 2.6, step=True)
-    p.legend([("rule controller", COLORS["rule"], "line"), ("no control", COLORS["none"], "dash")])
+    p.polyline(ctl.ci15_t, ctl.ci15, COLORS["ctl"], 2.6, step=True)
+    p.legend([(name, COLORS["ctl"], "line"), ("no control", COLORS["none"], "dash")])
     return p.svg("chart-carbon", "Carbon intensity of the supply mix per 15-minute interval")
 
 
@@ -433,11 +463,12 @@ svg .evlabel{font-size:11px;font-weight:600}.cap{color:#555;font-size:.92em;marg
 
 def _summary(kr: dict, kn: dict) -> str:
     cur = kr.get("currency", "")
+    name = controller_name(kr)
     parts = []
     if kr["unserved_kwh"] <= 1e-6:
-        parts.append("With the rule controller the compute node never lost power")
+        parts.append(f"With the {name} the compute node never lost power")
     else:
-        parts.append(f"With the rule controller {kr['unserved_kwh']:.1f} kWh of load went unserved")
+        parts.append(f"With the {name} {kr['unserved_kwh']:.1f} kWh of load went unserved")
     if kn["unserved_kwh"] > 1e-6:
         parts.append(f"; without control it would have lost {kn['unserved_kwh']:.1f} kWh")
     else:
@@ -451,13 +482,15 @@ def _summary(kr: dict, kn: dict) -> str:
 
 
 def kpi_table_html(kr: dict, kn: dict) -> str:
-    rows = ['<table class="kpis" id="kpis"><thead><tr><th>KPI</th><th>unit</th><th>rule</th><th>none</th>'
-            '<th>rule − none</th></tr></thead><tbody>']
+    strategy, short = _e(strategy_of(kr)), _e(short_name(kr))
+    rows = ['<table class="kpis" id="kpis"><thead><tr><th>KPI</th><th>unit</th>'
+            f'<th data-strategy="{strategy}">{short}</th><th data-strategy="none">none</th>'
+            f'<th>{short} − none</th></tr></thead><tbody>']
     for key, label, unit, better in KPI_ROWS:
         vr, vn = kr.get(key), kn.get(key)
         text, verdict = _delta(key, better, vr, vn) if vr is not None and vn is not None else ("–", "same")
         rows.append(f'<tr><th>{_e(label)}</th><td>{_e(_unit(unit, kr))}</td>'
-                    f'<td class="num" data-kpi="{key}" data-strategy="rule" data-value="{_e(repr(vr))}">'
+                    f'<td class="num" data-kpi="{key}" data-strategy="{strategy}" data-value="{_e(repr(vr))}">'
                     f'{_e(fmt_kpi(key, vr))}</td>'
                     f'<td class="num" data-kpi="{key}" data-strategy="none" data-value="{_e(repr(vn))}">'
                     f'{_e(fmt_kpi(key, vn))}</td><td class="num {verdict}">{_e(text)}</td></tr>')
@@ -465,21 +498,23 @@ def kpi_table_html(kr: dict, kn: dict) -> str:
     return "\n".join(rows)
 
 
-def write_report(out_dir, result_rule, result_none) -> Path:
+def write_report(out_dir, result_ctl, result_none) -> Path:
     """Write out_dir/report.html comparing two runs of one scenario; returns its path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ctx = context_of(result_rule)
-    rule, none = run_series(result_rule), run_series(result_none)
-    kr, kn = result_rule.kpis, result_none.kpis
+    ctx = context_of(result_ctl)
+    ctl, none = run_series(result_ctl), run_series(result_none)
+    kr, kn = result_ctl.kpis, result_none.kpis
+    name = controller_name(kr)
+    caption = SOC_CAPTION.get(strategy_of(kr), f"The {name}")
     t0 = local_time(ctx, 0.0)
     ev_rows = "".join(
         f"<tr><td>{_e(local_time(ctx, s).strftime('%d %b %H:%M'))}</td><td>{(e - s) * 60:.0f} min</td>"
         f"<td>{_e(label)}</td><td>{_e(note)}</td></tr>" for _, label, s, e, note in ctx.events)
     ctl_rows = "".join(
         f"<tr><td>{_e(local_time(ctx, (t - ctx.start_utc.timestamp()) / 3600.0).strftime('%d %b %H:%M:%S'))}"
-        f"</td><td>{_e(name)}</td><td>{value:g}</td></tr>" for t, name, value in controller_events(result_rule))
-    seed = getattr(result_rule, "seed", None)
+        f"</td><td>{_e(name)}</td><td>{value:g}</td></tr>" for t, name, value in controller_events(result_ctl))
+    seed = getattr(result_ctl, "seed", None)
     seed_txt = f", seed {_e(seed)}" if seed is not None else ""
     doc = f"""<!DOCTYPE html>
 <html lang="en">
@@ -491,20 +526,19 @@ def write_report(out_dir, result_rule, result_none) -> Path:
 <body>
 <h1>edge-ems demo: {_e(ctx.title)}</h1>
 <p class="sub">{_e(ctx.description)}<br/>
-{ctx.hours:g} simulated hours from {_e(t0.strftime('%a %d %b %Y %H:%M %Z'))}{seed_txt}; the real scan loop and rule controller against the simulated
+{ctx.hours:g} simulated hours from {_e(t0.strftime('%a %d %b %Y %H:%M %Z'))}{seed_txt}; the real scan loop and the {_e(name)} against the simulated
 site, compared with the same site and weather without control (battery idle, genset never started).</p>
 <p class="lead">{_e(_summary(kr, kn))}</p>
 <h2>Key figures</h2>
 {kpi_table_html(kr, kn)}
 <h2>Battery state of charge</h2>
-{chart_soc(ctx, rule, none)}
-<p class="cap">The rule controller holds the battery above its reserve for outages and starts the genset below
-its start SOC; without control the battery only discharges until it reaches its floor.</p>
-<h2>Power flows (rule controller)</h2>
-{chart_flows(ctx, rule)}
+{chart_soc(ctx, ctl, none, name)}
+<p class="cap">{_e(caption)}; without control the battery only discharges until it reaches its floor.</p>
+<h2>Power flows ({_e(name)})</h2>
+{chart_flows(ctx, ctl, name)}
 <p class="cap">Supply stacked against the load (black line); battery charging below zero. One-minute averages.</p>
 <h2>Carbon intensity of the supply</h2>
-{chart_carbon(ctx, rule, none)}
+{chart_carbon(ctx, ctl, none, name)}
 <p class="cap">(grid import × grid factor + genset output × diesel factor at its load) ÷ load, per 15-minute
 interval. Diesel factor from the site's fuel curve: (fuel_l_per_kwh + fuel_l_per_h_on / P) × kg CO2e per litre.
 Energy from the battery counts as zero here: its carbon is booked when it is charged, which is why the
@@ -512,7 +546,7 @@ intensity rises above the diesel factor while the genset carries the load and ch
 <h2>Scenario events</h2>
 <table class="events"><thead><tr><th>local time</th><th>duration</th><th>event</th><th>note</th></tr></thead>
 <tbody>{ev_rows or '<tr><td colspan="4">none in this horizon</td></tr>'}</tbody></table>
-<h2>Controller events (rule)</h2>
+<h2>Controller events ({_e(short_name(kr))})</h2>
 <table class="events"><thead><tr><th>local time</th><th>event</th><th>value</th></tr></thead>
 <tbody>{ctl_rows or '<tr><td colspan="3">none</td></tr>'}</tbody></table>
 <footer>edge-ems · scenario {_e(ctx.title)} · {kr.get('cycles', 0)} scan cycles per run ·
@@ -657,8 +691,9 @@ def _carbon_style(v: float) -> str:
     return "red"
 
 
-def terminal_charts(console, ctx: Context, rule: RunSeries, none: RunSeries) -> list:
-    """Renderables: SOC, flows and carbon intensity as block charts sized to the console."""
+def terminal_charts(console, ctx: Context, ctl: RunSeries, none: RunSeries, short: str) -> list:
+    """Renderables: SOC, flows and carbon intensity as block charts sized to the console; `short` names the
+    controlled run's rows ("MPC", "rule")."""
     from rich.text import Text
     label_w = 10
     width = max(20, min(console.width - label_w - 14, 100))
@@ -684,7 +719,7 @@ def terminal_charts(console, ctx: Context, rule: RunSeries, none: RunSeries) -> 
             return base if v >= ctx.reserve_pct else ("yellow" if v >= ctx.soc_min_pct else "red")
         return f
 
-    for name, rs, style in (("rule", rule, "cyan"), ("none", none, "grey62")):
+    for name, rs, style in ((short, ctl, "cyan"), ("none", none, "grey62")):
         v = resample(rs.log[:, T_H], rs.log[:, SOC], hours, width)
         rows = block_rows(v, 3, 0.0, 100.0, soc_style(style), guides)
         raw = rs.log[:, SOC]
@@ -698,7 +733,7 @@ def terminal_charts(console, ctx: Context, rule: RunSeries, none: RunSeries) -> 
     out.append(Text())
 
     # flows, common kW scale
-    log = rule.log
+    log = ctl.log
     t = log[:, T_H]
     flows = [("PV", np.maximum(log[:, PV], 0), "yellow"),
              ("Batt out", np.maximum(log[:, BATT], 0), "cyan"),
@@ -709,7 +744,7 @@ def terminal_charts(console, ctx: Context, rule: RunSeries, none: RunSeries) -> 
              ("Unserved", np.maximum(log[:, UNSERVED], 0), "bold red")]
     cols = [(n, resample(t, v, hours, width), s, v) for n, v, s in flows]
     top = max(float(np.nanmax(c[1])) if np.any(~np.isnan(c[1])) else 0.0 for c in cols) or 1.0
-    out.append(Text(f"Power flows, rule controller (kW, one scale: full block = {top:.0f} kW)", style="bold"))
+    out.append(Text(f"Power flows, {short} controller (kW, one scale: full block = {top:.0f} kW)", style="bold"))
     for name, v, style, raw in cols:
         if name == "Unserved" and raw.max(initial=0.0) <= EPS_KW:
             continue
@@ -720,10 +755,10 @@ def terminal_charts(console, ctx: Context, rule: RunSeries, none: RunSeries) -> 
     out.append(Text())
 
     # carbon intensity
-    peak = max(float(rule.ci15.max(initial=0.0)), float(none.ci15.max(initial=0.0)), ctx.grid_co2) or 1.0
+    peak = max(float(ctl.ci15.max(initial=0.0)), float(none.ci15.max(initial=0.0)), ctx.grid_co2) or 1.0
     out.append(Text(f"Carbon intensity of the supply (kg CO2e/kWh, 15-min; top = {peak:.2f}, "
                     f"grid {ctx.grid_co2:.2f} ─)", style="bold"))
-    for name, rs in (("rule", rule), ("none", none)):
+    for name, rs in ((short, ctl), ("none", none)):
         v = resample(rs.ci15_t + 1e-6, rs.ci15, hours, width)
         rows = block_rows(v, 3, 0.0, peak, _carbon_style, ((ctx.grid_co2, "blue"),))
         mean = float(rs.ci.mean()) if len(rs.ci) else 0.0
@@ -736,17 +771,18 @@ def terminal_charts(console, ctx: Context, rule: RunSeries, none: RunSeries) -> 
     return out
 
 
-def kpi_table(result_rule, result_none):
+def kpi_table(result_ctl, result_none):
     from rich.table import Table
     from rich import box
-    kr, kn = result_rule.kpis, result_none.kpis
-    table = Table(title="rule controller vs no control", box=box.SIMPLE_HEAVY, title_style="bold",
+    kr, kn = result_ctl.kpis, result_none.kpis
+    short = short_name(kr)
+    table = Table(title=f"{controller_name(kr)} vs no control", box=box.SIMPLE_HEAVY, title_style="bold",
                   pad_edge=False, expand=False)
     table.add_column("KPI", style="bold", no_wrap=True)
     table.add_column("unit", style="dim", no_wrap=True)
-    table.add_column("rule", justify="right", style="cyan", no_wrap=True)
+    table.add_column(short, justify="right", style="cyan", no_wrap=True)
     table.add_column("none", justify="right", style="grey62", no_wrap=True)
-    table.add_column("rule − none", justify="right", no_wrap=True)
+    table.add_column(f"{short} − none", justify="right", no_wrap=True)
     for key, label, unit, better in KPI_ROWS:
         vr, vn = kr.get(key), kn.get(key)
         text, verdict = _delta(key, better, vr, vn) if vr is not None and vn is not None else ("–", "same")
@@ -755,18 +791,18 @@ def kpi_table(result_rule, result_none):
     return table
 
 
-def print_terminal_report(console, result_rule, result_none) -> None:
+def print_terminal_report(console, result_ctl, result_none) -> None:
     """KPI table and block charts for SOC, flows and carbon intensity; readable at 80 columns."""
     from rich.panel import Panel
     from rich.text import Text
-    ctx = context_of(result_rule)
-    rule, none = run_series(result_rule), run_series(result_none)
-    kr, kn = result_rule.kpis, result_none.kpis
+    ctx = context_of(result_ctl)
+    ctl, none = run_series(result_ctl), run_series(result_none)
+    kr, kn = result_ctl.kpis, result_none.kpis
     t0 = local_time(ctx, 0.0)
     console.print()
     console.print(Text(f"edge-ems demo · {ctx.title} · {ctx.hours:g} h from {t0.strftime('%d %b %H:%M %Z')}",
                        style="bold"))
     console.print(Panel(Text(_summary(kr, kn)), border_style="cyan", expand=True))
-    console.print(kpi_table(result_rule, result_none))
-    for item in terminal_charts(console, ctx, rule, none):
+    console.print(kpi_table(result_ctl, result_none))
+    for item in terminal_charts(console, ctx, ctl, none, short_name(kr)):
         console.print(item, overflow="crop", no_wrap=True)
