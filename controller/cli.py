@@ -38,6 +38,30 @@ def cmd_check(args) -> int:
     return EXIT_OK
 
 
+def _start_uplink(cfg, args, clock_status: str):
+    """([hook], uplink) for `--mqtt URL` (spool in --data-dir, else OUT/uplink), or ([], None) without it.
+    A bad URL raises ValueError naming the option."""
+    if not args.mqtt:
+        return [], None
+    from controller.uplink import make_uplink_hook
+    hook, uplink = make_uplink_hook(cfg, args.mqtt, args.data_dir or Path(args.out or ".") / "uplink",
+                                    clock_status=clock_status)
+    return [hook], uplink
+
+
+def _ledger_to_uplink(uplink):
+    """The carbon ledger's intervals go up as they close (`provisional: false`, with the signed line)."""
+    if uplink is None:
+        return None
+    return lambda body: uplink.spool.put("interval", body["end_s"], body)
+
+
+def _close_uplink(uplink) -> None:
+    if uplink is not None:
+        drained = uplink.close(drain_timeout_s=60.0)
+        print(json.dumps({"uplink": uplink.stats(), "drained": drained}), file=sys.stderr)
+
+
 def cmd_run(args) -> int:
     """The gateway's entry point. Until field I/O lands it runs only all-simulated sites."""
     from controller.config import load_site
@@ -63,15 +87,22 @@ def cmd_run(args) -> int:
           f"scenario {scn.name}, period {cfg['control']['period_s']} s, real time", flush=True)
     from controller.watchdog import SystemdNotifier
     notifier = SystemdNotifier()
+    try:
+        up_hooks, uplink = _start_uplink(cfg, args, "sim")          # the cloud, when --mqtt is given
+    except ValueError as exc:
+        return _die_bad_input(f"edge-ems run --mqtt: {exc}")
     from controller.ipc import start_ipc_for_run
     ipc = start_ipc_for_run(cfg, args)        # the TUI's socket (None with --socket none or on failure)
+    if ipc is not None and uplink is not None:
+        ipc.attach_uplink(uplink)             # technicians' actions reach the cloud's audit trail
     try:
         result = run_sim(scn, hours=hours, seed=args.seed, out_dir=args.out, speed=args.speed,
-                         install_signals=True, hooks=[notifier.hook, *([ipc.hook] if ipc else [])],
-                         wire=args.wire)
+                         install_signals=True, hooks=[notifier.hook, *([ipc.hook] if ipc else []), *up_hooks],
+                         wire=args.wire, ledger_on_record=_ledger_to_uplink(uplink))
     finally:
         if ipc is not None:
             ipc.close()
+        _close_uplink(uplink)
     notifier.stopping()
     print(json.dumps(result.loop.stats.as_dict()))
     return EXIT_OK
@@ -87,25 +118,17 @@ def cmd_sim(args) -> int:
         from tools.sim.oracle import write_oracle
         print(json.dumps(write_oracle(scn, args.hours, args.seed, args.out), indent=2))
         return EXIT_OK
-    hooks, uplink = [], None
-    if args.mqtt:                                   # the gateway's uplink, live, to a real broker
-        from controller.uplink import make_uplink_hook
-        try:
-            hook, uplink = make_uplink_hook(scn.site, args.mqtt, args.data_dir or Path(args.out or ".") / "uplink",
-                                            clock_status="sim")
-        except ValueError as exc:
-            print(f"edge-ems sim --mqtt: {exc}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        hooks.append(hook)
+    try:
+        hooks, uplink = _start_uplink(scn.site, args, "sim")
+    except ValueError as exc:
+        print(f"edge-ems sim --mqtt: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     with Progress(transient=True) as bar:
         task = bar.add_task(f"{scn.name} {args.strategy}", total=1.0)
         result = run_sim(scn, hours=args.hours, seed=args.seed, strategy=args.strategy, out_dir=args.out,
                          speed=args.speed, progress=lambda f: bar.update(task, completed=f), hooks=hooks,
-                         wire=args.wire, wire_baud=args.wire_baud,   # ledger intervals go up as they close:
-                         ledger_on_record=(lambda b: uplink.spool.put("interval", b["end_s"], b)) if uplink else None)
-    if uplink is not None:
-        drained = uplink.close(drain_timeout_s=60.0)
-        print(json.dumps({"uplink": uplink.stats(), "drained": drained}), file=sys.stderr)
+                         wire=args.wire, wire_baud=args.wire_baud, ledger_on_record=_ledger_to_uplink(uplink))
+    _close_uplink(uplink)
     print(json.dumps(result.kpis, indent=2))
     if args.out:
         print(f"wrote {Path(args.out) / 'kpis.json'} and {Path(args.out) / 'recording'}", file=sys.stderr)
@@ -181,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "$XDG_RUNTIME_DIR/edge-ems/ipc.sock; 'none': no socket)")
     p.add_argument("--wire", action="store_true", help="simulated devices only: Modbus on a pty RS-485 bus and "
                    "the BMS on virtual CAN, read by the real drivers (as `sim --wire`)")
+    p.add_argument("--mqtt", default=None, metavar="mqtt[s]://HOST:PORT",
+                   help="the cloud uplink (as `sim --mqtt`; store-and-forward in --data-dir)")
+    p.add_argument("--data-dir", default=None, help="uplink spool directory (default OUT/uplink or ./uplink)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sim", help="the real controller against a simulated site")

@@ -181,3 +181,25 @@ def test_broker_killed_and_restarted_without_persistence_loses_nothing(broker, t
 def test_a_bad_broker_url_is_refused_with_what_was_expected(url, says):
     with pytest.raises(ValueError, match=says):
         BrokerConfig.from_url(url)
+
+
+def test_gateway_run_publishes_to_the_cloud(tmp_path, capsys):
+    """`edge-ems run --mqtt` (the systemd entry point) syncs like `sim --mqtt`: status, 1-min telemetry and
+    the ledger's signed 15-min intervals reach a subscriber, in order."""
+    from controller.cli import main
+    broker = Broker(tmp_path / "broker").start()
+    sub = Subscriber(broker.port)
+    try:
+        wait_for(sub.subscribed.is_set, 10, "subscriber")
+        rc = main(["run", "--site", "inner-mongolia-mine", "--cycles", "1000", "--speed", "0", "--socket", "none",
+                   "--out", str(tmp_path / "run"), "--mqtt", broker.url])
+        assert rc == 0
+        wait_for(lambda: len(sub.records("interval")) >= 1 and len(sub.records("telemetry")) >= 15, 30,
+                 "telemetry and a ledger interval")
+        assert any(r["body"].get("provisional") is False and "ledger_line" in r["body"]
+                   for r in sub.records("interval"))
+        assert all(r["gateway"] == "imm-gw-01" and r["clock"] == "sim" for r in sub.records("telemetry"))
+        sub.assert_in_order()
+    finally:
+        sub.close()
+        broker.kill()
