@@ -40,12 +40,15 @@ def cmd_check(args) -> int:
 
 def _start_uplink(cfg, args, clock_status: str):
     """([hook], uplink) for `--mqtt URL` (spool in --data-dir, else OUT/uplink), or ([], None) without it.
-    A bad URL raises ValueError naming the option."""
+    A bad URL exits with EXIT_BAD_INPUT and a message naming the command and the option."""
     if not args.mqtt:
         return [], None
     from controller.uplink import make_uplink_hook
-    hook, uplink = make_uplink_hook(cfg, args.mqtt, args.data_dir or Path(args.out or ".") / "uplink",
-                                    clock_status=clock_status)
+    try:
+        hook, uplink = make_uplink_hook(cfg, args.mqtt, args.data_dir or Path(args.out or ".") / "uplink",
+                                        clock_status=clock_status)
+    except ValueError as exc:
+        raise SystemExit(_die_bad_input(f"{args.command} --mqtt: {exc}"))
     return [hook], uplink
 
 
@@ -87,10 +90,7 @@ def cmd_run(args) -> int:
           f"scenario {scn.name}, period {cfg['control']['period_s']} s, real time", flush=True)
     from controller.watchdog import SystemdNotifier
     notifier = SystemdNotifier()
-    try:
-        up_hooks, uplink = _start_uplink(cfg, args, "sim")          # the cloud, when --mqtt is given
-    except ValueError as exc:
-        return _die_bad_input(f"edge-ems run --mqtt: {exc}")
+    up_hooks, uplink = _start_uplink(cfg, args, "sim")          # the cloud, when --mqtt is given
     from controller.ipc import start_ipc_for_run
     ipc = start_ipc_for_run(cfg, args)        # the TUI's socket (None with --socket none or on failure)
     if ipc is not None and uplink is not None:
@@ -118,11 +118,7 @@ def cmd_sim(args) -> int:
         from tools.sim.oracle import write_oracle
         print(json.dumps(write_oracle(scn, args.hours, args.seed, args.out), indent=2))
         return EXIT_OK
-    try:
-        hooks, uplink = _start_uplink(scn.site, args, "sim")
-    except ValueError as exc:
-        print(f"edge-ems sim --mqtt: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    hooks, uplink = _start_uplink(scn.site, args, "sim")
     with Progress(transient=True) as bar:
         task = bar.add_task(f"{scn.name} {args.strategy}", total=1.0)
         result = run_sim(scn, hours=args.hours, seed=args.seed, strategy=args.strategy, out_dir=args.out,

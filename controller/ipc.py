@@ -56,6 +56,7 @@ import struct
 import threading
 import time
 from collections import deque
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -174,10 +175,7 @@ def _units(spec) -> list[int]:
 def _stats_copy(stats):
     """The loop's cycle statistics, copied in the cycle (cheap); quantiles are computed later, in the
     server thread, when a snapshot is serialised."""
-    from controller.loop import CycleStats
-    c = CycleStats(edges_s=stats.edges_s, counts=stats.counts.copy(), cycles=stats.cycles)
-    c.overruns, c.max_s, c.total_s = stats.overruns, stats.max_s, stats.total_s
-    return c
+    return replace(stats, counts=stats.counts.copy())
 
 
 def _iso(t_s: float) -> str:
@@ -307,7 +305,7 @@ class IpcServer:
                          b.stamp.copy(), loop.clock.monotonic(), self._err_cycles.copy(), self._stale_cycles.copy(),
                          list(self._events), dict(self.today), _stats_copy(loop.stats), float(loop.state[L.S_TRIPS]),
                          loop.state[PLAN_SLOTS].copy() if PLAN_SLOTS else None)
-            if self._wake_w >= 0 and self._conns:     # nobody attached: let the server thread sleep
+            if self._wake_w >= 0:
                 try:
                     os.write(self._wake_w, b"p")
                 except OSError:

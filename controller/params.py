@@ -34,7 +34,7 @@ def _utc_offset_s(tz: str, t_ref_s: float | None) -> float:
 
 
 def _put_mpc(p: np.ndarray, cfg: SiteConfig, t_ref_s: float | None) -> None:
-    from controller.core.forecast import pv_params
+    from controller.core.forecast import N_PV_PARAMS, pv_params
     site, tariff, emis, bat = cfg["site"], cfg["tariff"], cfg["emissions"], cfg["battery"]
     gen, pv = cfg.get("genset") or {}, cfg.get("pv") or {}
     p[L.P_MPC_HORIZON], p[L.P_MPC_DT_H] = MPC_HORIZON, MPC_DT_H
@@ -58,7 +58,7 @@ def _put_mpc(p: np.ndarray, cfg: SiteConfig, t_ref_s: float | None) -> None:
     p[L.P_TERMINAL_FRAC] = MPC_TERMINAL_FRAC
     p[L.P_OUTAGE_ASSUME_S] = MPC_OUTAGE_ASSUME_S
     p[L.P_STORM_RESERVE_PCT] = cfg["control"]["storm_reserve_pct"]
-    p[L.P_PV_VECTOR:L.P_PV_VECTOR + 14] = pv_params(
+    p[L.P_PV_VECTOR:L.P_PV_VECTOR + N_PV_PARAMS] = pv_params(
         site["latitude"], site["longitude"], site["altitude_m"], pv.get("rated_kw", 0.0),
         tilt_deg=pv.get("tilt_deg", 30.0), azimuth_deg=pv.get("azimuth_deg", 180.0))
     price = tariff["import_price_per_kwh"]

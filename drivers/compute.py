@@ -59,9 +59,9 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 
 from drivers.base import QUALITY_OK
+from drivers.isotime import NoOffsetError, utc_epoch, utc_iso as iso
 
 V = 1
 POWER, JOB, HEADROOM, DEFER = "compute/power", "compute/job", "compute/headroom", "compute/defer"
@@ -120,17 +120,12 @@ def parse_time(text, kind: str, key: str) -> float:
     if not isinstance(text, str):
         raise ComputePayloadError(f"{kind}: key {key!r}: expected an ISO 8601 UTC time string, got {text!r}")
     try:
-        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return utc_epoch(text, naive_is_utc=False)
+    except NoOffsetError:
+        raise ComputePayloadError(f"{kind}: key {key!r}: time {text!r} has no UTC offset (add Z)") from None
     except ValueError:
         raise ComputePayloadError(f"{kind}: key {key!r}: expected an ISO 8601 UTC time like "
                                   f"2026-04-10T09:00:00Z, got {text!r}") from None
-    if t.tzinfo is None:
-        raise ComputePayloadError(f"{kind}: key {key!r}: time {text!r} has no UTC offset (add Z)")
-    return t.timestamp()
-
-
-def iso(t_s: float) -> str:
-    return datetime.fromtimestamp(t_s, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _kw(x, kind: str, key: str, hi: float = 100_000.0) -> float:

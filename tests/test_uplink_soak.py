@@ -45,7 +45,8 @@ def _sigkill_run(tmp_path, kills, hours, seed, broker_restart=True):
         boots = []
         for k in range(kills):
             before = len(sub.seqs())
-            p = _sim(url, data, hours, tmp_path / f"run{k}.log")
+            # runs to be killed are long enough that they cannot finish before the random moment
+            p = _sim(url, data, 24 * hours, tmp_path / f"run{k}.log")
             wait_for(lambda: len(sub.seqs()) > before + 5 or p.poll() is not None, 120, "records from this boot")
             time.sleep(rng.uniform(0.0, 1.5))            # a random moment, not a wait for a condition
             p.send_signal(signal.SIGKILL)

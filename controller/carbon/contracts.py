@@ -39,9 +39,8 @@ factor, the rest the residual mix. The PPA block is matched per 15 minutes: stri
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from controller.schema import ArrayOf, Field as F, ProfileError, Table, Validator
+from drivers.isotime import utc_epoch
 
 CONTRACT_SCHEMA = Table({
     "name": F("string", required=True),
@@ -72,13 +71,10 @@ def _epoch(text: str, key: str, v: Validator) -> float | None:
     if not text:
         return None
     try:
-        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return utc_epoch(text)
     except ValueError:
         v.problem(key, f"expected an ISO 8601 UTC time like 2026-01-01T00:00:00Z, got {text!r}")
         return None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
-    return t.timestamp()
 
 
 def _given(x):

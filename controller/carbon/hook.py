@@ -15,6 +15,7 @@ from controller.carbon.intervals import INTERVAL_S, Constants, Interval, Pool, i
 from controller.carbon.keys import load_or_create_key, write_public_key
 from controller.carbon.ledger import LedgerWriter
 from controller.compute.jobs import JobBook  # noqa: F401  (re-exported: the hook's jobs= argument)
+from drivers.isotime import utc_epoch
 
 SYNC_FLAG = Path("/run/systemd/timesync/synchronized")   # systemd-timesyncd touches it once in sync
 
@@ -119,11 +120,10 @@ def uplink_body(payload: dict, line: bytes) -> dict:
     summary fields the cloud dashboards read, `provisional: false` (it replaces the uplink's own metered
     estimate for the same start_s), and the signed ledger line itself, so the cloud keeps a verifiable copy
     (the anchor for the ledger's tail: a hash chain alone cannot show records cut from its end)."""
-    from controller.carbon.report import _t
     en, c = payload["energy_kwh"], payload["co2_kg"]
     src, snk = en["sources"], en["sinks"]
     loads = snk["it"] + snk["cooling"] + snk["aux"]
-    start = _t(payload["t_start"])
+    start = utc_epoch(payload["t_start"])
     return {"start_s": start, "end_s": start + INTERVAL_S, "covered_s": payload["covered_s"],
             "grid_import_kwh": src["grid"], "grid_export_kwh": snk["export"], "pv_kwh": src["pv"],
             "genset_kwh": src["diesel"], "battery_discharge_kwh": src["battery_discharge"],

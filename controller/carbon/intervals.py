@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 
 from controller.carbon.contracts import settle_market, validate_carbon
 from controller.points import INDEX, Q_OK
+from drivers.isotime import utc_iso as iso
 
 INTERVAL_S = 900.0
 DIESEL_KWH_PER_L = 9.9        # EN 50600-4 fuel energy conversion (REFERENCE.md)
@@ -352,8 +353,3 @@ def settle(iv: Interval, pool: Pool, k: Constants, remaining: dict[str, float], 
                 "cue_market": _r((scope1 + mkt["kg"]) / it, 5) if it > 1e-9 else None,
                 "ref": _r(ren_loads / e_dc, 4) if e_dc > 1e-9 else None},
     }
-
-
-def iso(t_s: float) -> str:
-    from datetime import datetime, timezone
-    return datetime.fromtimestamp(t_s, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

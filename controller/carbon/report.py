@@ -20,7 +20,8 @@ import csv
 import io
 import math
 from collections import defaultdict
-from datetime import datetime, timezone
+
+from drivers.isotime import utc_epoch, utc_iso
 
 NOTES = [
     "What the cabinet cannot know: water use (WUE) and waste-heat reuse (ERF) are not metered here; "
@@ -43,23 +44,16 @@ _E_KEYS = ("pv", "pv_direct", "battery_discharge", "grid", "diesel", "it", "cool
            "export", "curtailment", "e_dc", "fuel", "battery_loss_model")
 
 
-def _t(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
 def parse_when(text: str | None, option: str = "--from") -> float | None:
     """'2026', '2026-04', '2026-04-10', '2026-04-10T12:00:00Z' -> UTC epoch seconds."""
     if not text:
         return None
     full = text + "-01" if len(text) == 7 else text + "-01-01" if len(text) == 4 else text
     try:
-        t = datetime.fromisoformat(full.replace("Z", "+00:00"))
+        return utc_epoch(full)
     except ValueError:
         raise ValueError(f"{option}: expected a UTC time like 2026, 2026-04, 2026-04-10 or 2026-04-10T12:00:00Z, "
                          f"got {text!r}") from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
-    return t.timestamp()
 
 
 class _Acc:
@@ -89,7 +83,7 @@ class _Acc:
             self.c[k] += c[k]
         self.c["diesel_l"] += p["diesel_l"]
         cfe = p["cfe"]
-        h = self.hours[int(_t(p["t_start"]) // 3600)]
+        h = self.hours[int(utc_epoch(p["t_start"]) // 3600)]
         h[0] += cfe["onsite_kwh"] + cfe["contract_kwh"] + cfe["grid_kwh"]
         h[1] += cfe["load_kwh"]
         self.intervals += 1
@@ -138,7 +132,7 @@ def build_report(payloads: list[dict], t_from: float | None = None, t_to: float 
     for p in payloads:
         if p.get("kind") != "interval":
             continue
-        t0 = _t(p["t_start"])
+        t0 = utc_epoch(p["t_start"])
         if (t_from is not None and t0 < t_from) or (t_to is not None and t0 >= t_to):
             continue
         total.add(p)
@@ -168,17 +162,13 @@ def build_report(payloads: list[dict], t_from: float | None = None, t_to: float 
         "factors": genesis.get("factors", {}),
         "residual_mix": {k: genesis.get("carbon", {}).get(k) for k in
                          ("residual_mix_kg_per_kwh", "residual_mix_source", "residual_mix_year")},
-        "period": {"from": None if t_from is None else _iso(t_from), "to": None if t_to is None else _iso(t_to)},
+        "period": {"from": None if t_from is None else utc_iso(t_from), "to": None if t_to is None else utc_iso(t_to)},
         "total": tot,
         "months": {k: a.result() for k, a in sorted(months.items())},
         "years": {k: a.result() for k, a in sorted(years.items())},
         "jobs": jobs,
         "notes": NOTES,
     }
-
-
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 CSV_COLUMNS = ("period", "from", "to", "intervals", "total_energy_kwh", "it_energy_kwh", "pue", "pue_electric",

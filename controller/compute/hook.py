@@ -28,6 +28,7 @@ from drivers import compute as C
 _PV, _PVAV, _IT, _COOL, _AUX, _SOC = (INDEX[n] for n in ("pv_kw", "pv_available_kw", "it_kw", "cooling_kw",
                                                          "aux_kw", "soc_pct"))
 _WX = tuple(INDEX.get(n) for n in ("wx_pv_cut", "wx_start_s", "wx_end_s", "wx_ramp_s"))
+_HAS_WX = None not in _WX
 
 
 class ComputeHook:
@@ -49,6 +50,9 @@ class ComputeHook:
         self.history: list | None = [] if keep_history else None
         self.it_share = 1.0
         self.has_pv = pv.get("rated_kw", 0.0) > 0.0
+        z = np.zeros(1)
+        self._calm = (z, z, z, z, 0)            # no pushed weather warning (the kernels only read it)
+        self._ev = (np.zeros(1), np.zeros(1), np.zeros(1), np.zeros(1), 1)   # one warning, filled per cycle
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -65,10 +69,11 @@ class ComputeHook:
         pv_forecast(0.0, 2, self.dt_h, self.pv, derate, z, z, z, z, 0, 4, out)
 
     def _warning(self, v, q):
-        if any(i is None for i in _WX) or any(q[i] != Q_OK for i in _WX) or v[_WX[0]] <= 0.0:
-            z = np.zeros(1)
-            return z, z, z, z, 0
-        return (np.array([v[_WX[1]]]), np.array([v[_WX[2]]]), np.array([v[_WX[0]]]), np.array([v[_WX[3]]]), 1)
+        if not _HAS_WX or any(q[i] != Q_OK for i in _WX) or v[_WX[0]] <= 0.0:
+            return self._calm
+        start, end, cut, ramp, _ = self._ev
+        start[0], end[0], cut[0], ramp[0] = v[_WX[1]], v[_WX[2]], v[_WX[0]], v[_WX[3]]
+        return self._ev
 
     def __call__(self, loop, image, cmd, events, n) -> None:
         t = float(image["t_s"])

@@ -191,6 +191,11 @@ def build_instance(params, st, t_s, value, quality, soc_pct, load_kw, grid_up, g
         floor_pct = max(floor_pct, min(PEAK_RESERVE_PCT, params[P_SOC_MAX_PCT]))
         sf = max(sf, params[P_PEAK_PRICE] / 24.0)
     cap_kwh = params[P_CAPACITY_KWH]
+    # diesel's cost per kWh at rated output (fuel and carbon), for the storm floor and the terminal value
+    per_l = params[P_FUEL_PRICE] + params[P_CARBON_PRICE] * params[P_DIESEL_CO2_PER_L]
+    diesel_kwh_cost = 0.0
+    if params[P_GEN_RATED_KW] > 0.0:
+        diesel_kwh_cost = (params[P_FUEL_L_PER_KWH] + params[P_FUEL_L_PER_H_ON] / params[P_GEN_RATED_KW]) * per_l
     mean_cost = 0.0
     for k in range(H):
         a = t_s + k * step_s
@@ -209,10 +214,7 @@ def build_instance(params, st, t_s, value, quality, soc_pct, load_kw, grid_up, g
     storm = params[P_STORM_RESERVE_PCT]
     if storm > 0.0 and ne > 0 and t_s < ee[0]:
         # per kWh-hour short: over the raised window this outweighs any source, diesel included
-        dcost = 0.0
-        if params[P_GEN_RATED_KW] > 0.0:
-            dcost = (params[P_FUEL_L_PER_KWH] + params[P_FUEL_L_PER_H_ON] / params[P_GEN_RATED_KW]) * (
-                params[P_FUEL_PRICE] + params[P_CARBON_PRICE] * params[P_DIESEL_CO2_PER_L])
+        dcost = diesel_kwh_cost
         for k in range(H):
             dcost = max(dcost, steps[M.S_GCOST, k])
         sf = max(sf * STORM_PENALTY_FACTOR, dcost * 3600.0 / STORM_WINDOW_S)
@@ -246,11 +248,9 @@ def build_instance(params, st, t_s, value, quality, soc_pct, load_kw, grid_up, g
         if steps[M.S_GMAX, k] < steps[M.S_LOAD, k] - steps[M.S_PV, k]:
             short = True
             n_short += 1
-    per_l = params[P_FUEL_PRICE] + params[P_CARBON_PRICE] * params[P_DIESEL_CO2_PER_L]
     # Stored energy left at the horizon's end is worth what it will replace: grid energy at its mean
     # cost, or diesel where the grid is short of the load for part of the time (a weak feeder).
     if gen_ok and params[P_GEN_RATED_KW] > 0.0:
-        diesel_kwh_cost = (params[P_FUEL_L_PER_KWH] + params[P_FUEL_L_PER_H_ON] / params[P_GEN_RATED_KW]) * per_l
         prm[M.P_TV] = max(prm[M.P_TV], eta_d * diesel_kwh_cost * n_short / H)
     if gen_ok and (short or gen_on):
         prm[M.P_HASD] = 1.0

@@ -136,7 +136,8 @@ def step(params, state, t_s, value, quality):
     export_max_kw = params[P_GRID_EXPORT_MAX_KW] if grid_up and not conservative else 0.0
 
     soc_pct = value[SOC_PCT]
-    pv_kw = value[PV_KW] if quality[PV_KW] == Q_OK else 0.0
+    pv_meas_kw = value[PV_KW] if quality[PV_KW] == Q_OK else 0.0
+    pv_kw = pv_meas_kw
     if quality[PV_AVAILABLE_KW] == Q_OK:
         pv_kw = max(pv_kw, value[PV_AVAILABLE_KW])     # what PV could give if nobody curtailed it
     gen_kw = value[GENSET_KW] if quality[GENSET_KW] == Q_OK else 0.0
@@ -171,8 +172,7 @@ def step(params, state, t_s, value, quality):
         want_gen = gen_on if value[OP_GENSET] < -0.5 else value[OP_GENSET] > 0.5
         if want_gen:
             gen_sp_kw = params[P_GEN_RATED_KW]
-        pv_now_kw = value[PV_KW] if quality[PV_KW] == Q_OK else 0.0
-        grid_charge_kw, grid_discharge_kw = grid_limits_kw(load_kw, pv_now_kw, gen_kw, cap_kw, export_max_kw)
+        grid_charge_kw, grid_discharge_kw = grid_limits_kw(load_kw, pv_meas_kw, gen_kw, cap_kw, export_max_kw)
         if grid_discharge_kw < discharge_lim_kw:
             discharge_lim_kw, d_reason = grid_discharge_kw, R_GRID_EXPORT_LIMIT
         if grid_charge_kw < charge_lim_kw:

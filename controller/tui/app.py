@@ -19,6 +19,9 @@ from controller.tui import screens as S
 
 KEY_TO_SCREEN = {k: name for k, name, _ in S.SCREENS}
 KEY_TO_SCREEN.update({str(i + 1): name for i, (_, name, _) in enumerate(S.SCREENS)})
+# action keys (behind the PIN) -> the App method that asks for the action's arguments
+ACTION_KEYS = {"m": "ask_mode", "s": "ask_setpoint", "g": "ask_genset", "k": "ask_ack", "x": "ask_export",
+               "r": "ask_read", "n": "ask_scan"}
 
 
 class App:
@@ -230,20 +233,8 @@ class App:
                 self.session = False
             else:
                 self.open_pin()
-        elif key == "m":
-            self.need_session(self.ask_mode)
-        elif key == "s":
-            self.need_session(self.ask_setpoint)
-        elif key == "g":
-            self.need_session(self.ask_genset)
-        elif key == "k":
-            self.need_session(self.ask_ack)
-        elif key == "x":
-            self.need_session(self.ask_export)
-        elif key == "r":
-            self.need_session(self.ask_read)
-        elif key == "n":
-            self.need_session(self.ask_scan)
+        elif key in ACTION_KEYS:
+            self.need_session(getattr(self, ACTION_KEYS[key]))
 
     # -- drawing -----------------------------------------------------------------------------------
     def frame(self) -> list:

@@ -217,7 +217,8 @@ def battery(hello, snap, hist, ascii: bool, ui: dict | None = None) -> Text:
             Text.assemble("CVL          ", pv(snap, "bms_cvl_v"), " V"),
             Text.assemble("CCL          ", pv(snap, "bms_ccl_a"), " A"),
             Text.assemble("DCL          ", pv(snap, "bms_dcl_a"), " A")]
-    bits = int(val(snap, "bms_alarm_bits")[0] or 0) if math.isfinite(val(snap, "bms_alarm_bits")[0]) else 0
+    bits, _ = val(snap, "bms_alarm_bits")
+    bits = int(bits) if math.isfinite(bits) else 0
     right = [Text("INTERLOCKS (what limits the battery)", style="bold"),
              Text(f"Charge limit     {fnum(c['charge_limit_kw'])} kW"),
              Text.assemble("  limited by     ", (snap["charge_reason"], "bold")),
@@ -264,7 +265,6 @@ def alarms(hello, snap, hist, ascii: bool, ui: dict | None = None) -> Text:
         out.append(Text("  cleared, awaiting ack: " + ", ".join(cat[b]["name"] for b in cat if pending >> b & 1)))
     out.append(Text(""))
     out.append(Text("HISTORY (newest first)", style="bold"))
-    kinds = {"11": "raised ", "12": "cleared", "13": "acked  "}
     from controller.core import layout as L
     kinds = {L.EV_ALARM_RAISED: "raised ", L.EV_ALARM_CLEARED: "cleared", L.EV_ALARM_ACKED: "acked  "}
     hist_rows = [e for e in snap["events"] if e[2] in kinds]

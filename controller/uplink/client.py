@@ -270,9 +270,10 @@ class MqttUplink:
         """confirm=cloud: a message without a receipt after the timeout is offered again (with all later
         ones of its kind, so per-topic order holds)."""
         late = [key for key, t in self._awaiting.items() if now - t > self.cloud_ack_timeout_s]
-        for kind, first, _ in late:
-            if (kind, first, _) not in self._awaiting:
+        for key in late:
+            if key not in self._awaiting:               # already rewound with an earlier one of its kind
                 continue
+            kind, first, _ = key
             self._cursor[kind] = min(self._cursor[kind], first - 1)
             for key in [k for k in self._awaiting if k[0] == kind and k[1] >= first]:
                 del self._awaiting[key]

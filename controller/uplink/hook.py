@@ -30,14 +30,20 @@ ALARM_EVENTS = {L.EV_ALARM_RAISED: "raised", L.EV_ALARM_CLEARED: "cleared", L.EV
 SEVERITY = {"uplink_spool_full": "warning"}
 
 
-def _severity(name: str) -> str:
-    if name in SEVERITY:
-        return SEVERITY[name]
+def _load_severities() -> None:
+    """The alarm catalogue's severities (a TOML parse, ~15 ms): make_uplink_hook reads them before the first
+    cycle, so the first alarm does not pay for it in the scan cycle."""
     try:
         from controller.alarms import catalogue
         SEVERITY.update({a.name: a.severity for a in catalogue().values()})
     except Exception:
         pass
+
+
+def _severity(name: str) -> str:
+    if name in SEVERITY:
+        return SEVERITY[name]
+    _load_severities()
     return SEVERITY.setdefault(name, "warning")
 
 
@@ -133,8 +139,9 @@ class Uplink:
         if self.mqtt is not None:
             s = self.mqtt.stats
             out["mqtt"] = {k: getattr(s, k) for k in ("connects", "connect_failures", "messages", "batches",
-                                                      "records_sent", "records_acked", "nacks", "cloud_acks", "resends", "wire_bytes",
-                                                      "payload_bytes", "raw_bytes", "protocol")}
+                                                      "records_sent", "records_acked", "nacks", "cloud_acks",
+                                                      "resends", "wire_bytes", "payload_bytes", "raw_bytes",
+                                                      "protocol")}
         return out
 
 
@@ -151,6 +158,7 @@ def make_uplink_hook(cfg, broker_url: str | None, data_dir, *, public_key=None, 
     topics = Topics(site, gateway)
     broker = BrokerConfig.from_url(broker_url, **broker_overrides) if broker_url else None   # bad URL: fail first
     protect_scan_cycle()                         # the spool writer and MQTT threads share our GIL
+    _load_severities()
     kw = {} if min_free_bytes is None else {"min_free_bytes": min_free_bytes}
     spool = Spool(data_dir, site, gateway, quota_bytes=quota_bytes, clock_status=clock_status, **kw)
     if public_key is None:

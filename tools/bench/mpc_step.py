@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tools.bench.common import percentile
+
 BUDGET_MS = 10.0
 
 
@@ -46,9 +48,8 @@ def time_steps(recording: Path) -> dict:
         state = new
     a, p = np.array(all_ms), np.array(plan_ms)
     return {"cycles": a.size, "plans": p.size, "mismatches": mismatches,
-            "p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "max_ms": float(a.max()),
-            "plan_p50_ms": float(np.percentile(p, 50)) if p.size else float("nan"),
-            "plan_p99_ms": float(np.percentile(p, 99)) if p.size else float("nan"),
+            "p50_ms": percentile(a, 50), "p99_ms": percentile(a, 99), "max_ms": float(a.max()),
+            "plan_p50_ms": percentile(p, 50), "plan_p99_ms": percentile(p, 99),
             "plan_max_ms": float(p.max()) if p.size else float("nan")}
 
 

@@ -46,7 +46,6 @@ class SerialLine:
         self.byte_s = 10.0 / baud
         self.sink = sink
         self.bytes = 0
-        self.samples: list[tuple[float, int]] = []     # (monotonic, cumulative bytes) after each read
         self.free_at = 0.0
         self.stop = False
         self._thread = None
@@ -70,19 +69,9 @@ class SerialLine:
         now = time.monotonic()
         self.free_at = max(self.free_at, now) + len(data) * self.byte_s
         self.bytes += len(data)
-        self.samples.append((now, self.bytes))
         if self.sink is not None:
             self.sink(data)
         return True
-
-    def rate(self, t_from: float, t_to: float | None = None) -> float:
-        """Bytes a second between two monotonic times (from the samples)."""
-        t_to = time.monotonic() if t_to is None else t_to
-        before = [b for t, b in self.samples if t <= t_from]
-        upto = [b for t, b in self.samples if t <= t_to]
-        b0 = before[-1] if before else 0
-        b1 = upto[-1] if upto else 0
-        return (b1 - b0) / max(1e-9, t_to - t_from)
 
     def start(self) -> "SerialLine":
         def run():

@@ -62,9 +62,9 @@ def cpu_s(pid: int) -> float | None:
     """User + system CPU seconds a live process has used (load-independent, unlike wall time)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_once(site: str, cache: Path, work: Path, cycles: int, speed: float, sample: bool) -> dict:

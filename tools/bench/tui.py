@@ -26,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tools.bench.common import percentile
 from tools.bench.serial_line import SerialLine, open_line
+from tools.bench.startup import cpu_s
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = "inner-mongolia-mine"
@@ -60,11 +62,8 @@ class Line:
 
     def cpu_s(self) -> float:
         """The TUI process's CPU seconds so far (user + system, from /proc)."""
-        try:
-            fields = Path(f"/proc/{self.tui.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            return float("nan")
+        s = cpu_s(self.tui.pid)
+        return float("nan") if s is None else s
 
     def key(self, data: bytes) -> None:
         os.write(self.lap_fd, data)
@@ -176,11 +175,11 @@ def main(argv=None) -> int:
             for setup in ("none", "idle", "tui"):
                 res = run(setup, args.cycles, args.speed, work)
                 pooled[setup] += res["times"][5:]                # the first cycles warm caches
-                rounds[setup].append(float(np.percentile(res["times"][5:], 99)) * 1000.0)
+                rounds[setup].append(percentile(res["times"][5:], 99, 1000.0))
                 if "tui_cpu_pct" in res:
                     tui_cpu.append(res["tui_cpu_pct"])
-        p99 = {k: float(np.percentile(v, 99)) * 1000.0 for k, v in pooled.items()}
-        p50 = {k: float(np.percentile(v, 50)) * 1000.0 for k, v in pooled.items()}
+        p99 = {k: percentile(v, 99, 1000.0) for k, v in pooled.items()}
+        p50 = {k: percentile(v, 50, 1000.0) for k, v in pooled.items()}
         print(f"loop cycle, {args.rounds} x {args.cycles} cycles per set-up at {args.speed:g}x real time "
               f"(simulated devices):")
         for k, label in (("none", "no socket"), ("idle", "socket, no TUI"), ("tui", "socket + TUI on overview")):

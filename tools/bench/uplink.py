@@ -42,6 +42,8 @@ sys.path.insert(0, str(ROOT / "tests"))          # the test peers: Broker (certi
 
 from uplink_broker import Broker, Subscriber, wait_for  # noqa: E402
 
+from tools.bench.common import percentile  # noqa: E402
+
 from controller.uplink.client import BrokerConfig, MqttUplink  # noqa: E402
 from controller.uplink.drain import DrainPolicy  # noqa: E402
 from controller.uplink.spool import DEFAULT_QUOTA, Spool  # noqa: E402
@@ -91,10 +93,6 @@ def offline_days(spool: Spool, days: float, t0: float = 1.75e9, seed: int = 1) -
     return counts
 
 
-def _p99_ms(values) -> float:
-    return float(np.percentile(np.asarray(values), 99) * 1000.0) if len(values) else float("nan")
-
-
 def _sim_run(broker: Broker, data_dir: Path, hours: float, backlog_days: float, speed: float,
              rate: float = 0.0) -> dict:
     from controller.uplink import make_uplink_hook
@@ -130,7 +128,7 @@ def _sim_run(broker: Broker, data_dir: Path, hours: float, backlog_days: float, 
     left = up.spool.pending_rows
     up.close(drain_timeout_s=120.0)
     return {"backlog_rows": backlog, "cycles": len(samples), "draining_cycles": len(draining), "wall_s": wall,
-            "p99_all_ms": _p99_ms([dt for dt, _ in samples]), "p99_draining_ms": _p99_ms(draining),
+            "p99_all_ms": percentile([dt for dt, _ in samples], 99, 1e3), "p99_draining_ms": percentile(draining, 99, 1e3),
             "rows_left_at_end": left, "mqtt": up.stats()["mqtt"]}
 
 

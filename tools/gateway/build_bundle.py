@@ -73,30 +73,6 @@ def write_manifest(bundle: Path) -> Path:
     return path
 
 
-def verify_manifest(bundle: Path) -> list[str]:
-    """Problems found (empty: the bundle is intact): changed, missing and unlisted files."""
-    path = bundle / MANIFEST
-    if not path.exists():
-        return [f"{MANIFEST} missing"]
-    listed = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            digest, _, name = line.partition("  ")
-            listed[name] = digest
-    problems = []
-    for name, digest in listed.items():
-        f = bundle / name
-        if not f.is_file():
-            problems.append(f"{name}: missing")
-        elif sha256_file(f) != digest:
-            problems.append(f"{name}: checksum differs")
-    for line in manifest_lines(bundle):
-        name = line.split("  ", 1)[1]
-        if name not in listed:
-            problems.append(f"{name}: not in the manifest")
-    return problems
-
-
 # --- wheel tags -------------------------------------------------------------------------------------------
 _WHEEL = re.compile(r"^(?P<name>[^-]+)-(?P<ver>[^-]+)(-\d[^-]*)?-(?P<py>[^-]+)-(?P<abi>[^-]+)-(?P<plat>[^-]+)\.whl$")
 
@@ -255,13 +231,14 @@ def resolve_site(site: str) -> Path:
 def build(out: Path, site: str, version: str | None, sim_extra: bool, deps_from: Path | None, pin: bool,
           arch: str = ARCH, tarball: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    version = version or project_version(REPO / "pyproject.toml")
+    own_version = project_version(REPO / "pyproject.toml")
+    version = version or own_version
     bundle = out / f"edge-ems-{version}-{arch}"
     if bundle.exists():
         shutil.rmtree(bundle)
     wheels = bundle / "wheels"
     wheels.mkdir(parents=True)
-    project = build_project_wheel(wheels, version if version != project_version(REPO / "pyproject.toml") else None)
+    project = build_project_wheel(wheels, version if version != own_version else None)
     with tempfile.TemporaryDirectory(prefix="edge-ems-pins-") as tmp:
         constraints = None
         if pin:

@@ -195,14 +195,14 @@ def run_demo(out, hours: float = 24.0, seed: int = 1, strategy: str = "mpc") -> 
     `strategy` ("mpc" or "rule") against no control."""
     from rich.console import Console
     from rich.live import Live
-    from tools.sim.report import STRATEGY_SHORT, context_for, print_terminal_report, write_report
+    from tools.sim.report import context_for, controller_name, print_terminal_report, write_report
     from tools.sim.runner import run_sim
     from tools.sim.scenario import load_scenario
 
     if strategy not in STRATEGIES:
         raise ValueError(f"edge-ems demo: strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
     console = Console()
-    name = f"{STRATEGY_SHORT[strategy]} controller"
+    name = controller_name({"strategy": strategy})
     out = Path(out)
     scn = load_scenario(SCENARIO)
     interactive = console.is_terminal

@@ -513,7 +513,7 @@ def write_report(out_dir, result_ctl, result_none) -> Path:
         f"<td>{_e(label)}</td><td>{_e(note)}</td></tr>" for _, label, s, e, note in ctx.events)
     ctl_rows = "".join(
         f"<tr><td>{_e(local_time(ctx, (t - ctx.start_utc.timestamp()) / 3600.0).strftime('%d %b %H:%M:%S'))}"
-        f"</td><td>{_e(name)}</td><td>{value:g}</td></tr>" for t, name, value in controller_events(result_ctl))
+        f"</td><td>{_e(event)}</td><td>{value:g}</td></tr>" for t, event, value in controller_events(result_ctl))
     seed = getattr(result_ctl, "seed", None)
     seed_txt = f", seed {_e(seed)}" if seed is not None else ""
     doc = f"""<!DOCTYPE html>
