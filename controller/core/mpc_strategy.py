@@ -328,7 +328,8 @@ def mpc_setpoints(params, state, st, t_s, value, quality, soc_pct, load_kw, pv_k
             want_gen = True
         if want_gen:
             gen_sp_kw = min(max(st[S_PLAN_DIESEL_KW], beyond_kw, params[P_GEN_PMIN_KW]), params[P_GEN_RATED_KW])
-    supply_kw = net_kw - gen_kw
+    # a running set gives the planned kW: by setpoint, or (load-following set) through the battery's
+    supply_kw = net_kw - (gen_sp_kw if want_gen and gen_kw > 0.0 else gen_kw)
     if grid_up:
         battery_kw = supply_kw - (st[S_PLAN_GRID_KW] - st[S_PLAN_EXPORT_KW])
         lim_kw = cap_kw

@@ -32,8 +32,11 @@ def rule_setpoints(params, soc_pct, load_kw, pv_kw, genset_kw, cap_kw, grid_up, 
         # Grid first (cheaper and cleaner here), the set covers the rest and recharges at its best load.
         gen_sp_kw = net_kw - cap_kw + params[P_CHARGE_MAX_KW]
         gen_sp_kw = min(max(gen_sp_kw, params[P_GEN_PMIN_KW]), params[P_GEN_RATED_KW])
-    supply_kw = net_kw - genset_kw
-    if genset_kw > 0.0:
+    # A running set delivers what is asked of it: a set with a kW setpoint by the setpoint, a load-
+    # following one (run/stop keys only) because the battery setpoint below leaves it that load.
+    gen_out_kw = gen_sp_kw if want_gen and genset_kw > 0.0 else genset_kw
+    supply_kw = net_kw - gen_out_kw
+    if gen_out_kw > 0.0:
         battery_kw = supply_kw - cap_kw                 # set running: recharge with it and the grid
     elif supply_kw > 0.0:
         if grid_up and soc_pct <= reserve_pct:

@@ -36,6 +36,7 @@ from controller.points import (
 )
 
 LIMIT_EPS_KW = 0.5  # a cut smaller than this is rounding, not a trip
+PV_PROBE_FRAC = 0.02  # of rated PV: the headroom offered to inverters that hide their available power
 
 
 @njit(cache=True)
@@ -140,6 +141,14 @@ def step(params, state, t_s, value, quality):
     pv_kw = pv_meas_kw
     if quality[PV_AVAILABLE_KW] == Q_OK:
         pv_kw = max(pv_kw, value[PV_AVAILABLE_KW])     # what PV could give if nobody curtailed it
+    elif pv_meas_kw > 0.0 and quality[GRID_KW] == Q_OK:
+        # Inverters that do not report what they could give (SunSpec 103/123) hide a surplus their own
+        # export limiter cut. While the grid sits at the export limit (the only time such a limiter
+        # cuts), plan with a little more PV, so the battery draws it and the PV rises to fill it, until
+        # the array really is at its maximum; at worst that imports the probe, never up to the cap.
+        probe_kw = PV_PROBE_FRAC * params[P_PV_RATED_KW]
+        if value[GRID_KW] < probe_kw - export_max_kw:
+            pv_kw = pv_meas_kw + probe_kw
     gen_kw = value[GENSET_KW] if quality[GENSET_KW] == Q_OK else 0.0
     gen_on = state[S_GEN_ON] > 0.5
     reserve_pct = params[P_RESERVE_PCT]

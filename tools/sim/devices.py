@@ -62,6 +62,8 @@ class SimPvInverter(SimDevice):
 
     def read(self):
         f = self.site.flows
+        if not self.site.pv_available_visible:
+            return (("power_kw", f.pv_kw), ("limit_kw", self.site.pv_limit_kw))
         return (("power_kw", f.pv_kw), ("available_kw", f.pv_kw + f.curtailed_kw),
                 ("limit_kw", self.site.pv_limit_kw))
 
@@ -114,7 +116,8 @@ class SimGenset(SimDevice):
 
     def actuate(self, commands, now_mono_s):
         if "run" in commands:
-            self.site.actuate_genset(commands["run"] > 0.5, commands.get("setpoint_kw"))
+            sp_kw = None if self.site.gen_follows_load else commands.get("setpoint_kw")
+            self.site.actuate_genset(commands["run"] > 0.5, sp_kw)
 
 
 def _announced(site: SimSite, kind: str, notice_h):
@@ -191,3 +194,23 @@ def build_sim_devices(site: SimSite) -> dict[str, SimDevice]:
     for dev in site.scn.site["devices"]:
         devices[dev["name"]] = SIM_DEVICE_BY_ROLE[dev["role"]](dev["name"], site)
     return devices
+
+
+def limit_to_profiles(site: SimSite) -> None:
+    """Make the simulated devices offer only what the site's device profiles can carry.
+
+    The in-process devices are ideal by default (a genset that takes a kW setpoint, inverters that report
+    the PV they could give). Real ones, and the wire run, are what their register maps allow: a Deep Sea
+    GenComm set has run/stop keys only, so it follows the load; a SunSpec 103/123 inverter does not
+    report its available power. ``edge-ems sim --as-profiles`` runs in-process with these limits, the
+    in-process twin of a ``--wire`` run.
+    """
+    from drivers.modbus.profile import load_profile
+    for dev in site.scn.site["devices"]:
+        if "profile" not in dev or dev["role"] not in ("genset", "pv_inverter"):
+            continue
+        prof = load_profile(dev["profile"])
+        if dev["role"] == "genset":
+            site.gen_follows_load = not any(c.name == "setpoint_kw" for c in prof.commands)
+        elif prof.kind == "pv_inverter":
+            site.pv_available_visible = any(p.name == "available_kw" for p in prof.points)

@@ -7,6 +7,13 @@ Balance rules (documented in the README): the PCS follows its setpoint within th
 physically capped at the feeder limit; a shortfall beyond grid and setpoint is picked up by the PCS's
 grid-forming backup (within the BMS discharge limit), then by a running genset, else it is unserved;
 a surplus beyond export is curtailed at the PV inverters (or absorbed by the grid-forming PCS in island).
+
+A genset that takes no kW setpoint (a Deep Sea GenComm controller: run/stop keys only) follows the load
+instead: the grid carries up to the set's mains import level first, as a DSE set configured for mains
+import control (peak lopping) does, commissioned at the controller's import cap (feeder limit less its
+margin), and the set covers the rest from its minimum load up to its rating, ahead of the PCS's
+grid-forming backup (in island the running set is the grid-former). The controller then steers the set's
+output through the battery setpoint.
 """
 from __future__ import annotations
 
@@ -169,18 +176,26 @@ class Flows:
 
 
 def balance(load_kw, pv_avail_kw, pv_limit_kw, battery_sp_kw, charge_lim_kw, discharge_lim_kw,
-            gen_running, gen_sp_kw, gen_min_kw, gen_rated_kw, grid_up, import_max_kw, export_max_kw):
+            gen_running, gen_sp_kw, gen_min_kw, gen_rated_kw, grid_up, import_max_kw, export_max_kw,
+            gen_follows_load=False, gen_import_level_kw=None):
     """Resolve one interval's AC balance. Returns Flows. See the module docstring for the rules."""
     pv_kw = min(pv_avail_kw, max(0.0, pv_limit_kw))
-    gen_kw = min(max(gen_sp_kw, gen_min_kw), gen_rated_kw) if gen_running else 0.0
+    gen_kw = min(max(gen_min_kw if gen_follows_load else gen_sp_kw, gen_min_kw), gen_rated_kw) if gen_running else 0.0
     bat_kw = min(max(battery_sp_kw, -charge_lim_kw), discharge_lim_kw)
     residual = load_kw - pv_kw - gen_kw - bat_kw
     grid_kw = 0.0
     if grid_up:
-        grid_kw = min(residual, import_max_kw) if residual > 0.0 else max(residual, -export_max_kw)
+        grid_cap_kw = import_max_kw
+        if gen_running and gen_follows_load and gen_import_level_kw is not None:
+            grid_cap_kw = min(import_max_kw, gen_import_level_kw)
+        grid_kw = min(residual, grid_cap_kw) if residual > 0.0 else max(residual, -export_max_kw)
         residual -= grid_kw
     unserved = 0.0
     if residual > 1e-9:                          # shortfall: grid-forming PCS, then genset headroom
+        if gen_running and gen_follows_load:     # the set's governor takes it first
+            extra = min(residual, gen_rated_kw - gen_kw)
+            gen_kw += extra
+            residual -= extra
         extra = min(residual, max(0.0, discharge_lim_kw - bat_kw))
         bat_kw += extra
         residual -= extra

@@ -43,7 +43,7 @@ from drivers.modbus.bus import ModbusBus
 from drivers.modbus.decode import decode_raw, encode_raw, unscaled
 from drivers.modbus.device import ModbusDevice
 from drivers.modbus.profile import DeviceProfile, load_profile
-from tools.sim.devices import SIM_DEVICE_BY_ROLE
+from tools.sim.devices import SIM_DEVICE_BY_ROLE, limit_to_profiles
 from tools.sim.modbus_server import _INT_LIMITS, SimBus, _models_at, _source_values, register_image
 from tools.sim.site import SimSite
 
@@ -378,6 +378,7 @@ class WireSite:
             elif role == "bms":
                 self.bms = WireBms(site, self.channel)
         self.grid_meter_units = meter_units
+        limit_to_profiles(site)   # the simulated set follows the load when its profile has no kW command
         self._init_writable()
         self.refresh()
         self.server.start()
