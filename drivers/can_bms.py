@@ -41,6 +41,9 @@ SIGNAL_POINTS = {
     ("BMS_CellExtremes", "MaxCellTemperature"): "cell_temp_max_c",
     ("BMS_CellExtremes", "MinCellTemperature"): "cell_temp_min_c",
 }
+# The wire's sign convention differs from the canonical point: 0x356 current is + charge, the canonical
+# bms current_a (controller/points.py battery_a) is + discharge, like every power in the controller.
+SIGNAL_SIGN = {("BMS_Measurements", "BatteryCurrent"): -1.0}
 POINTS = ("soc_pct", "soh_pct", "voltage_v", "current_a", "temp_c", "cvl_v", "ccl_a", "dcl_a", "dvl_v",
           "cell_v_max", "cell_v_min", "cell_temp_max_c", "cell_temp_min_c", "charge_enable",
           "discharge_enable", "force_charge", "alarm_bits", "warning_bits")
@@ -104,7 +107,7 @@ class CanBms:
         for signal, value in signals.items():
             point = SIGNAL_POINTS.get((name, signal))
             if point is not None:
-                self._values[point] = (float(value), now_s)
+                self._values[point] = (SIGNAL_SIGN.get((name, signal), 1.0) * float(value), now_s)
 
     def drain(self, now_s: float) -> int:
         """Decode every frame waiting in the receive queue, without blocking. Returns the count."""

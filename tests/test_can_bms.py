@@ -54,7 +54,7 @@ def test_decodes_published_layout_with_negative_current_and_temperature(pair):
     assert out["dvl_v"][0] == pytest.approx(48.0)
     assert out["soc_pct"][0] == 87 and out["soh_pct"][0] == 99
     assert out["voltage_v"][0] == pytest.approx(52.34)
-    assert out["current_a"][0] == pytest.approx(-123.4)
+    assert out["current_a"][0] == pytest.approx(123.4)       # -123.4 A on the wire (+ charge) = discharging
     assert out["temp_c"][0] == pytest.approx(-5.2)
     assert out["alarm_bits"][0] == 0x0002 and out["warning_bits"][0] == 0x0008
     assert out["charge_enable"][0] == 1 and out["discharge_enable"][0] == 1 and out["force_charge"][0] == 1
@@ -71,7 +71,7 @@ def test_negative_current_limit_and_cold_extremes(pair):
     send(tx, 0x356, struct.pack("<hhh", 4800, -32768, -400))
     out = collect(bms, 1.0)
     assert out["ccl_a"][0] == pytest.approx(-10.0)
-    assert out["current_a"][0] == pytest.approx(-3276.8)
+    assert out["current_a"][0] == pytest.approx(3276.8)      # canonical + discharge
     assert out["temp_c"][0] == pytest.approx(-40.0)
 
 
