@@ -158,6 +158,23 @@ def test_sunspec_setpoint_written_as_storage_rates(sim, bus):
         dev.close()
 
 
+def test_sunspec_pv_limit_written_as_wmaxlimpct_with_enable(sim, bus):
+    unit, values = VALUES["sunspec_pv_inverter"]
+    dev = ModbusDevice("pv", load_profile("sunspec_pv_inverter"), bus, unit)
+    try:
+        read_all(dev, 8)
+        dev.actuate({"limit_kw": 45.0}, 100.0)                   # 30 % of WMax 150 kW
+        out = read_all(dev, 8, t0=101.0)
+        assert out["limit_kw"][0] == pytest.approx(45.0)
+        start = dev.models[123]
+        assert sim.registers(unit, 3, start + 7, 1) == [1]      # WMaxLim_Ena in the same write
+        dev.actuate({"limit_kw": 500.0}, 200.0)                  # beyond WMax: 100 %, never more
+        assert read_all(dev, 8, t0=201.0)["limit_kw"][0] == pytest.approx(150.0)
+    finally:
+        sim.set_values(unit, {"wmaxlim_pct": values["wmaxlim_pct"], "wmaxlim_ena": values["wmaxlim_ena"]})
+        dev.close()
+
+
 def test_deepsea_keys_with_ones_complement(sim, bus):
     unit, _ = VALUES["deepsea_gencomm"]
     dev = ModbusDevice("genset", load_profile("deepsea_gencomm"), bus, unit)

@@ -44,3 +44,17 @@ def sunspec_storage_writes(params: dict, value_kw: float, model_start: int, max_
     rates = encode_raw(raw, "int16") + encode_raw(-raw, "int16")
     out_offset = params.get("out_offset", 10)
     return [(model_start + params.get("mode_offset", 3), mode), (model_start + out_offset, rates)]
+
+
+def sunspec_wmaxlim_writes(params: dict, value_kw: float, model_start: int, wmax_kw: float,
+                           pct_sf: int) -> list[tuple[int, list[int]]]:
+    """SunSpec model 123: WMaxLimPct = limit / WMax (model 121) x 100 %, then WMaxLim_Ena = 1.
+
+    One FC16 write of offsets 3..7 (WMaxLimPct, WMaxLimPct_WinTms, _RvrtTms, _RmpTms = 0: at once, no
+    revert, no ramp; WMaxLim_Ena = 1), so the inverter never sees a new percentage without the enable.
+    """
+    if wmax_kw <= 0:
+        raise ValueError("WMax unknown or zero: cannot express a PV limit as a percentage")
+    pct = max(0.0, min(100.0, value_kw / wmax_kw * 100.0))
+    raw = max(0, min(65534, int(round(pct / 10.0 ** pct_sf))))
+    return [(model_start + params.get("pct_offset", 3), [raw, 0, 0, 0, 1])]

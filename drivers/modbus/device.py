@@ -149,6 +149,8 @@ class ModbusDevice:
             return cmd.deepsea_key_writes(spec.params, value)
         if spec.handler == "register":
             return cmd.register_writes(spec.params, value, self.profile.byte_order, self.profile.word_order)
+        if spec.handler == "sunspec_wmaxlim":
+            return self._wmaxlim_writes(spec, value)
         model = spec.params.get("model", 124)
         if model not in self.models:
             raise ValueError(f"SunSpec model {model} not discovered yet")
@@ -157,6 +159,17 @@ class ModbusDevice:
         sf_raw = self._raw.get(sunspec.sf_point_name(model, spec.params.get("rate_sf_offset", 23)))
         rate_sf = 0 if sf_raw is None or sf_raw[0] is NOT_IMPLEMENTED else int(sf_raw[0])
         return cmd.sunspec_storage_writes(spec.params, value, self.models[model], max_kw, rate_sf)
+
+    def _wmaxlim_writes(self, spec, value: float) -> list[tuple[int, list[int]]]:
+        model = spec.params.get("model", 123)
+        if model not in self.models:
+            raise ValueError(f"SunSpec model {model} not discovered yet")
+        wmax = self._value(spec.params.get("max_point", "wmax_kw"), now_s=math.inf)
+        sf_raw = self._raw.get(sunspec.sf_point_name(model, spec.params.get("pct_sf_offset", 21)))
+        if sf_raw is None or not isinstance(sf_raw[0], int):     # never guess a scale factor
+            raise ValueError("WMaxLimPct_SF not read yet")
+        wmax_kw = 0.0 if wmax is None or math.isnan(wmax[0]) else wmax[0]
+        return cmd.sunspec_wmaxlim_writes(spec.params, value, self.models[model], wmax_kw, int(sf_raw[0]))
 
     # --- values ---------------------------------------------------------------------------------------
     def _max_age(self, p: PointSpec) -> float:

@@ -20,7 +20,7 @@ from drivers.modbus.decode import ORDERS, TYPES, register_count
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "profiles" / "devices"
 READ_FUNCTIONS = (3, 4)
 DERIVED_OPS = ("mean", "sum", "nonzero", "bit_set", "bit_clear", "pct_of")
-COMMAND_HANDLERS = ("register", "deepsea_key", "sunspec_storage")
+COMMAND_HANDLERS = ("register", "deepsea_key", "sunspec_storage", "sunspec_wmaxlim")
 
 
 class ProfileError(ValueError):

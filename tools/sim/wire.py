@@ -218,7 +218,7 @@ def _pv_profile(dev: dict) -> str:
     return name
 
 
-# --- the controller's side: the real drivers, plus two stop-gaps --------------------------------------------
+# --- the controller's side: the real drivers, plus one stop-gap --------------------------------------------
 class ProfileCommandsOnly(ModbusDevice):
     """A ModbusDevice that drops, silently, canonical commands its profile cannot express.
 
@@ -233,41 +233,6 @@ class ProfileCommandsOnly(ModbusDevice):
         if any(k not in known for k in commands):
             self.dropped += 1
         super().actuate({k: v for k, v in commands.items() if k in known}, now_mono_s)
-
-
-class SunSpecPvInverter(ModbusDevice):
-    """SunSpec PV inverter with the curtailment command the drivers do not have yet.
-
-    limit_kw -> model 123: WMaxLimPct = limit / WMax (model 121) x 100 %, in WMaxLimPct_SF units, then
-    WMaxLim_Ena = 1, as one FC16 write of registers 3..7 (WinTms, RvrtTms, RmpTms = 0: immediate, no
-    revert, no ramp). Belongs in drivers/modbus/commands.py as a `sunspec_wmaxlim` handler.
-    """
-
-    def actuate(self, commands, now_mono_s):
-        if "limit_kw" not in commands:
-            return
-        value = float(commands["limit_kw"])
-        last = self._written.get("limit_kw")
-        if last is not None and last[0] == value and now_mono_s - last[1] < self.refresh_s:
-            return
-        self._pending["limit_kw"] = value
-        self.flush_writes(now_mono_s)   # catches field faults; a failed write stays pending
-
-    def _command_writes(self, name, value):
-        if name != "limit_kw":
-            return super()._command_writes(name, value)
-        if 123 not in self.models:
-            raise ValueError("SunSpec model 123 not discovered yet")
-        wmax = self._value("wmax_kw", now_s=math.inf)
-        if wmax is None or not wmax[0] > 0:
-            raise ValueError("WMax unknown: cannot express a PV limit as a percentage")
-        sf_raw = self._raw.get(sunspec.sf_point_name(123, 21))
-        if sf_raw is None or not isinstance(sf_raw[0], int):   # never guess a scale factor
-            raise ValueError("WMaxLimPct_SF not read yet")
-        sf = int(sf_raw[0])
-        pct = max(0.0, min(100.0, value / wmax[0] * 100.0))
-        raw = max(0, min(65534, int(round(pct / 10.0 ** sf))))
-        return [(self.models[123] + 3, [raw, 0, 0, 0, 1])]
 
 
 # --- the BMS on CAN -------------------------------------------------------------------------------------
@@ -476,7 +441,7 @@ class WireSite:
             name, role = dev["name"], dev["role"]
             if name in by_name:
                 u = by_name[name]
-                cls = SunSpecPvInverter if role == "pv_inverter" else ProfileCommandsOnly
+                cls = ProfileCommandsOnly
                 kw = {"fast_max_age_s": limits["meter_max_age_s"]}
                 if timeout_s is not None:
                     kw["timeout_s"] = timeout_s
@@ -555,4 +520,4 @@ def build_wire_devices(site: SimSite, baud: int | None = None, **kwargs) -> tupl
     return wire.devices, wire
 
 
-__all__ = ["build_wire_devices", "WireSite", "RegisterEncoder", "SunSpecPvInverter", "MODBUS_ROLES"]
+__all__ = ["build_wire_devices", "WireSite", "RegisterEncoder", "MODBUS_ROLES"]
