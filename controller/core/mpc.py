@@ -15,17 +15,26 @@ F(y), the cheapest way to supply a bus demand y; the battery maps a SOC rate r t
 negative marginal cost, exactly as the LP would.
 
 The peak term (peak_price * max_t g_t) couples the steps: for a fixed peak level P the problem is the
-same DP with g_t <= min(cap_t, P), and h(P) = Phi(P) + peak_price*P is convex and PL in P, so P is
-found by tangent intersection (Kelley's cutting planes in 1-D, finite for PL functions; slopes by
-one-sided differences), at most PEAK_EVALS backward passes, which also yields a lower bound.
+same DP with g_t <= min(cap_t, P), and h(P) = Phi(P) + peak_price*P is convex and PL in P. P is found
+by chord cutting planes: one DP pass per point (no finite differences), the chords of neighbouring
+points bound h from below between them, the next point is where that bound is least; the bound
+certifies the result (PEAK_TOL) and is reported. At most PEAK_EVALS passes.
 
 With a genset the problem is mixed-integer (p_min, start cost). The convex relaxation (on_t in
 [0,1], start cost dropped) is solved the same way and gives a certified lower bound LB. On/off
-patterns come from rounding the relaxed diesel use and from unit-commitment rounds (price stored
-energy at the plan's dual dV/dE, decide each step off/on with a two-state Viterbi over start
-costs); the best is improved by a first-improvement local search (extend/shrink/shift/drop runs, fill gaps,
-start new runs), every candidate an exact DP over stage tables built once. The search is capped
-at GENSET_EVALS passes; gap_bound = (objective - LB) / max(1, |objective|) is reported per call.
+patterns start from all-off, all-on, the relaxed diesel use rounded, and unit-commitment rounds
+(price stored energy at the plan's dual dV/dE, decide each step off/on with a two-state Viterbi
+over start costs). They are improved by first-improvement local search (extend/shrink/shift/drop
+runs, fill gaps) and a window sweep (set any window of up to SWEEP_WINDOW steps all-off or all-on:
+runs dropped, split, merged or started anywhere; the best of all of them). Every candidate is
+valued exactly, but only over the steps it changes: the cost-to-arrive C_t and cost-to-go V_t of
+the incumbent are stored, so a pattern that differs on [a, b) costs O(b - a) merges plus
+min_E C_a + V_a (the sweep pushes C_a through the window one step at a time: O(H * window) for
+all windows). Multi-start, best start first; with a peak term the peak level is re-searched for
+the committed pattern and the commitment re-searched at that level (PEAK_ROUNDS). The work is
+capped at GENSET_EVALS DP-pass equivalents; gap_bound = (objective - LB) / max(1, |objective|) is
+reported per call (the relaxation's bound: loose for MIP instances; the benchmark compares with
+HiGHS's MIP optimum).
 
 Everything below the public `solve` is numba `@njit(cache=True, error_model="numpy")` on plain arrays; `plan_kernel` is
 the raw entry the controller's numba step can call directly.
@@ -45,8 +54,13 @@ __all__ = ["PlanResult", "solve", "plan_kernel", "pack_instance", "warm_up",
 
 # Bounded work: evaluations of the backward pass spent on the peak level and on genset patterns.
 PEAK_EVALS = 24
-GENSET_EVALS = 1500
+PEAK_TOL = 1e-6      # the peak search stops when its certified bound is this close (relative)
+PEAK_MARGIN = 0.02   # a new peak point stays this fraction of its interval off the ends
+PEAK_START = (0.5, 0.75)  # first peak levels tried, as fractions of [billed peak, unconstrained peak]
+GENSET_EVALS = 1500  # DP-pass equivalents (x H step merges) for the genset pattern search
 LAGRANGE_ROUNDS = 4
+SWEEP_WINDOW = 96    # longest window of the window sweep (steps; longer: drop-run / fill-gap moves)
+PEAK_ROUNDS = 2      # genset + peak: peak search, re-commitment at that level (budget / 4), peak search
 
 # prm (float64 scalars) layout
 P_DT, P_XMAX, P_UNS, P_SF, P_CAP, P_E0, P_EHI, P_CMAX, P_DMAX, P_ETAC, P_ETAD, P_WEAR, P_TV = range(13)
@@ -397,6 +411,132 @@ def _add_floor_penalty(wl, ws, nw, wx0, wv0, floor_kwh, slope):
 
 
 @njit(cache=True, error_model="numpy")
+def _clip_band(ml, ms, n, mx0, mv0, ehi, wl, ws):
+    """Restrict a convex PL function to the hard band [0, ehi], written to (wl, ws). Returns
+    (nw, x0, v0, feasible). Only the few segments at either end are walked with their checks; the
+    middle is copied in one plain loop (the backward pass's hot loop)."""
+    pos, val, k = mx0, mv0, 0
+    while k < n and pos + ml[k] <= 0.0:
+        val += ms[k] * ml[k]
+        pos += ml[k]
+        k += 1
+    first_cut = 0.0
+    if pos < 0.0:
+        if k >= n:
+            if pos < -1e-9:
+                return 0, 0.0, 0.0, False
+        else:
+            first_cut = -pos
+            val += ms[k] * first_cut
+        pos = 0.0
+    if pos > ehi + 1e-9:
+        return 0, 0.0, 0.0, False
+    x0, v0 = pos, val
+    if k >= n or pos >= ehi:
+        return 0, x0, v0, True
+    end = pos - first_cut
+    for q in range(k, n):
+        end += ml[q]
+    kk = n - 1
+    while kk > k and end - ml[kk] >= ehi:  # whole segments beyond the band
+        end -= ml[kk]
+        kk -= 1
+    nw = kk - k + 1
+    for q in range(nw):
+        wl[q] = ml[k + q]
+        ws[q] = ms[k + q]
+    wl[0] -= first_cut
+    if end > ehi:
+        wl[nw - 1] -= end - ehi
+    if nw > 1 and wl[nw - 1] <= TINY:
+        nw -= 1
+    if wl[0] <= TINY and nw > 1:
+        for q in range(nw - 1):
+            wl[q] = wl[q + 1]
+            ws[q] = ws[q + 1]
+        nw -= 1
+    elif wl[0] <= TINY:
+        nw = 0
+    return nw, x0, v0, True
+
+
+@njit(cache=True, error_model="numpy")
+def _merge_flags(al, a_s, na, bl, bs, nb, ml, ms, mk, flags):
+    """Infimal convolution of two convex PL functions: their segments merged by slope (a's first
+    on ties). b has few segments: each is placed by binary search and a's runs between them are
+    block copies. flags: also write the origin of each segment to mk (0: a, 1: b)."""
+    n = 0
+    i = 0
+    for j in range(nb):
+        s = bs[j]
+        lo, hi = i, na
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if a_s[mid] <= s:
+                lo = mid + 1
+            else:
+                hi = mid
+        k = lo - i
+        if k > 0:
+            for q in range(k):  # element loops: numba's slice-to-slice copy checks overlap, slowly
+                ml[n + q] = al[i + q]
+                ms[n + q] = a_s[i + q]
+            if flags:
+                for q in range(k):
+                    mk[n + q] = 0
+            n += k
+            i = lo
+        ml[n] = bl[j]
+        ms[n] = s
+        if flags:
+            mk[n] = 1
+        n += 1
+    k = na - i
+    if k > 0:
+        for q in range(k):
+            ml[n + q] = al[i + q]
+            ms[n + q] = a_s[i + q]
+        if flags:
+            for q in range(k):
+                mk[n + q] = 0
+        n += k
+    return n
+
+
+@njit(cache=True, error_model="numpy")
+def _merge(al, a_s, na, bl, bs, nb, ml, ms):
+    """Infimal convolution of two convex PL functions (as _merge_flags, without the flags)."""
+    n = 0
+    i = 0
+    for j in range(nb):
+        s = bs[j]
+        lo, hi = i, na
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if a_s[mid] <= s:
+                lo = mid + 1
+            else:
+                hi = mid
+        k = lo - i
+        if k > 0:
+            for q in range(k):
+                ml[n + q] = al[i + q]
+                ms[n + q] = a_s[i + q]
+            n += k
+            i = lo
+        ml[n] = bl[j]
+        ms[n] = s
+        n += 1
+    k = na - i
+    if k > 0:
+        for q in range(k):
+            ml[n + q] = al[i + q]
+            ms[n + q] = a_s[i + q]
+        n += k
+    return n
+
+
+@njit(cache=True, error_model="numpy")
 def _tables(steps, prm, modes, pcap):
     """Reflected stage functions of every step, for each genset mode in `modes` (built once, then
     reused by every DP pass that shares the peak level pcap). tn < 0 marks an infeasible step."""
@@ -456,23 +596,16 @@ def _backward(steps, prm, sel, want_store, tabs):
             return INF, sl, ss, sk, start, cnt, x0s, wx0s
         tl, ts = tab_l[m_t, t], tab_s[m_t, t]
         # infimal convolution: merge W and f~ segments by slope
-        i = j = n = 0
-        while i < nw or j < nt:
-            if j >= nt or (i < nw and ws[i] <= ts[j]):
-                ml[n], ms[n], mk[n] = wl[i], ws[i], 0
-                i += 1
-            else:
-                ml[n], ms[n], mk[n] = tl[j], ts[j], 1
-                j += 1
-            n += 1
+        n = _merge_flags(wl, ws, nw, tl, ts, nt, ml, ms, mk, want_store)
         mx0, mv0 = wx0 + tx0, wv0 + tv0
         if want_store:
             sl = _grow(sl, used + n)
             ss = _grow(ss, used + n)
             sk = _grow(sk, used + n)
-            sl[used: used + n] = ml[:n]
-            ss[used: used + n] = ms[:n]
-            sk[used: used + n] = mk[:n]
+            for q in range(n):
+                sl[used + q] = ml[q]
+                ss[used + q] = ms[q]
+                sk[used + q] = mk[q]
             start[t] = used
             cnt[t] = n
             used += n
@@ -480,37 +613,10 @@ def _backward(steps, prm, sel, want_store, tabs):
         wx0s[t] = wx0
         if t == 0:
             return _pl_value(ml, ms, n, mx0, mv0, e0), sl, ss, sk, start, cnt, x0s, wx0s
-        # V_t restricted to the hard band [0, ehi] becomes the next W (equal slopes coalesced)
-        pos, val, k = mx0, mv0, 0
-        while k < n and pos + ml[k] <= 0.0:
-            val += ms[k] * ml[k]
-            pos += ml[k]
-            k += 1
-        first_cut = 0.0
-        if pos < 0.0:
-            if k >= n:
-                if pos < -1e-9:
-                    return INF, sl, ss, sk, start, cnt, x0s, wx0s
-            else:
-                first_cut = -pos
-                val += ms[k] * first_cut
-            pos = 0.0
-        if pos > ehi + 1e-9:
+        # V_t restricted to the hard band [0, ehi] becomes the next W
+        nw, wx0, wv0, ok = _clip_band(ml, ms, n, mx0, mv0, ehi, wl, ws)
+        if not ok:
             return INF, sl, ss, sk, start, cnt, x0s, wx0s
-        wx0, wv0 = pos, val
-        nw = 0
-        while k < n and pos < ehi:
-            take = min(ml[k] - first_cut, ehi - pos)
-            first_cut = 0.0
-            if take > TINY:
-                if nw > 0 and ws[nw - 1] == ms[k]:
-                    wl[nw - 1] += take
-                else:
-                    wl[nw] = take
-                    ws[nw] = ms[k]
-                    nw += 1
-            pos += take
-            k += 1
     return INF, sl, ss, sk, start, cnt, x0s, wx0s
 
 
@@ -659,44 +765,284 @@ def _plan_at(steps, prm, mode, pcap, out):
 
 
 @njit(cache=True, error_model="numpy")
-def _peak_search(steps, prm, mode, p_hi, evals):
-    """Minimise the convex PL h(P) = Phi(P) + peak_price*P on [0, p_hi] by tangent intersection
-    (Kelley's method in 1-D: finite for PL functions), slopes by one-sided differences, at most
-    `evals` DP passes. Returns (P, h(P), lower bound on min h)."""
+def _chord_bound(xs, hs, n, i):
+    """Lower bound of the convex h on [xs[i], xs[i+1]] and where the model attains it: the
+    chords through the pairs on either side, extended into the interval, are below h there
+    (convexity); their max is the model. With no chord the bound is -inf at the midpoint."""
+    lo, hi = xs[i], xs[i + 1]
+    has1 = i >= 1
+    has2 = i + 2 < n
+    s1 = c1 = s2 = c2 = 0.0
+    if has1:
+        s1 = (hs[i] - hs[i - 1]) / (xs[i] - xs[i - 1])
+        c1 = hs[i] - s1 * lo
+    if has2:
+        s2 = (hs[i + 2] - hs[i + 1]) / (xs[i + 2] - xs[i + 1])
+        c2 = hs[i + 1] - s2 * hi
+    if not has1 and not has2:
+        return -INF, 0.5 * (lo + hi)
+    best_v, best_x = INF, lo
+    for k in range(3):
+        if k == 2:
+            if not (has1 and has2) or s1 == s2:
+                break
+            x = (c2 - c1) / (s1 - s2)
+            if x <= lo or x >= hi:
+                break
+        else:
+            x = lo if k == 0 else hi
+        v = -INF
+        if has1:
+            v = max(v, c1 + s1 * x)
+        if has2:
+            v = max(v, c2 + s2 * x)
+        if v < best_v:
+            best_v, best_x = v, x
+    return best_v, best_x
+
+
+@njit(cache=True, error_model="numpy")
+def _peak_search(steps, prm, mode, p_hi, h_hi, evals):
+    """Minimise the convex PL h(P) = Phi(P) + peak_price*P on [a0, p_hi] (h_hi = h(p_hi), known from
+    the unconstrained plan) by chord cutting planes: every DP pass adds one point; the chords of
+    neighbouring points bound h from below between them (convexity), the next point is where that
+    model is least, kept a fraction of its interval away from the ends (so a far chord cannot stall
+    the search on one side). Finite for PL h; stops when the model certifies PEAK_TOL, or after
+    `evals` passes. One pass per point (no finite differences). Returns (P, h(P), lower bound)."""
     a0 = min(max(prm[P_PEAK0], 0.0), p_hi)
     if prm[P_PEAK] <= 0.0 or p_hi <= 0.0 or a0 >= p_hi:
         v = _value(steps, prm, mode, p_hi)
         return p_hi, v, v
-    delta = 1e-7 * p_hi
-    a, b = a0, p_hi
-    ha = _value(steps, prm, mode, a)
-    sa = (_value(steps, prm, mode, a + delta) - ha) / delta
-    hb = _value(steps, prm, mode, b)
-    sb = (hb - _value(steps, prm, mode, b - delta)) / delta
-    used = 4
-    best_p, best_v = (a, ha) if ha <= hb else (b, hb)
-    if sa >= 0.0:
-        return a, ha, ha
-    if sb <= 0.0:
-        return b, hb, hb
+    cap = evals + 4
+    xs = np.empty(cap)
+    hs = np.empty(cap)
+    w = p_hi - a0
+    n = 0
+    for f in PEAK_START:
+        xs[n] = a0 + f * w
+        hs[n] = _value(steps, prm, mode, xs[n])
+        n += 1
+    xs[n], hs[n] = p_hi, h_hi
+    # a virtual point beyond p_hi: above the unconstrained peak h grows at exactly peak_price, so the
+    # chord to it is a tangent at p_hi (a valid cut); it is never chosen nor searched beyond
+    xs[n + 1], hs[n + 1] = p_hi + w, h_hi + prm[P_PEAK] * w
+    n += 2
+    used = n - 2
     lb = -INF
-    while used + 2 <= evals:
-        c = (hb - ha + sa * a - sb * b) / (sa - sb)
-        lb = max(lb, ha + sa * (c - a))
-        if best_v - lb <= 1e-9 * max(1.0, abs(best_v)):
-            break
-        w = b - a
-        c = min(max(c, a + 1e-4 * w), b - 1e-4 * w)
-        hc = _value(steps, prm, mode, c)
-        sc = (_value(steps, prm, mode, c + delta) - hc) / delta
-        used += 2
-        if hc < best_v:
-            best_p, best_v = c, hc
-        if sc >= 0.0:
-            b, hb, sb = c, hc, sc
+    while True:
+        ib = 0
+        for i in range(1, n - 1):
+            if hs[i] < hs[ib]:
+                ib = i
+        best = hs[ib]
+        if ib == 0:
+            if xs[0] <= a0:
+                bl, _ = _chord_bound(xs, hs, n, 0)
+                lb = min(best, bl)
+                if best - lb <= PEAK_TOL * max(1.0, abs(best)) or used >= evals:
+                    break
+                x = 0.5 * (xs[0] + xs[1])
+            else:  # extend the bracket to the left
+                x = max(a0, xs[0] - 2.0 * (xs[1] - xs[0]))
+                if x - a0 < 0.05 * w:
+                    x = a0
+                lb = -INF
         else:
-            a, ha, sa = c, hc, sc
-    return best_p, best_v, min(lb, best_v)
+            bl, xl = _chord_bound(xs, hs, n, ib - 1)
+            br, xr = _chord_bound(xs, hs, n, ib) if ib + 2 < n else (INF, 0.0)  # not beyond p_hi
+            lb = min(best, min(bl, br))
+            if best - lb <= PEAK_TOL * max(1.0, abs(best)) or used >= evals:
+                break
+            j = ib - 1 if bl <= br else ib
+            x = xl if bl <= br else xr
+            gap = xs[j + 1] - xs[j]
+            x = min(max(x, xs[j] + PEAK_MARGIN * gap), xs[j + 1] - PEAK_MARGIN * gap)
+        if used >= evals:
+            break
+        hx = _value(steps, prm, mode, x)
+        used += 1
+        k = n
+        while k > 0 and xs[k - 1] > x:  # sorted insert
+            xs[k] = xs[k - 1]
+            hs[k] = hs[k - 1]
+            k -= 1
+        xs[k], hs[k] = x, hx
+        n += 1
+    ib = 0
+    for i in range(1, n - 1):
+        if hs[i] < hs[ib]:
+            ib = i
+    return xs[ib], hs[ib], min(lb, hs[ib])
+
+
+# ---------------------------------------------------------------- windowed DP: cheap pattern moves
+@njit(cache=True, error_model="numpy")
+def _stores(steps, prm, m, tabs):
+    """For pattern m: V_t (cost-to-go from E_t, t = 1..H, clipped to the band) and C_t (cost to
+    arrive at E_t from E0, t = 1..H). A pattern that differs from m only on steps [a, b) is then
+    valued by re-running the backward pass over the window alone, from V_b, and taking
+    min_E C_a(E) + V_a(E): O(b - a) merges instead of O(H). Each store: (lengths, slopes, start,
+    count (-1: +inf), x0, v0)."""
+    tab_l, tab_s, tab_n, tab_x0, tab_v0 = tabs
+    H = steps.shape[1]
+    dt, ehi, e0 = prm[P_DT], prm[P_EHI], prm[P_E0]
+    sf_slope = -dt * prm[P_SF]
+    wcap = H * (MAX_CAND + 2) + 8
+    wl, ws = np.empty(wcap), np.empty(wcap)
+    ml, ms = np.empty(wcap + MAX_CAND), np.empty(wcap + MAX_CAND)
+    rl, rs = np.empty(MAX_CAND), np.empty(MAX_CAND)
+    vl, vs = np.empty(64 * H + 64), np.empty(64 * H + 64)
+    vstart, vn, vx, vv = np.zeros(H + 2, np.int64), np.zeros(H + 1, np.int64), np.zeros(H + 1), np.zeros(H + 1)
+    cl, cs = np.empty(64 * H + 64), np.empty(64 * H + 64)
+    cstart, cn, cx, cv = np.zeros(H + 2, np.int64), np.zeros(H + 1, np.int64), np.zeros(H + 1), np.zeros(H + 1)
+    # backward: V_H = terminal value; V_t = clip(f~_t box (V_{t+1} + pen_t)), stored at vstart[t]
+    nw = 0
+    if ehi > 0.0:
+        wl[0], ws[0], nw = ehi, -prm[P_TV], 1
+    wx0, wv0, ok = 0.0, 0.0, True
+    pos = 0
+    for t in range(H, 0, -1):
+        if t < H and ok:
+            nw, wv0 = _add_floor_penalty(wl, ws, nw, wx0, wv0, steps[S_FLOOR, t], sf_slope)
+            mt = m[t]
+            nt = tab_n[mt, t]
+            if nt < 0:
+                ok = False
+            else:
+                n = _merge(wl, ws, nw, tab_l[mt, t], tab_s[mt, t], nt, ml, ms)
+                nw, wx0, wv0, ok = _clip_band(ml, ms, n, wx0 + tab_x0[mt, t], wv0 + tab_v0[mt, t],
+                                              ehi, wl, ws)
+        vstart[t] = pos
+        vn[t] = nw if ok else -1
+        vx[t], vv[t] = wx0, wv0
+        if ok:
+            vl = _grow(vl, pos + nw)
+            vs = _grow(vs, pos + nw)
+            for q in range(nw):
+                vl[pos + q] = wl[q]
+                vs[pos + q] = ws[q]
+            pos += nw
+    # forward: C_0 is the point E0; C_{t+1} = clip((C_t box f_t) + pen_t)
+    pos = 0
+    nc, cx0, cv0, ok = 0, e0, 0.0, True
+    for t in range(H):
+        if ok:
+            mt = m[t]
+            nt = tab_n[mt, t]
+            if nt < 0:
+                ok = False
+            else:  # f(e) = f~(-e): segments reversed, slopes negated
+                fend, fvend = tab_x0[mt, t], tab_v0[mt, t]
+                for q in range(nt):
+                    fend += tab_l[mt, t, q]
+                    fvend += tab_l[mt, t, q] * tab_s[mt, t, q]
+                    rl[q] = tab_l[mt, t, nt - 1 - q]
+                    rs[q] = -tab_s[mt, t, nt - 1 - q]
+                n = _merge(wl, ws, nc, rl, rs, nt, ml, ms)
+                mx0, mv0 = cx0 - fend, cv0 + fvend
+                n, mv0 = _add_floor_penalty(ml, ms, n, mx0, mv0, steps[S_FLOOR, t], sf_slope)
+                nc, cx0, cv0, ok = _clip_band(ml, ms, n, mx0, mv0, ehi, wl, ws)
+        cstart[t + 1] = pos
+        cn[t + 1] = nc if ok else -1
+        cx[t + 1], cv[t + 1] = cx0, cv0
+        if ok:
+            cl = _grow(cl, pos + nc)
+            cs = _grow(cs, pos + nc)
+            for q in range(nc):
+                cl[pos + q] = wl[q]
+                cs[pos + q] = ws[q]
+            pos += nc
+    return (vl, vs, vstart, vn, vx, vv), (cl, cs, cstart, cn, cx, cv)
+
+
+@njit(cache=True, error_model="numpy")
+def _seg_at(l, s, st, n, x0, v0, x):
+    """(index of the segment starting at or containing x to its right, its start, value at x)."""
+    pos, val = x0, v0
+    k = 0
+    while k < n and pos + l[st + k] <= x:
+        pos += l[st + k]
+        val += s[st + k] * l[st + k]
+        k += 1
+    if k < n and x > pos:
+        val += s[st + k] * (x - pos)
+    return k, pos, val
+
+
+@njit(cache=True, error_model="numpy")
+def _min_sum(al, a_s, ast, na, ax0, av0, bl, bs, bst, nb, bx0, bv0):
+    """min_E A(E) + B(E) of two convex PL functions (walks the merged breakpoints to the point
+    where the summed slope turns non-negative); +inf when their domains do not meet."""
+    aend, bend = ax0, bx0
+    for k in range(na):
+        aend += al[ast + k]
+    for k in range(nb):
+        bend += bl[bst + k]
+    lo, hi = max(ax0, bx0), min(aend, bend)
+    if lo > hi + 1e-9:
+        return INF
+    hi = max(lo, hi)
+    ia, pa, va = _seg_at(al, a_s, ast, na, ax0, av0, lo)
+    ib, pb, vb = _seg_at(bl, bs, bst, nb, bx0, bv0, lo)
+    x, v = lo, va + vb
+    while x < hi and ia < na and ib < nb:
+        slope = a_s[ast + ia] + bs[bst + ib]
+        if slope >= 0.0:
+            break
+        ea, eb = pa + al[ast + ia], pb + bl[bst + ib]
+        nxt = min(ea, eb, hi)
+        v += slope * (nxt - x)
+        x = nxt
+        if ea <= x:
+            pa = ea
+            ia += 1
+        if eb <= x:
+            pb = eb
+            ib += 1
+    return v
+
+
+@njit(cache=True, error_model="numpy")
+def _window_value(steps, prm, m, tabs, a, b, vst, cst, wl, ws, ml, ms):
+    """DP value (fixed genset costs excluded) of pattern m, known to equal the stored pattern
+    outside steps [a, b): the backward pass over the window from the stored V_b, met with C_a."""
+    tab_l, tab_s, tab_n, tab_x0, tab_v0 = tabs
+    vl, vs, vstart, vn, vx, vv = vst
+    cl, cs, cstart, cn, cx, cv = cst
+    H = steps.shape[1]
+    dt, ehi = prm[P_DT], prm[P_EHI]
+    sf_slope = -dt * prm[P_SF]
+    if b < H:
+        nw = vn[b]
+        if nw < 0:
+            return INF
+        st = vstart[b]
+        for q in range(nw):
+            wl[q] = vl[st + q]
+            ws[q] = vs[st + q]
+        wx0, wv0 = vx[b], vv[b]
+    else:
+        nw = 0
+        if ehi > 0.0:
+            wl[0], ws[0], nw = ehi, -prm[P_TV], 1
+        wx0, wv0 = 0.0, 0.0
+    for t in range(b - 1, a - 1, -1):
+        nw, wv0 = _add_floor_penalty(wl, ws, nw, wx0, wv0, steps[S_FLOOR, t], sf_slope)
+        mt = m[t]
+        nt = tab_n[mt, t]
+        if nt < 0:
+            return INF
+        n = _merge(wl, ws, nw, tab_l[mt, t], tab_s[mt, t], nt, ml, ms)
+        mx0, mv0 = wx0 + tab_x0[mt, t], wv0 + tab_v0[mt, t]
+        if t == 0:
+            return _pl_value(ml, ms, n, mx0, mv0, prm[P_E0])
+        nw, wx0, wv0, ok = _clip_band(ml, ms, n, mx0, mv0, ehi, wl, ws)
+        if not ok:
+            return INF
+    nc = cn[a]
+    if nc < 0:
+        return INF
+    return _min_sum(cl, cs, cstart[a], nc, cx[a], cv[a], wl, ws, 0, nw, wx0, wv0)
 
 
 @njit(cache=True, error_model="numpy")
@@ -720,14 +1066,15 @@ def _runs(mode, rs, re):
 
 MOVE_STEPS = (1, 2, 4, 8)
 MOVES_PER_RUN = 24          # 6 kinds (extend/shrink either end, shift left/right) x MOVE_STEPS
-NEW_RUN_STEPS = (1, 4, 12, 32)
+FLIP_STEPS = (1, 4, 12, 32)  # local-search flips, only when the budget cannot pay for a sweep
 
 
 @njit(cache=True, error_model="numpy")
 def _apply_move(mode, rs, re, nr, idx, m):
     """Neighbour number idx of a pattern, written to m: per on-run, extend/shrink either end or
-    shift the whole run by 1/2/4/8 steps (24 moves), drop it, fill the gap after it; then start a
-    run at any off step (1, 4, 12 or 32 steps long). Returns False when the move does not apply."""
+    shift the whole run by 1/2/4/8 steps (24 moves), drop it, fill the gap after it; then flip the
+    window of 1/4/12/32 steps starting at any step to the opposite of that step's state (starts a run
+    at an off step, splits or cuts a run at an on step). Returns False when the move does not apply."""
     H = mode.shape[0]
     m[:] = mode
     if idx < MOVES_PER_RUN * nr:
@@ -766,11 +1113,11 @@ def _apply_move(mode, rs, re, nr, idx, m):
         m[re[idx]: rs[idx + 1]] = MODE_ON
         return True
     idx -= nr - 1 if nr > 0 else 0
-    for length in NEW_RUN_STEPS:  # start a new run of this many steps at any off step
+    for length in FLIP_STEPS:
         if idx < H:
-            if mode[idx] == MODE_ON or idx + length > H:
-                return False
-            m[idx: idx + length] = MODE_ON
+            if idx + length > H and length > 1 and idx + length // 2 >= H:
+                return False  # the shorter flip already reached the end
+            m[idx: min(H, idx + length)] = MODE_OFF if mode[idx] == MODE_ON else MODE_ON
             return True
         idx -= H
     return False
@@ -820,63 +1167,234 @@ def _lagrange_pattern(steps, prm, tabs, dual, m):
 
 
 @njit(cache=True, error_model="numpy")
-def _genset_patterns(steps, prm, pcap, q_relax, dual, budget):
-    """Bounded search over on/off patterns at peak level pcap: rounded relaxations and all-off,
-    then first-improvement local search on the incumbent (see _apply_move), each candidate an
-    exact DP pass on stage tables built once. Returns (best pattern, its objective)."""
+def _local_search(steps, prm, tabs, extra, best, best_v, work_cap, work, flips):
+    """First-improvement local search over the moves of _apply_move from pattern `best` (improved
+    in place). Each candidate differs from the incumbent on a window [a, b) of steps only, so it is
+    valued exactly by the windowed DP (O(b - a) merges); accepting a move rebuilds the stores
+    (O(H)). Work is counted in step merges and capped at work_cap. Returns (best_v, work)."""
     H = steps.shape[1]
-    tabs = _tables(steps, prm, np.array([MODE_OFF, MODE_ON]), pcap)
-    extra = prm[P_PEAK] * pcap
-    best = np.zeros(H, np.int64)
-    best_v = _pattern_objective(steps, prm, best, tabs, extra)
-    used = 1
-    for frac in (1e-6, 0.25, 0.5, 1.0):
-        m = np.zeros(H, np.int64)
-        for t in range(H):
-            if q_relax[t] > 1e-6 and q_relax[t] >= frac * prm[P_PMIN] and tabs[2][1, t] >= 0:
-                m[t] = MODE_ON
-        v = _pattern_objective(steps, prm, m, tabs, extra)
-        used += 1
-        if v < best_v:
-            best, best_v = m, v
-    # unit-commitment rounds: price stored energy at the current plan's dual, re-commit, re-plan
-    out = np.zeros((10, H + 1))
-    d = dual.copy()
-    m = np.zeros(H, np.int64)
-    for _ in range(LAGRANGE_ROUNDS):
-        _lagrange_pattern(steps, prm, tabs, d, m)
-        v = _pattern_objective(steps, prm, m, tabs, extra)
-        used += 1
-        if v < best_v:
-            best, best_v = m.copy(), v
-        sel = m.copy()
-        res = _backward(steps, prm, sel, True, tabs)
-        if res[0] == INF:
-            break
-        _forward(steps, prm, m, pcap, res[1], res[2], res[3], res[4], res[5], res[6], res[7], out)
-        d[:] = out[9, :H]
+    vst, cst = _stores(steps, prm, best, tabs)
+    work += 2 * H
+    cap = H * (MAX_CAND + 2) + 8
+    wl, ws = np.empty(cap), np.empty(cap)
+    ml, ms = np.empty(cap + MAX_CAND), np.empty(cap + MAX_CAND)
     rs = np.empty(H + 1, np.int64)
     re = np.empty(H + 1, np.int64)
     m = np.empty(H, np.int64)
     nr = _runs(best, rs, re)
     idx = 0
     since = 0  # moves tried since the last improvement
-    while used < budget:
-        total = ((MOVES_PER_RUN + 2) * nr - 1 if nr > 0 else 0) + len(NEW_RUN_STEPS) * H
+    while work < work_cap:
+        total = ((MOVES_PER_RUN + 2) * nr - 1 if nr > 0 else 0) + (len(FLIP_STEPS) * H if flips else 0)
         if since >= total:
             break  # a local optimum: no move improves
         idx = idx % total
         if _apply_move(best, rs, re, nr, idx, m):
-            v = _pattern_objective(steps, prm, m, tabs, extra)
-            used += 1
-            if v < best_v - 1e-9 * (1.0 + abs(best_v)):
-                best_v = v
-                best[:] = m
-                nr = _runs(best, rs, re)
-                since = 0
-                continue
+            a = 0
+            while a < H and m[a] == best[a]:
+                a += 1
+            if a < H:
+                b = H
+                while m[b - 1] == best[b - 1]:
+                    b -= 1
+                v = _window_value(steps, prm, m, tabs, a, b, vst, cst, wl, ws, ml, ms)
+                work += b - a + 4  # the window, plus the O(H) copy and the meeting with C_a
+                v += _fixed_costs(m, prm) + extra
+                if v < best_v - 1e-9 * (1.0 + abs(best_v)):
+                    best_v = v
+                    best[:] = m
+                    nr = _runs(best, rs, re)
+                    vst, cst = _stores(steps, prm, best, tabs)
+                    work += 2 * H
+                    since = 0
+                    continue
         idx += 1
         since += 1
+    return best_v, work
+
+
+@njit(cache=True, error_model="numpy")
+def _window_sweep(steps, prm, tabs, extra, best, best_v, work_cap, work):
+    """The deep move: set any window [a, b) of steps to all-off or all-on (a run dropped, split,
+    grown, merged or started anywhere, of any length) and take the best of all O(H^2) of them.
+    For a fixed a, C_a is pushed through the window one step at a time and met with the stored
+    V_b at every b, so the whole sweep costs O(H^2) merges, not O(H^3). Applies the best window to
+    `best` if it improves. Returns (best_v, work, improved)."""
+    tab_l, tab_s, tab_n, tab_x0, tab_v0 = tabs
+    H = steps.shape[1]
+    dt, ehi, e0 = prm[P_DT], prm[P_EHI], prm[P_E0]
+    sf_slope = -dt * prm[P_SF]
+    vst, cst = _stores(steps, prm, best, tabs)
+    work += 2 * H
+    vl, vs, vstart, vn, vx, vv = vst
+    cl, cs, cstart, cn, cx, cv = cst
+    cap = H * (MAX_CAND + 2) + 8
+    wl, ws = np.empty(cap), np.empty(cap)
+    ml, ms = np.empty(cap + MAX_CAND), np.empty(cap + MAX_CAND)
+    rl, rs = np.empty(MAX_CAND), np.empty(MAX_CAND)
+    # starts of `best` before step t (prefix), to price the starts of a windowed pattern in O(1)
+    on0 = prm[P_ON0] > 0.5
+    spre = np.zeros(H + 1, np.int64)
+    onpre = np.zeros(H + 1, np.int64)
+    for t in range(H):
+        prev_on = on0 if t == 0 else best[t - 1] == MODE_ON
+        spre[t + 1] = spre[t] + (1 if best[t] == MODE_ON and not prev_on else 0)
+        onpre[t + 1] = onpre[t] + (1 if best[t] == MODE_ON else 0)
+    on_cost, start_cost = dt * prm[P_ONCOST], prm[P_START]
+    bv, ba, bb, bs_ = best_v, -1, -1, 0
+    tol = 1e-9 * (1.0 + abs(best_v))
+    for s in range(2):  # 0: window off, 1: window on
+        for a in range(H):
+            if work >= work_cap:
+                break  # out of budget: the best window found so far still counts
+            if best[a] == s:
+                continue  # the same pattern as a window starting later
+            if a == 0:
+                nc, cx0, cv0 = 0, e0, 0.0
+            else:
+                nc = cn[a]
+                if nc < 0:
+                    continue
+                st = cstart[a]
+                for q in range(nc):
+                    wl[q] = cl[st + q]
+                    ws[q] = cs[st + q]
+                cx0, cv0 = cx[a], cv[a]
+            prev_on = on0 if a == 0 else best[a - 1] == MODE_ON
+            start_a = 1 if (s == 1 and not prev_on) else 0
+            for b in range(a + 1, min(H, a + SWEEP_WINDOW) + 1):
+                t = b - 1
+                nt = tab_n[s, t]
+                if nt < 0:
+                    break
+                fend, fvend = tab_x0[s, t], tab_v0[s, t]
+                for q in range(nt):
+                    fend += tab_l[s, t, q]
+                    fvend += tab_l[s, t, q] * tab_s[s, t, q]
+                    rl[q] = tab_l[s, t, nt - 1 - q]
+                    rs[q] = -tab_s[s, t, nt - 1 - q]
+                n = _merge(wl, ws, nc, rl, rs, nt, ml, ms)
+                mx0, mv0 = cx0 - fend, cv0 + fvend
+                n, mv0 = _add_floor_penalty(ml, ms, n, mx0, mv0, steps[S_FLOOR, t], sf_slope)
+                nc, cx0, cv0, ok = _clip_band(ml, ms, n, mx0, mv0, ehi, wl, ws)
+                work += 1
+                if not ok:
+                    break
+                if best[t] == s:
+                    continue  # the same pattern as the window ending a step earlier
+                work += 2  # the meeting with V_b
+                # the pattern: best outside [a, b), s inside
+                n_on = onpre[a] + (b - a) * s + (onpre[H] - onpre[b])
+                n_st = spre[a] + start_a + (spre[H] - spre[b])
+                if b < H and best[b] == MODE_ON:
+                    if s == 1 and best[b - 1] != MODE_ON:
+                        n_st -= 1  # best started at b; now the window runs into it
+                    elif s == 0 and best[b - 1] == MODE_ON:
+                        n_st += 1  # best ran through b; now it restarts there
+                fixed = n_on * on_cost + n_st * start_cost
+                if vn[b] < 0:
+                    continue
+                v = _min_sum(wl, ws, 0, nc, cx0, cv0, vl, vs, vstart[b], vn[b], vx[b], vv[b])
+                v += fixed + extra
+                if v < bv - tol:
+                    bv, ba, bb, bs_ = v, a, b, s
+    if ba < 0:
+        return best_v, work, False
+    best[ba:bb] = MODE_ON if bs_ == 1 else MODE_OFF
+    return bv, work, True
+
+
+@njit(cache=True, error_model="numpy")
+def _improve(steps, prm, tabs, extra, m, v, cap, work):
+    """Local search to a local optimum, then the window sweep to leave it, until neither improves
+    or the work cap is reached. When what is left of the budget cannot pay for a whole sweep
+    (O(H * SWEEP_WINDOW) merges; a cut-off sweep would only try windows early in the horizon), the
+    local search tries short flips anywhere instead. Returns (v, work)."""
+    H = steps.shape[1]
+    sweep_cost = 3 * H * min(H, SWEEP_WINDOW) // 2
+    while True:
+        v, work = _local_search(steps, prm, tabs, extra, m, v, cap, work, cap - work < sweep_cost)
+        if cap - work < sweep_cost:
+            break
+        v, work, improved = _window_sweep(steps, prm, tabs, extra, m, v, cap, work)
+        if not improved:
+            break
+    return v, work
+
+
+@njit(cache=True, error_model="numpy")
+def _genset_patterns(steps, prm, pcap, q_relax, dual, budget, init):
+    """Bounded search over on/off patterns at peak level pcap. Starts: the pattern `init` (if
+    init[0] >= 0), all-off, the relaxation rounded at four thresholds, unit-commitment rounds
+    (_lagrange_pattern at the plan's dual, then at the dual of each re-plan) and all-on; then
+    local search (_local_search) from each distinct start, best first, while the budget lasts
+    (multi-start: one run alone stalls in a local optimum that a drop-one-run-and-grow-another
+    pair of moves would leave). budget is in DP-pass equivalents (budget * H step merges).
+    Returns (best pattern, its objective)."""
+    H = steps.shape[1]
+    tabs = _tables(steps, prm, np.array([MODE_OFF, MODE_ON]), pcap)
+    extra = prm[P_PEAK] * pcap
+    ns = 3 + 4 + LAGRANGE_ROUNDS
+    starts = np.zeros((ns, H), np.int64)
+    vals = np.full(ns, INF)
+    n = 0
+    vals[n] = _pattern_objective(steps, prm, starts[n], tabs, extra)  # all off
+    n += 1
+    for t in range(H):  # all on where a running genset is feasible
+        starts[n, t] = MODE_ON if tabs[2][1, t] >= 0 else MODE_OFF
+    vals[n] = _pattern_objective(steps, prm, starts[n], tabs, extra)
+    n += 1
+    if H > 0 and init[0] >= 0:
+        starts[n] = init
+        vals[n] = _pattern_objective(steps, prm, starts[n], tabs, extra)
+        n += 1
+    for frac in (1e-6, 0.25, 0.5, 1.0):
+        for t in range(H):
+            if q_relax[t] > 1e-6 and q_relax[t] >= frac * prm[P_PMIN] and tabs[2][1, t] >= 0:
+                starts[n, t] = MODE_ON
+        vals[n] = _pattern_objective(steps, prm, starts[n], tabs, extra)
+        n += 1
+    used = n
+    # unit-commitment rounds: price stored energy at the current plan's dual, re-commit, re-plan
+    out = np.zeros((10, H + 1))
+    d = dual.copy()
+    for _ in range(LAGRANGE_ROUNDS):
+        m = starts[n]
+        _lagrange_pattern(steps, prm, tabs, d, m)
+        res = _backward(steps, prm, m, True, tabs)
+        used += 1
+        vals[n] = res[0] + _fixed_costs(m, prm) + extra
+        n += 1
+        if res[0] == INF:
+            break
+        _forward(steps, prm, m, pcap, res[1], res[2], res[3], res[4], res[5], res[6], res[7], out)
+        d[:] = out[9, :H]
+    order = np.argsort(vals[:n], kind="mergesort")  # stable: deterministic ties
+    best = starts[order[0]].copy()
+    best_v = vals[order[0]]
+    work = used * H
+    cap = budget * H
+    for i in range(n):
+        k = order[i]
+        if vals[k] == INF or work >= cap:
+            break
+        dup = False
+        for j in range(i):
+            if vals[order[j]] < INF and np.array_equal(starts[order[j]], starts[k]):
+                dup = True
+                break
+        if dup:
+            continue
+        m = starts[k].copy()
+        if i == 0:  # the most promising start gets the deep move (window sweep, O(H^2) merges) first
+            v, work = _improve(steps, prm, tabs, extra, m, vals[k], cap, work)
+        else:  # the others: local search, and the deep move only if they overtake the best
+            v, work = _local_search(steps, prm, tabs, extra, m, vals[k], cap, work,
+                                    cap - work < 3 * H * min(H, SWEEP_WINDOW) // 2)
+            if v < best_v - 1e-9 * (1.0 + abs(best_v)) and work < cap:
+                v, work = _improve(steps, prm, tabs, extra, m, v, cap, work)
+        if i == 0 or v < best_v - 1e-9 * (1.0 + abs(best_v)):
+            best, best_v = m, v
     return best, best_v
 
 
@@ -889,6 +1407,19 @@ def _max_grid(out, H):
 
 
 @njit(cache=True, error_model="numpy")
+def _peak_for(steps, prm, mode, p_top, peak_evals, out):
+    """Best peak level for a fixed genset pattern: the pattern's own unconstrained plan bounds it
+    (a committed pattern can import more than the relaxation did). Returns (P, h(P)); clobbers out."""
+    H = steps.shape[1]
+    v = _plan_at(steps, prm, mode, p_top, out)
+    if v == INF:
+        return p_top, INF
+    ph = min(p_top, _max_grid(out, H))
+    p, hv, _ = _peak_search(steps, prm, mode, ph, v + _fixed_costs(mode, prm) + prm[P_PEAK] * ph, peak_evals)
+    return p, hv
+
+
+@njit(cache=True, error_model="numpy")
 def plan_kernel(steps, prm, peak_evals, genset_evals):
     """The raw planner. steps: (N_STEPS, H) float64; prm: (N_PRM,) float64 (see pack_instance).
     Returns (out, objective, lower_bound): out rows g x c d q u l soc(H+1) on, each H+1 wide."""
@@ -898,23 +1429,37 @@ def plan_kernel(steps, prm, peak_evals, genset_evals):
     for t in range(H):
         p_hi = max(p_hi, steps[S_GMAX, t])
     has_peak = prm[P_PEAK] > 0.0
+    p_top = p_hi
     mode = np.zeros(H, np.int64)
     if prm[P_HASD] > 0.5:
         mode[:] = MODE_RELAX
+    # the plan without a peak constraint (relaxed mode has no fixed costs: its value is h(p_hi) - peak term)
+    v = _plan_at(steps, prm, mode, p_hi, out)
+    p, lb = p_hi, v
     if has_peak:  # the best peak is at most the peak of the plan without a peak constraint
-        _plan_at(steps, prm, mode, p_hi, out)
         p_hi = min(p_hi, _max_grid(out, H))
-    p, v, lb = _peak_search(steps, prm, mode, p_hi, peak_evals)
-    _plan_at(steps, prm, mode, p, out)
+        p, v, lb = _peak_search(steps, prm, mode, p_hi, v + prm[P_PEAK] * p_hi, peak_evals)
+        if p < p_hi:
+            _plan_at(steps, prm, mode, p, out)
     if prm[P_HASD] > 0.5:
         q_relax = np.zeros(H)  # the relaxed plan's diesel use, from its balance
         for t in range(H):
             q_relax[t] = max(0.0, steps[S_LOAD, t] + out[2, t] + out[1, t] - steps[S_PV, t] + out[5, t]
                              - out[3, t] - out[0, t] - out[6, t])
-        mode, _ = _genset_patterns(steps, prm, p if has_peak else p_hi, q_relax, out[9, :H].copy(),
-                                   genset_evals)
-        if has_peak:
-            p, v, _ = _peak_search(steps, prm, mode, p_hi, peak_evals)
+        dual = out[9, :H].copy()
+        init = np.full(H, -1, np.int64)
+        mode, gv = _genset_patterns(steps, prm, p if has_peak else p_hi, q_relax, dual, genset_evals, init)
+        if has_peak:  # the commitment moves the best peak level: re-search it, then re-commit there
+            for r in range(PEAK_ROUNDS):
+                p2, v2 = _peak_for(steps, prm, mode, p_top, peak_evals, out)
+                if v2 <= gv:
+                    p, gv = p2, v2
+                if r == PEAK_ROUNDS - 1:
+                    break
+                m2, gv2 = _genset_patterns(steps, prm, p, q_relax, dual, genset_evals // 4, mode)
+                if not gv2 < gv - 1e-9 * (1.0 + abs(gv)):
+                    break  # no better pattern at this peak level
+                mode, gv = m2, gv2
         _plan_at(steps, prm, mode, p, out)
     obj = _plan_objective(steps, prm, out)[0]
     return out, obj, min(lb, obj)

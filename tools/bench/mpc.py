@@ -133,7 +133,7 @@ def run(seeds: int, horizons, kinds, repeats: int, out=sys.stdout) -> int:
             failures += 0 if ok else 1
             summary.append(f"{kind}/{H}: max gap {max(gaps):.4f}% (limit {limit}%), median gap "
                            f"{statistics.median(gaps):.4f}%, max viol {max(viols):.1e}, median HiGHS/ours "
-                           f"{med:.1f}x (need {need:g}x) {'OK' if ok else 'FAIL'}")
+                           f"{med:.1f}x (need {need:g}x, min {min(ratios):.1f}x) {'OK' if ok else 'FAIL'}")
     print("", file=out)
     for line in summary:
         print(line, file=out)
