@@ -21,13 +21,25 @@ def _die_bad_input(message: str) -> int:
 
 
 def _need_sim():
-    """The simulator's dependencies are an extra: say how to get them instead of a traceback."""
-    try:
-        import pvlib  # noqa: F401
-        import pandas  # noqa: F401
-    except ImportError as exc:
-        raise SystemExit(_die_bad_input(f"simulated devices need the simulator extra ({exc.name} is missing): "
-                                        "pip install 'edge-ems[sim]'"))
+    """The simulator's dependencies are an extra: say how to get them instead of a traceback. Looked up,
+    not imported: `run` computes the pvlib series in a child process and must not load them itself."""
+    from importlib.util import find_spec
+    for name in ("pvlib", "pandas"):
+        if find_spec(name) is None:
+            raise SystemExit(_die_bad_input(f"simulated devices need the simulator extra ({name} is missing): "
+                                            "pip install 'edge-ems[sim]'"))
+
+
+def _release_llvm_after_first_cycle():
+    """A hook: after the first cycle (every kernel loaded, params built) unmap numba's compiler pages
+    (controller/llvm_pages.py); a no-op from then on."""
+    from controller.llvm_pages import release_llvm_pages
+    done = []
+
+    def hook(loop, image, cmd, events, n):
+        if not done:
+            done.append(release_llvm_pages())
+    return hook
 
 
 def cmd_check(args) -> int:
@@ -76,7 +88,6 @@ def cmd_run(args) -> int:
             "only sites whose devices are all simulated. Set simulated = true to try the site in simulation.")
     _need_sim()
     from tools.sim.scenario import list_scenarios, load_scenario
-    from tools.sim.runner import run_sim
     if args.scenario:
         scn = load_scenario(args.scenario)
     else:
@@ -88,6 +99,12 @@ def cmd_run(args) -> int:
     hours = args.cycles * cfg["control"]["period_s"] / 3600.0 if args.cycles else 24.0 * 7
     print(f"edge-ems run: site {cfg.name} (gateway {cfg['site']['gateway_id']}), simulated devices from "
           f"scenario {scn.name}, period {cfg['control']['period_s']} s, real time", flush=True)
+    from tools.sim.exogenous import start_series_apart
+    series = start_series_apart(scn, hours, args.seed)   # pvlib in a child process, meanwhile the kernels load
+    from controller.warmup import compile_apart, warmup
+    compile_apart()                           # a cold numba cache compiles in a child, not in the controller
+    warmup()
+    from tools.sim.runner import run_sim
     from controller.watchdog import SystemdNotifier
     notifier = SystemdNotifier()
     up_hooks, uplink = _start_uplink(cfg, args, "sim")          # the cloud, when --mqtt is given
@@ -97,8 +114,9 @@ def cmd_run(args) -> int:
         ipc.attach_uplink(uplink)             # technicians' actions reach the cloud's audit trail
     try:
         result = run_sim(scn, hours=hours, seed=args.seed, out_dir=args.out, speed=args.speed,
-                         install_signals=True, hooks=[notifier.hook, *([ipc.hook] if ipc else []), *up_hooks],
-                         wire=args.wire, ledger_on_record=_ledger_to_uplink(uplink))
+                         install_signals=True, hooks=[_release_llvm_after_first_cycle(), notifier.hook,
+                                                      *([ipc.hook] if ipc else []), *up_hooks],
+                         wire=args.wire, ledger_on_record=_ledger_to_uplink(uplink), series=series())
     finally:
         if ipc is not None:
             ipc.close()
@@ -123,7 +141,8 @@ def cmd_sim(args) -> int:
         task = bar.add_task(f"{scn.name} {args.strategy}", total=1.0)
         result = run_sim(scn, hours=args.hours, seed=args.seed, strategy=args.strategy, out_dir=args.out,
                          speed=args.speed, progress=lambda f: bar.update(task, completed=f), hooks=hooks,
-                         wire=args.wire, wire_baud=args.wire_baud, ledger_on_record=_ledger_to_uplink(uplink))
+                         wire=args.wire, wire_baud=args.wire_baud, ledger_on_record=_ledger_to_uplink(uplink),
+                         as_profiles=args.as_profiles)
     _close_uplink(uplink)
     print(json.dumps(result.kpis, indent=2))
     if args.out:
@@ -216,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wire", action="store_true",
                    help="Modbus devices on a pty RS-485 bus and the BMS on virtual CAN, read by the real drivers")
     p.add_argument("--wire-baud", type=int, default=None, help="with --wire: pace the RS-485 bytes at this baud")
+    p.add_argument("--as-profiles", action="store_true",
+                   help="in-process devices limited to what their profiles carry (no genset kW setpoint on "
+                        "GenComm, no available PV on SunSpec): the in-process twin of a --wire run")
     p.add_argument("--mqtt", default=None, metavar="mqtt[s]://HOST:PORT",
                    help="publish the uplink to this broker (mqtts: ?ca=&cert=&key= files; user:pass@ in the URL; "
                         "&confirm=cloud: delete spooled rows on the cloud's .../ack receipts, not on PUBACK)")

@@ -25,11 +25,11 @@ class SystemdNotifier:
     def notify(self, message: str) -> None:
         if self.sock is None:
             return
-        try:
-            self.sock.sendto(message.encode(), self.address)
+        try:     # never blocks: a receiver that stops reading (full queue) costs a ping, not the cycle
+            self.sock.sendto(message.encode(), socket.MSG_DONTWAIT, self.address)
             self.sent += 1
         except OSError:
-            pass  # systemd gone: nothing to tell, and never a reason to stop controlling
+            pass  # systemd gone or busy: nothing to tell, and never a reason to stop controlling
 
     def hook(self, loop, image, cmd, events, n) -> None:
         """ScanLoop hook: READY after the first cycle, then WATCHDOG while the loop keeps its period."""

@@ -11,11 +11,10 @@ READY=1 on $NOTIFY_SOCKET (controller/watchdog.py sends it after the first cycle
 EDGE_EMS_CACHE_DIR, every kernel compiles. Warm: the same dir again (a restart, or a start after install.sh
 compiled the kernels). Goal: warm < 3 s.
 
-Memory: the same `edge-ems run` (same scan loop, TUI socket on, recording to --out) with --speed 0, i.e.
-its simulated devices as fast as the loop goes, for --hours of simulated operation (period 1 s: 3600
-cycles an hour); /proc/PID/status is sampled every 50 ms. Goal: RSS < 150 MB. RSS is split into anonymous
-memory (the process's own) and file-backed pages (shared libraries, clean, reclaimable by the kernel under
-pressure): numba's LLVM (libllvmlite.so) alone maps ~110 MB of the latter once numba is initialised.
+Memory: tools/bench/memory.py's measurement (the same `edge-ems run`, TUI socket on, recording, paced at
+360x for --hours of simulated operation; RSS, PSS and USS of the controller and of each child it started).
+Goal: RSS < 150 MB. `python -m tools.bench.memory` alone also shows the figure without the release of
+numba's compiler pages and, with --cold, a start on an empty cache.
 """
 from __future__ import annotations
 
@@ -149,13 +148,9 @@ def main(argv=None) -> int:
               f"on {os.cpu_count()} cores")
         if args.cold:
             print(f"cold / warm: {cold['ready_s'] / w:.1f}x")
-        cycles = int(round(args.hours * 3600))
-        m = run_once(args.site, cache, work, cycles=cycles, speed=0.0, sample=True)
-        print(f"memory of edge-ems run, {args.hours:g} h simulated ({cycles} cycles at --speed 0, "
-              f"{m['wall_s']:.0f} s wall): RSS {m['rss_ready_mb']:.0f} MB at the first cycle, "
-              f"{m['rss_last_mb']:.0f} MB at the end ({m['anon_last_mb']:.0f} MB anonymous + "
-              f"{m['file_last_mb']:.0f} MB file-backed), peak {m['rss_peak_mb']:.0f} MB; goal < {RSS_GOAL_MB:.0f} MB: "
-              f"{'ok' if m['rss_peak_mb'] < RSS_GOAL_MB else 'ABOVE GOAL'} ({m['rss_peak_mb'] / RSS_GOAL_MB:.2f} of the goal)")
+        from tools.bench.memory import measure, report     # per process, after --hours (tools/bench/memory.py)
+        report(f"memory of edge-ems run, {args.hours:g} h simulated",
+               measure(args.site, args.hours, 360.0, cache, work, keep_llvm=False, exe=edge_ems()))
     return 0
 
 

@@ -2,16 +2,22 @@
 
 Computed once per run as 1-minute series (pvlib is vectorised; a per-cycle call would dominate the
 run), then sampled by the physics each cycle. Seeded: the same scenario and seed give the same site.
+
+pandas and pvlib (which pulls in scipy and h5py) are imported only inside the functions that compute the
+series: a run samples plain numpy arrays, and `edge-ems run` computes them in a child process
+(:func:`start_series_apart`) so those ~80 MB never stay resident beside the controller.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 from zoneinfo import ZoneInfo
 
 import numpy as np
-import pandas as pd
-import pvlib
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from tools.sim.scenario import Scenario
 
@@ -61,6 +67,8 @@ def _local_hours(times_utc: pd.DatetimeIndex, tz: str) -> np.ndarray:
 
 def pv_series_kw(scn: Scenario, times: pd.DatetimeIndex, ambient_c: np.ndarray) -> np.ndarray:
     """PV AC power at the site: TMY clearness shape x site clear sky, transposed and derated by pvlib."""
+    import pvlib
+
     site, pv = scn.site["site"], scn["pv"]
     if pv["kwp"] <= 0:
         return np.zeros(len(times))
@@ -131,6 +139,8 @@ def _window(t_h: np.ndarray, at_h: float, duration_min: float) -> np.ndarray:
 
 
 def build_series(scn: Scenario, hours: float, seed: int) -> Series:
+    import pandas as pd
+
     n = int(np.ceil(hours * 60)) + 2
     t_min = np.arange(n, dtype=float)
     t_h = t_min / 60.0
@@ -206,6 +216,96 @@ def build_series(scn: Scenario, hours: float, seed: int) -> Series:
         co2 = np.full(n, scn.site["emissions"]["grid_kg_per_kwh"])
     return Series(t_min, pv_avail_kw, pv_clear_kw, it_kw, cooling_kw, aux_kw, ambient_c, grid_up, price,
                   co2, bms_silent, meter_silent, cell_offset_v, genset_fail, jobs)
+
+
+def start_series_apart(scn: Scenario, hours: float, seed: int) -> Callable[[], Series]:
+    """Start :func:`build_series` in a child interpreter; the returned function waits for it and gives the
+    same numpy arrays, without this process ever importing pandas, pvlib or scipy. Used by `edge-ems run`,
+    whose resident memory is the gateway's footprint: the child (~140 MB at its peak, ~1 s) runs while the
+    controller loads its kernels, then exits; its result is kept beside numba's cache, so a restart with
+    the same scenario, hours and seed starts no child at all. A plain subprocess with pickles on its
+    pipes, not multiprocessing, which would leave a resource-tracker process (13 MB) running beside the
+    controller."""
+    import pickle
+    import subprocess
+    import sys
+
+    stored = _series_store_path(scn, hours, seed)
+    if stored is not None and stored.exists():             # a restart: same scenario, hours and seed
+        try:
+            series = pickle.loads(stored.read_bytes())
+            return lambda: series
+        except Exception:                                 # unreadable: computed (and stored) afresh
+            pass
+    proc = subprocess.Popen([sys.executable, "-c", "from tools.sim.exogenous import _series_child; _series_child()"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    proc.stdin.write(pickle.dumps((scn, hours, seed)))       # now: the child works while the caller does
+    proc.stdin.close()
+
+    def result() -> Series:
+        out = proc.stdout.read()
+        proc.stdout.close()
+        proc.wait()
+        if proc.returncode != 0:
+            raise RuntimeError(f"computing the exogenous series of scenario {scn.name!r} in a child process "
+                               f"failed (exit {proc.returncode}; its error is above)")
+        if stored is not None:
+            _store(stored, out)
+        return pickle.loads(out)
+    return result
+
+
+SERIES_KEEP = 8      # stored series kept (newest first); each is ~100 kB per simulated day
+
+
+def _series_store_path(scn: Scenario, hours: float, seed: int):
+    """Where the series of (scenario, site, hours, seed) are kept between runs: beside numba's cache
+    (controller/__init__.py), keyed by their inputs, this file's source and the versions of the libraries
+    that compute them, so any change computes afresh. None when there is no cache dir."""
+    import hashlib
+    import pickle
+    from importlib.metadata import PackageNotFoundError, version
+    from pathlib import Path
+
+    cache = os.environ.get("NUMBA_CACHE_DIR")
+    if not cache:
+        return None
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    h.update(pickle.dumps((dict(scn), dict(scn.site), scn.start, float(hours), int(seed))))
+    for lib in ("pvlib", "pandas", "numpy"):
+        try:
+            h.update(f"{lib}={version(lib)}".encode())
+        except PackageNotFoundError:
+            h.update(lib.encode())
+    return Path(cache).parent / "series" / f"{h.hexdigest()[:24]}.pkl"
+
+
+def _store(path, data: bytes) -> None:
+    """Write atomically (a crash leaves no half file) and keep only the newest SERIES_KEEP; best effort."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        for old in sorted(path.parent.glob("*.pkl"), key=lambda q: q.stat().st_mtime, reverse=True)[SERIES_KEEP:]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def build_series_apart(scn: Scenario, hours: float, seed: int) -> Series:
+    """:func:`start_series_apart`, waited for."""
+    return start_series_apart(scn, hours, seed)()
+
+
+def _series_child() -> None:
+    """The child of :func:`start_series_apart`: (scenario, hours, seed) pickled on stdin, Series on stdout."""
+    import pickle
+    import sys
+
+    scn, hours, seed = pickle.loads(sys.stdin.buffer.read())
+    sys.stdout.buffer.write(pickle.dumps(build_series(scn, hours, seed), protocol=pickle.HIGHEST_PROTOCOL))
+    sys.stdout.buffer.flush()
 
 
 def _hold_hourly(values: np.ndarray, t_min: np.ndarray) -> np.ndarray:

@@ -17,7 +17,8 @@ from controller.loop import ScanLoop
 from controller.params import build_params
 from controller.core import layout as L
 from controller.replay import Recorder
-from tools.sim.devices import build_sim_devices
+from tools.sim.devices import build_sim_devices, limit_to_profiles
+from tools.sim.exogenous import Series
 from tools.sim.scenario import Scenario
 from tools.sim.site import SimSite
 
@@ -91,14 +92,19 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
             out_dir: str | Path | None = None, speed: float = 0.0,
             progress: Callable[[float], None] | None = None, hooks: list | None = None,
             install_signals: bool = False, wire: bool = False, wire_baud: int | None = None,
-            ledger: bool = True, ledger_on_record: Callable[[dict], None] | None = None) -> SimResult:
+            ledger: bool = True, ledger_on_record: Callable[[dict], None] | None = None,
+            series: Series | None = None, as_profiles: bool = False) -> SimResult:
     """Simulate `hours` of the scenario with the real scan loop; write kpis.json, recording, events.
 
     ``wire``: the Modbus devices and the BMS behind real ports read by the real drivers (tools/sim/wire.py);
-    ``wire_baud`` additionally paces the RS-485 bytes at that baud rate.
+    ``wire_baud`` additionally paces the RS-485 bytes at that baud rate. ``series``: the exogenous series
+    already computed for (scn, hours, seed), e.g. in a child process so that this one never loads pvlib and
+    pandas (`edge-ems run`, tools/sim/exogenous.start_series_apart); by default they are computed here.
+    ``as_profiles``: the in-process devices offer only what their profiles carry, as on the wire
+    (tools/sim/devices.limit_to_profiles).
     """
     hours = float(hours if hours is not None else scn["scenario"]["hours"])
-    site = SimSite(scn, hours, seed)
+    site = SimSite(scn, hours, seed, series)
     cfg = scn.site
     params = build_params(cfg, strategy, t_ref_s=scn.start.timestamp())
     close_wire = None
@@ -107,6 +113,8 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
         devices, close_wire = build_wire_devices(site, wire_baud)
     else:
         devices = build_sim_devices(site)
+        if as_profiles:
+            limit_to_profiles(site)
     roles = {d["role"]: d["name"] for d in cfg["devices"]}
     clock = SimClock(site, scn.start.timestamp(), speed)
     state0 = L.new_state(clock.utc_s() - params[L.P_PERIOD_S])

@@ -11,9 +11,9 @@ DEMAND_WINDOW_S = 900.0   # demand charges are billed on 15-minute average impor
 class SimSite:
     """Owns the truth. Devices read it; actuate() sets what the PCS, genset and PV inverters follow."""
 
-    def __init__(self, scn: Scenario, hours: float, seed: int):
+    def __init__(self, scn: Scenario, hours: float, seed: int, series: Series | None = None):
         self.scn = scn
-        self.series: Series = build_series(scn, hours, seed)
+        self.series: Series = series if series is not None else build_series(scn, hours, seed)
         site = scn.site
         bat = site["battery"]
         self.battery = Battery(bat["capacity_kwh"], bat["charge_max_kw"], bat["discharge_max_kw"],
@@ -35,6 +35,11 @@ class SimSite:
         self.gen_run = False
         self.gen_sp_kw = 0.0
         self.pv_limit_kw = self.pv_rated_kw
+        # What the field devices can carry (devices.limit_to_profiles): a set without a kW setpoint
+        # follows the load; inverters that do not report their available power hide it.
+        self.gen_follows_load = False
+        self.gen_import_level_kw = self.import_max_kw - site["grid"].get("import_margin_kw", 0.0)
+        self.pv_available_visible = True
         self._minute_next = 0.0
         self.advance_to(0.0, first=True)
 
@@ -71,7 +76,8 @@ class SimSite:
         gen = self.genset
         f = balance(load_kw, pv_avail_kw, self.pv_limit_kw, self.battery_sp_kw, charge_lim, discharge_lim,
                     bool(gen and gen.running), self.gen_sp_kw, gen.p_min_kw if gen else 0.0,
-                    gen.rated_kw if gen else 0.0, grid_up, self.import_max_kw, self.export_max_kw)
+                    gen.rated_kw if gen else 0.0, grid_up, self.import_max_kw, self.export_max_kw,
+                    self.gen_follows_load, self.gen_import_level_kw)
         self.flows = f
         if dt_s > 0.0:
             self._account(f, now, dt_s, s)
