@@ -203,3 +203,38 @@ def test_gateway_run_publishes_to_the_cloud(tmp_path, capsys):
     finally:
         sub.close()
         broker.kill()
+
+
+def test_telemetry_is_held_and_sent_in_batches_alarms_are_not(broker, subscriber, tmp_path):
+    """telemetry_batch_min: 1-min summaries wait until 5 are there (one zlib batch); an alarm never
+    waits; a lone summary goes after telemetry_hold_max_s; a stop with a drain timeout sends the rest."""
+    from controller.uplink.drain import DrainPolicy
+    spool = Spool(tmp_path / "spool", SITE, GW, clock_status="test")
+    up = MqttUplink(spool, Topics(SITE, GW), BrokerConfig.from_url(broker.url),
+                    drain=DrainPolicy(telemetry_batch_min=5, telemetry_hold_max_s=1.5)).start()
+    try:
+        wait_for(up.connected.is_set, 10, "connect")
+        for i in range(3):
+            spool.put(TELEMETRY, 1.7e9 + 60 * i, {"i": i})
+        spool.put(ALARM, 1.7e9, {"alarm": "grid_lost", "state": "raised"})
+        wait_for(lambda: subscriber.records(ALARM), 5, "the alarm at once")
+        time.sleep(0.3)
+        assert subscriber.records(TELEMETRY) == [], "3 of 5 summaries: held"
+        for i in range(3, 5):
+            spool.put(TELEMETRY, 1.7e9 + 60 * i, {"i": i})
+        wait_for(lambda: len(subscriber.records(TELEMETRY)) == 5, 5, "5 summaries")
+        topics = {t for t, r in subscriber.raw if r["kind"] == TELEMETRY}
+        assert topics == {f"edge-ems/v1/{SITE}/{GW}/telemetry/batch"}, topics
+        t0 = time.monotonic()
+        spool.put(TELEMETRY, 1.7e9 + 300, {"i": 5})
+        wait_for(lambda: len(subscriber.records(TELEMETRY)) == 6, 5, "a lone summary after the hold limit")
+        assert time.monotonic() - t0 >= 1.2
+        spool.put(TELEMETRY, 1.7e9 + 360, {"i": 6})
+        t0 = time.monotonic()
+        assert up.stop(drain_timeout_s=5.0), "the stop's drain sends held telemetry"
+        assert time.monotonic() - t0 < 1.2
+        wait_for(lambda: len(subscriber.records(TELEMETRY)) == 7, 5, "the last summary")
+        subscriber.assert_in_order()
+    finally:
+        up.stop()
+        spool.close()

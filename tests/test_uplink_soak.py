@@ -12,6 +12,7 @@ import pytest
 
 from controller.uplink.client import BrokerConfig, MqttUplink
 from controller.uplink.drain import DrainPolicy
+from controller.uplink.proc import UplinkProcess
 from controller.uplink.spool import DEFAULT_QUOTA, Spool
 from controller.uplink.topics import ALARM, Topics
 from tools.bench.uplink import offline_days
@@ -87,7 +88,9 @@ def test_sigkill_soak_long(tmp_path):
 
 
 @pytest.mark.parametrize("rate", [512 * 1024])
-def test_week_offline_under_quota_drains_with_live_alarms_first(tmp_path, rate):
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_week_offline_under_quota_drains_with_live_alarms_first(tmp_path, rate, mode):
+    """process: the MQTT side in the worker process at SCHED_IDLE (the default wiring); thread: in-process."""
     spool = Spool(tmp_path / "spool", SITE, "gw-week", quota_bytes=DEFAULT_QUOTA)
     offline_days(spool, 7)                       # records shaped like the real ones, values as random walks
     held = spool.stats()
@@ -98,8 +101,9 @@ def test_week_offline_under_quota_drains_with_live_alarms_first(tmp_path, rate):
     try:
         wait_for(sub.subscribed.is_set, 10, "subscriber")
         # confirm=cloud: "drained" means the cloud confirmed every record, not just the broker
-        up = MqttUplink(spool, Topics(SITE, "gw-week"), BrokerConfig.from_url(broker.url + "?confirm=cloud"),
-                        drain=DrainPolicy(rate_bytes_s=rate, burst_bytes=rate)).start()
+        cls = UplinkProcess if mode == "process" else MqttUplink
+        up = cls(spool, Topics(SITE, "gw-week"), BrokerConfig.from_url(broker.url + "?confirm=cloud"),
+                 drain=DrainPolicy(rate_bytes_s=rate, burst_bytes=rate)).start()
         t0 = time.monotonic()
         wait_for(lambda: len(sub.seqs()) > week_rows // 10, 60, "drain under way")
         latencies = []
@@ -115,7 +119,7 @@ def test_week_offline_under_quota_drains_with_live_alarms_first(tmp_path, rate):
         s = up.stats
         assert len(sub.seqs()) == spool.last_seq
         sub.assert_in_order()
-        print(f"\nweek offline: {week_rows} records, spool {held['bytes'] / 1e6:.2f} MB (quota "
+        print(f"\nweek offline ({mode}): {week_rows} records, spool {held['bytes'] / 1e6:.2f} MB (quota "
               f"{DEFAULT_QUOTA / 1e6:.0f} MB); drained in {drain_s:.1f} s at a {rate / 1024:.0f} KiB/s cap: "
               f"{s.messages} messages ({s.batches} batches), raw {s.raw_bytes / 1e6:.2f} MB -> wire "
               f"{s.wire_bytes / 1e6:.2f} MB (zlib x{s.raw_bytes / max(1, s.payload_bytes):.1f}); "

@@ -40,6 +40,15 @@ def wait_for(cond, timeout: float, what: str, poll: float = 0.02):
         time.sleep(poll)
 
 
+def lower_autogroup(pid: int) -> None:
+    """Autogroup nice 19 for a process that started its own session (Linux with autogroups; else a no-op)."""
+    try:
+        with open(f"/proc/{pid}/autogroup", "w") as f:
+            f.write("19")
+    except OSError:
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -86,8 +95,9 @@ def make_certs(d: Path) -> dict:
 class Broker:
     """Mosquitto without persistence: a plain listener and a mutual-TLS + password listener."""
 
-    def __init__(self, workdir: Path, nice: int = 0):
+    def __init__(self, workdir: Path, nice: int = 0, sched_idle: bool = False):
         self.nice = nice
+        self.sched_idle = sched_idle
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port, self.tls_port = free_port(), free_port()
@@ -126,9 +136,14 @@ require_certificate true
         return True
 
     def start(self) -> "Broker":
-        # nice > 0: on a shared test box the broker stands in for a remote one, it must not crowd the loop
-        self.proc = subprocess.Popen(["nice", "-n", str(self.nice), MOSQUITTO, "-c", str(self.conf)],
+        # nice > 0 / sched_idle: on a shared test box the broker stands in for a remote one, it must not
+        # crowd the loop (SCHED_IDLE: preempted at once when a normal task wakes, see uplink/priority.py)
+        idle = ["chrt", "--idle", "0"] if self.sched_idle else []
+        self.proc = subprocess.Popen([*idle, "nice", "-n", str(self.nice), MOSQUITTO, "-c", str(self.conf)],
+                                     start_new_session=self.sched_idle,     # its own CPU autogroup too
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if self.sched_idle:
+            lower_autogroup(self.proc.pid)
         self.starts += 1
         wait_for(lambda: self.proc.poll() is not None or self._accepting(), 10, "mosquitto to listen")
         assert self.proc.poll() is None, (self.dir / "mosquitto.log").read_text() if (self.dir / "mosquitto.log").exists() else "mosquitto died"

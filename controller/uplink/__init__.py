@@ -1,7 +1,8 @@
 """MQTT uplink with a durable store-and-forward spool and signed cloud commands (issue 6).
 
 spool.py (SQLite WAL), client.py (paho-mqtt 2.x), topics.py, drain.py (batches, zlib, rate limit),
-commands.py (Ed25519), summary.py (1-min / 15-min), hook.py (make_uplink_hook), schemas/*.json.
+commands.py (Ed25519), summary.py (1-min / 15-min), hook.py (make_uplink_hook), schemas/*.json,
+worker.py (the MQTT side as a process of its own) and proc.py (the controller's handle on it).
 """
 
 

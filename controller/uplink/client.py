@@ -26,6 +26,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import ssl
 import threading
@@ -42,7 +43,7 @@ from paho.mqtt.packettypes import PacketTypes
 from controller.uplink.priority import lower_this_thread, protect_scan_cycle
 from controller.uplink.drain import DrainPolicy, TokenBucket, encode_batch, publish_wire_bytes
 from controller.uplink.spool import Spool, iso_utc
-from controller.uplink.topics import RECORD_KINDS, Topics
+from controller.uplink.topics import RECORD_KINDS, TELEMETRY, Topics
 
 RC_NO_MATCHING_SUBSCRIBERS = 0x10
 
@@ -132,6 +133,8 @@ class MqttUplink:
         self.cloud_ack_timeout_s = cloud_ack_timeout_s
         self.stats = UplinkStats()
         self.connected = threading.Event()
+        self.paused = False              # True: offer nothing new (acks still taken); tools/bench/uplink.py
+        self.flushing = False            # True: stop holding telemetry (a stop with a drain timeout)
         self._stop = threading.Event()
         self._v5 = broker.protocol in ("auto", "5")
         self._bucket = TokenBucket(self.drain.rate_bytes_s, self.drain.burst_bytes)
@@ -148,6 +151,8 @@ class MqttUplink:
     def stop(self, drain_timeout_s: float = 0.0) -> bool:
         """Stop; first wait up to drain_timeout_s for the spool to empty. True if it was empty."""
         deadline = time.monotonic() + drain_timeout_s
+        if drain_timeout_s > 0:
+            self.request_flush()
         self.spool.flush(max(1.0, drain_timeout_s))
         while self.spool.pending_rows > 0 and time.monotonic() < deadline:
             self.spool.wait_new(0.1)
@@ -157,8 +162,16 @@ class MqttUplink:
             self._thread.join(15.0)
         return empty
 
+    def request_flush(self) -> None:
+        """Send held telemetry now (and from now on hold none)."""
+        self.flushing = True
+        self._idle = {}
+
     def _reset_session(self) -> None:
         self._cursor = {k: 0 for k in RECORD_KINDS}      # highest seq offered this connection
+        self._idle: dict[str, int] = {}                   # kind -> cursor at which a read found nothing
+        self._recheck_at: dict[str, float] = {}           # kind -> when held telemetry must be read again
+        self._tele_since: tuple[int, float] | None = None # (cursor, since) telemetry has been held
         self._inflight: dict[int, tuple[str, list[int], float]] = {}   # mid -> (kind, seqs, t)
         self._inflight_n = {k: 0 for k in RECORD_KINDS}
         self._hold_until = {k: 0.0 for k in RECORD_KINDS}
@@ -248,10 +261,14 @@ class MqttUplink:
         if self.cloud_confirms:
             client.subscribe(self.topics.ack, qos=1)
         self.connected.set()
+        apply_acks = getattr(self.spool, "apply_acks", None)     # the worker's spool reader deletes in batches
         try:
             while not self._stop.is_set() and self.connected.is_set():
-                self._offer(client)
+                if not self.paused:
+                    self._offer(client)
                 rc = client.loop(timeout=0.02)
+                if apply_acks is not None:
+                    apply_acks()
                 if rc != mqtt.MQTT_ERR_SUCCESS:
                     break
             if self._stop.is_set() and self.connected.is_set():
@@ -283,13 +300,28 @@ class MqttUplink:
         now = time.monotonic()
         if self._awaiting:
             self._rewind_unconfirmed(now)
+        changed = getattr(self.spool, "changed", None)
+        if changed is None or changed():                 # new commits: every kind may have rows again
+            self._idle = {}
         for kind in RECORD_KINDS:
             if self._inflight_n[kind] >= self.drain.inflight_per_kind or now < self._hold_until[kind]:
                 continue
+            if self._idle.get(kind) == self._cursor[kind] and now < self._recheck_at.get(kind, math.inf):
+                continue                                  # nothing new since the last read at this cursor
             rows = self.spool.pending(kind, self._cursor[kind], self.drain.batch_max_records,
                                       self.drain.batch_max_bytes)
             if not rows:
+                self._idle[kind] = self._cursor[kind]
+                self._recheck_at.pop(kind, None)
                 continue
+            if kind == TELEMETRY and len(rows) < self.drain.telemetry_batch_min and not self.flushing:
+                if self._tele_since is None or self._tele_since[0] != self._cursor[kind]:
+                    self._tele_since = (self._cursor[kind], now)
+                until = self._tele_since[1] + self.drain.telemetry_hold_max_s
+                if now < until:                           # hold: read again on a commit or when due
+                    self._idle[kind] = self._cursor[kind]
+                    self._recheck_at[kind] = until
+                    continue
             if len(rows) == 1:
                 topic, payload = self.topics(kind), rows[0][1]
             else:

@@ -9,6 +9,10 @@
   waiting for its PUBACK, and per-topic order holds even across broker restarts and NACKs.
 - Batches (never lone live records) spend tokens of a byte-rate bucket (``rate_bytes_s``, compressed
   bytes), so the backlog cannot fill the socket buffer ahead of a live alarm on a slow link.
+- ``telemetry_batch_min`` > 1 (``make_uplink_hook`` uses 5): in normal operation the 1-min summaries are
+  held until that many wait and go out as one zlib batch (each alone is ~1.3 kB of uncompressed JSON);
+  a summary waits at most ``telemetry_hold_max_s``, and a stop with a drain timeout sends them at once.
+  Alarms, events, intervals and command results are never held.
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ class DrainPolicy:
     burst_bytes: float = 128 * 1024
     inflight_per_kind: int = 1
     zlib_level: int = 6
+    telemetry_batch_min: int = 1             # > 1: hold 1-min summaries until this many wait, send one batch
+    telemetry_hold_max_s: float = 360.0      # ... but never hold one longer than this (wall time)
 
 
 def encode_batch(kind: str, records: list[tuple[int, bytes]], level: int = 6) -> bytes:

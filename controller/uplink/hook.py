@@ -4,8 +4,9 @@
 (``run_sim(..., hooks=[hook])``), call ``uplink.close(drain_timeout_s)`` at the end.
 
 Per cycle the hook does only in-memory work: accumulate the 1-min summary and the 15-min totals, turn
-step events into event records and alarm raise/clear records, and apply commands the uplink thread
-already verified. Records go to ``Spool.put`` (a queue append); SQLite and MQTT run in their threads.
+step events into event records and alarm raise/clear records, and apply commands the uplink's
+supervisor thread already verified. Records go to ``Spool.put`` (a queue append); the spool writer
+thread commits them; the MQTT side (reads, batches, zlib, paho) runs in a worker process.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from controller.core import layout as L
 from controller.uplink.client import BrokerConfig, MqttUplink
 from controller.uplink.priority import protect_scan_cycle
+from controller.uplink.proc import UplinkProcess
 from controller.uplink.commands import CommandVerifier, Limits, COUNTER_KEY, load_public_key
 from controller.uplink.drain import DrainPolicy
 from controller.uplink.spool import DEFAULT_QUOTA, Spool
@@ -28,6 +30,7 @@ from controller.uplink.topics import ALARM, CMD_RESULT, EVENT, INTERVAL, TELEMET
 # the kernel's alarm events (value: alarm bit, names in layout.ALARM_NAMES) -> alarm record state
 ALARM_EVENTS = {L.EV_ALARM_RAISED: "raised", L.EV_ALARM_CLEARED: "cleared", L.EV_ALARM_ACKED: "acknowledged"}
 SEVERITY = {"uplink_spool_full": "warning"}
+TELEMETRY_BATCH = 5     # 1-min summaries per uplink message in normal operation (5 min hold; README bytes/day)
 
 
 def _load_severities() -> None:
@@ -142,20 +145,30 @@ class Uplink:
                                                       "records_sent", "records_acked", "nacks", "cloud_acks",
                                                       "resends", "wire_bytes", "payload_bytes", "raw_bytes",
                                                       "protocol")}
+            if isinstance(self.mqtt, UplinkProcess):
+                out["mqtt"].update(worker_pid=self.mqtt.pid, worker_restarts=self.mqtt.restarts)
         return out
 
 
 def make_uplink_hook(cfg, broker_url: str | None, data_dir, *, public_key=None, drain: DrainPolicy | None = None,
                      quota_bytes: int = DEFAULT_QUOTA, min_free_bytes: int | None = None,
                      clock_status: str = "unknown", client_id: str | None = None, require_subscriber: bool = True,
-                     start: bool = True, **broker_overrides):
+                     start: bool = True, process: bool = True, telemetry_batch: int = TELEMETRY_BATCH,
+                     **broker_overrides):
     """Build the per-cycle hook and the uplink behind it. ``broker_url=None``: spool only (offline).
 
     The cloud's Ed25519 public key: ``public_key`` (PEM / path / raw / key object), else
     ``$EDGE_EMS_CLOUD_KEY`` (a PEM path), else ``DATA_DIR/cloud_pubkey.pem``; without one every command
-    is refused ("no cloud public key configured")."""
+    is refused ("no cloud public key configured").
+
+    ``telemetry_batch``: 1-min summaries are held until this many wait and go out as one zlib batch
+    (DrainPolicy.telemetry_batch_min; used when ``drain`` is None; 1 sends each as it closes).
+    ``process=True`` (default): the MQTT side runs in a worker process (proc.py, worker.py), so reading
+    the spool, zlib and paho never take the scan cycle's GIL; ``False``: a thread of this process."""
     site, gateway = cfg["site"]["name"], cfg["site"]["gateway_id"]
     topics = Topics(site, gateway)
+    if drain is None:
+        drain = DrainPolicy(telemetry_batch_min=telemetry_batch)
     broker = BrokerConfig.from_url(broker_url, **broker_overrides) if broker_url else None   # bad URL: fail first
     protect_scan_cycle()                         # the spool writer and MQTT threads share our GIL
     _load_severities()
@@ -169,8 +182,9 @@ def make_uplink_hook(cfg, broker_url: str | None, data_dir, *, public_key=None, 
                                lambda value: spool.set_meta(COUNTER_KEY, value))
     up = Uplink(spool, None, verifier, topics)
     if broker is not None:
-        up.mqtt = MqttUplink(spool, topics, broker, drain=drain, client_id=client_id,
-                             on_command=up.handle_command, require_subscriber=require_subscriber)
+        cls = UplinkProcess if process else MqttUplink
+        up.mqtt = cls(spool, topics, broker, drain=drain, client_id=client_id,
+                      on_command=up.handle_command, require_subscriber=require_subscriber)
         if start:
             up.mqtt.start()
     diesel_kg_per_kwh = 0.0

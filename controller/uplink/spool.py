@@ -70,19 +70,15 @@ class Spool:
         self.clock_status = clock_status
         self.quota_bytes = int(quota_bytes)
         self.min_free_bytes = int(min_free_bytes)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=30.0)   # the uplink worker deletes too: wait for its lock
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.executescript(SCHEMA)
         row = self._db.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
         top = self._db.execute("SELECT max(seq) FROM records").fetchone()[0] or 0
         self.last_seq = max(int(row[0]) if row else 0, top)
-        self.bytes_by_kind = {k: 0 for k in RECORD_KINDS}
-        self.rows_by_kind = {k: 0 for k in RECORD_KINDS}
-        for kind, n, size in self._db.execute(
-                "SELECT kind, count(*), sum(length(payload)) FROM records GROUP BY kind"):
-            self.rows_by_kind[kind] = n
-            self.bytes_by_kind[kind] = (size or 0) + ROW_OVERHEAD * n
+        self._count()
         self.refusing_telemetry = False
         self.disk_low = False
         self.write_error: str | None = None
@@ -99,6 +95,14 @@ class Spool:
         self._last_disk_check = 0.0
         self._writer = threading.Thread(target=self._write_loop, name="spool-writer", daemon=True)
         self._writer.start()
+
+    def _count(self) -> None:
+        rows, size_by = {k: 0 for k in RECORD_KINDS}, {k: 0 for k in RECORD_KINDS}
+        for kind, n, size in self._db.execute(
+                "SELECT kind, count(*), sum(length(payload)) FROM records GROUP BY kind"):
+            rows[kind] = n
+            size_by[kind] = (size or 0) + ROW_OVERHEAD * n
+        self.rows_by_kind, self.bytes_by_kind = rows, size_by
 
     # --- the scan cycle's side ------------------------------------------------------------------
     def put(self, kind: str, t_s: float, body: dict) -> None:
@@ -151,6 +155,16 @@ class Spool:
         Safe as a range: a message carries every spooled row of its kind in that range (rows of a kind
         are offered in seq order, and rows committed later get higher seqs)."""
         self._q.put(("delr", str(kind), int(first_seq), int(last_seq)))
+
+    def gone(self, counts) -> None:
+        """The uplink worker (another process) deleted rows: ``[[kind, rows, payload_bytes], ...]``.
+        Only the quota accounting changes (in the writer thread, which owns it)."""
+        self._q.put(("gone", [(str(k), int(n), int(b)) for k, n, b in counts]))
+
+    def recount(self) -> None:
+        """Re-read rows and bytes per kind from the file (after a worker died between a delete and its
+        report, the counters would otherwise stay too high)."""
+        self._q.put(("recount",))
 
     def wait_new(self, timeout: float) -> None:
         with self._new:
@@ -259,7 +273,15 @@ class Spool:
                 ranges.append(item[1:])
             elif item[0] == "meta":
                 metas.append((item[1], item[2]))
+            elif item[0] == "gone":
+                for kind, n, size in item[1]:
+                    self.bytes_by_kind[kind] = self.bytes_by_kind.get(kind, 0) - size - ROW_OVERHEAD * n
+                    self.rows_by_kind[kind] = self.rows_by_kind.get(kind, 0) - n
+            elif item[0] == "recount":
+                self._count()
         if not (rows or dels or metas or ranges):
+            if self.refusing_telemetry and self.total_bytes < LOW_WATER * self.quota_bytes:
+                self.refusing_telemetry = False
             return
         db.execute("BEGIN IMMEDIATE")
         try:

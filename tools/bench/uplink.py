@@ -1,7 +1,8 @@
 """Uplink benchmarks against a real Mosquitto on 127.0.0.1 (started here, stopped at the end).
 
     python -m tools.bench.uplink p99  [--days 14] [--hours 0.25] [--rounds 4] [--speed 100] [--rate 0]
-    python -m tools.bench.uplink day  [--hours 24] [--speed 1000]
+                                      [--mode process|thread|both]
+    python -m tools.bench.uplink day  [--hours 24] [--speed 1000] [--telemetry-batch N]
     python -m tools.bench.uplink week [--rate KIB_S]
 
 ``p99``: the scan cycle's p99 while the spool drains a backlog at full speed (no rate limit) against the
@@ -10,7 +11,9 @@ of ``ScanLoop.cycle`` (acquire, step, actuate, record, every hook, the uplink's 
 that ran while rows were still pending count for the drain run. The simulated site runs at ``--speed``
 (default 100x: a 10 ms period, so the loop idles between cycles as the 1 s gateway loop does); the
 broker and the confirming cloud consumer run in their own processes. Runs alternate (baseline, drain,
-baseline, drain...) so load drifts hit both. Prints both p99s (median over rounds) and the ratio.
+baseline, drain...) so load drifts hit both. Prints both p99s per round, the per-round ratio
+draining / idle, its median over rounds and its spread. ``--mode both`` interleaves the worker process
+(the default wiring) with the old in-process thread in every round, same process, same broker.
 
 ``day``: a simulated day (``gansu-edge``, seed 1, default settings, 1000x) published over mutual TLS through a
 byte-counting TCP relay: bytes each way on the TCP connection (TLS records, MQTT framing, payloads;
@@ -40,7 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))          # the test peers: Broker (certificates), Subscriber
 
-from uplink_broker import Broker, Subscriber, wait_for  # noqa: E402
+from uplink_broker import Broker, Subscriber, lower_autogroup, wait_for  # noqa: E402
 
 from tools.bench.common import percentile  # noqa: E402
 
@@ -94,7 +97,7 @@ def offline_days(spool: Spool, days: float, t0: float = 1.75e9, seed: int = 1) -
 
 
 def _sim_run(broker: Broker, data_dir: Path, hours: float, backlog_days: float, speed: float,
-             rate: float = 0.0) -> dict:
+             rate: float = 0.0, process: bool = True) -> dict:
     from controller.uplink import make_uplink_hook
     from tools.sim.runner import run_sim
     from tools.sim.scenario import load_scenario
@@ -104,7 +107,8 @@ def _sim_run(broker: Broker, data_dir: Path, hours: float, backlog_days: float, 
         offline_days(s, backlog_days)
         s.close()
     hook, up = make_uplink_hook(scn.site, broker.url + "?confirm=cloud", data_dir, quota_bytes=1 << 30,
-                                drain=DrainPolicy(rate_bytes_s=rate), clock_status="sim", start=False)
+                                drain=DrainPolicy(rate_bytes_s=rate), clock_status="sim", start=False,
+                                process=process)
     backlog = up.spool.pending_rows
     samples: list[tuple[float, bool]] = []
     last = [None]
@@ -126,16 +130,159 @@ def _sim_run(broker: Broker, data_dir: Path, hours: float, backlog_days: float, 
     wall = time.perf_counter() - t0
     draining = [dt for dt, d in samples if d]
     left = up.spool.pending_rows
+    cpu = uplink_threads_cpu_s()
     up.close(drain_timeout_s=120.0)
     return {"backlog_rows": backlog, "cycles": len(samples), "draining_cycles": len(draining), "wall_s": wall,
             "p99_all_ms": percentile([dt for dt, _ in samples], 99, 1e3), "p99_draining_ms": percentile(draining, 99, 1e3),
-            "rows_left_at_end": left, "mqtt": up.stats()["mqtt"]}
+            "rows_left_at_end": left, "uplink_threads_cpu_s": cpu, "mqtt": up.stats()["mqtt"]}
+
+
+UPLINK_THREADS = ("spool-writer", "uplink-mqtt", "uplink-supervisor")
+
+
+def uplink_threads_cpu_s() -> float:
+    """CPU seconds used so far by this process's uplink threads (spool writer, MQTT or supervisor):
+    the work that shares the scan loop's interpreter (Linux /proc; 10 ms ticks)."""
+    import os
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for t in threading.enumerate():
+        if t.name in UPLINK_THREADS and t.native_id is not None:
+            try:
+                with open(f"/proc/self/task/{t.native_id}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+            except (OSError, IndexError, ValueError):
+                pass
+    return total / tick
+
+
+def _phased_run(broker: Broker, seed_spool: Path, data_dir: Path, hours: float, speed: float, phase_s: float,
+                settle_s: float, process: bool) -> dict:
+    """One run over a pre-filled backlog, the drain switched on and off every ``phase_s`` of wall time
+    (``MqttUplink.paused``: no new offers; acks still taken), so draining and idle
+    cycles interleave within seconds under the same machine load. Cycles within ``settle_s`` after a
+    switch (the broker and the consumer still busy with what was sent) and after the backlog is gone
+    are not counted."""
+    import shutil
+    from controller.uplink import make_uplink_hook
+    from tools.sim.runner import run_sim
+    from tools.sim.scenario import load_scenario
+    scn = load_scenario(SCENARIO)
+    data_dir.mkdir(parents=True)
+    for f in seed_spool.parent.glob(seed_spool.name + "*"):
+        shutil.copy(f, data_dir / f.name)
+    hook, up = make_uplink_hook(scn.site, broker.url + "?confirm=cloud", data_dir, quota_bytes=1 << 30,
+                                drain=DrainPolicy(rate_bytes_s=0), clock_status="sim", start=False, process=process)
+    backlog = up.spool.pending_rows
+    samples: list[tuple[float, bool]] = []
+    state = {"cycle": None, "t0": 0.0, "paused": False, "switched": 0.0}
+
+    def pause(on: bool) -> None:
+        if on == state["paused"]:
+            return
+        state["paused"] = on
+        state["switched"] = time.perf_counter()
+        if process:
+            up.mqtt.pause(on)
+        else:
+            up.mqtt.paused = on
+
+    def timer(loop, image, cmd, events, n):
+        if state["cycle"] is None:
+            state["cycle"] = loop.cycle
+            up.mqtt.start()
+            wait_for(up.mqtt.connected.is_set, 10, "uplink connected")
+            state["t0"] = state["switched"] = time.perf_counter()
+
+            def timed_cycle():
+                t = time.perf_counter()
+                state["cycle"]()
+                t1 = time.perf_counter()
+                if up.spool.pending_rows > 0 and t - state["switched"] >= settle_s:
+                    samples.append((t1 - t, not state["paused"]))
+                pause(int((t1 - state["t0"]) / phase_s) % 2 == 1 and up.spool.pending_rows > 0)
+            loop.cycle = timed_cycle
+
+    try:
+        run_sim(scn, hours=hours, seed=1, hooks=[hook, timer], speed=speed)
+    finally:
+        pause(False)
+    left = up.spool.pending_rows
+    cpu = uplink_threads_cpu_s()
+    up.close(drain_timeout_s=120.0)
+    drain = [dt for dt, d in samples if d]
+    idle = [dt for dt, d in samples if not d]
+    return {"backlog_rows": backlog, "rows_left_at_end": left, "draining_cycles": len(drain), "idle_cycles": len(idle),
+            "p99_draining_ms": percentile(drain, 99, 1e3), "p99_idle_ms": percentile(idle, 99, 1e3),
+            "p50_draining_ms": percentile(drain, 50, 1e3), "p50_idle_ms": percentile(idle, 50, 1e3),
+            "uplink_threads_cpu_s": cpu, "mqtt": up.stats()["mqtt"]}
+
+
+def warm_up() -> None:
+    """A short unmeasured run first: numba kernels compiled lazily in a first cycle (a cold cache) would
+    otherwise make the first measured run skip to its end."""
+    from tools.sim.runner import run_sim
+    from tools.sim.scenario import load_scenario
+    t0 = time.perf_counter()
+    run_sim(load_scenario(SCENARIO), hours=0.05, seed=1)
+    print(f"warm-up run: {time.perf_counter() - t0:.1f} s", flush=True)
+
+
+def bench_phased(days: float, hours: float, rounds: int, speed: float, phase_s: float,
+                 modes: tuple[str, ...] = ("process",)) -> dict:
+    """``p99 --phase-s P``: per round and mode one phased run (see _phased_run); the ratio draining p99 /
+    idle p99 of each run, its median over rounds and its spread."""
+    runs = {m: [] for m in modes}
+    warm_up()
+    with tempfile.TemporaryDirectory() as tmp:
+        seed_dir = Path(tmp) / "seed"
+        s = Spool(seed_dir, "gansu-edge", "gs-gw-01", quota_bytes=1 << 30)
+        t0 = time.perf_counter()
+        offline_days(s, days)
+        s.close()
+        print(f"backlog: {days} days offline spooled in {time.perf_counter() - t0:.1f} s", flush=True)
+        broker = Broker(Path(tmp) / "broker", nice=10, sched_idle=True).start()   # the cloud: remote in the field
+        sub = consumer_process(broker.port)
+        try:
+            for r in range(rounds):
+                for m in modes:
+                    x = _phased_run(broker, seed_dir / "uplink-spool.sqlite", Path(tmp) / f"{m}{r}", hours, speed,
+                                    phase_s, min(0.2, phase_s / 4), m == "process")
+                    x["ratio"] = x["p99_draining_ms"] / x["p99_idle_ms"]
+                    print(f"round {r} {m:7s}: p99 draining {x['p99_draining_ms']:.3f} ms ({x['draining_cycles']} "
+                          f"cycles) vs idle {x['p99_idle_ms']:.3f} ms ({x['idle_cycles']} cycles), ratio "
+                          f"{x['ratio']:.2f}; p50 {x['p50_draining_ms']:.3f} vs {x['p50_idle_ms']:.3f} ms; backlog "
+                          f"{x['backlog_rows']} rows, {x['rows_left_at_end']} left at the end, "
+                          f"{x['mqtt']['batches']} batches; uplink threads in the controller used "
+                          f"{x['uplink_threads_cpu_s']:.2f} CPU s", flush=True)
+                    runs[m].append(x)
+        finally:
+            print("cloud consumer:", stop_consumer(sub))
+            broker.kill()
+    out = {"rounds": rounds, "backlog_days": days, "sim_hours": hours, "speed": speed, "phase_s": phase_s}
+    for m, xs in runs.items():
+        ratios = [x["ratio"] for x in xs]
+        out[m] = {"ratio_median": round(float(np.median(ratios)), 3),
+                  "ratio_min_max": [round(min(ratios), 3), round(max(ratios), 3)],
+                  "ratios": [round(v, 3) for v in ratios],
+                  "p99_draining_ms": [round(x["p99_draining_ms"], 3) for x in xs],
+                  "p99_idle_ms": [round(x["p99_idle_ms"], 3) for x in xs],
+                  "cycles_draining_idle": [[x["draining_cycles"], x["idle_cycles"]] for x in xs],
+                  "rows_drained": [x["backlog_rows"] - x["rows_left_at_end"] for x in xs],
+                  "uplink_threads_cpu_s": [round(x["uplink_threads_cpu_s"], 2) for x in xs]}
+    print(json.dumps(out))
+    return out
 
 
 def consumer_process(port: int) -> subprocess.Popen:
-    """The confirming cloud consumer in its own process: its JSON work must not share our GIL."""
-    p = subprocess.Popen(["nice", "-n", "10", sys.executable, str(ROOT / "tests" / "uplink_broker.py"), str(port)],
+    """The confirming cloud consumer in its own process: its JSON work must not share our GIL; like the
+    broker it stands in for a remote machine, so it runs SCHED_IDLE: it must not take this box's CPU
+    from the scan loop (in the field it has none of it)."""
+    p = subprocess.Popen(["chrt", "--idle", "0", "nice", "-n", "10", sys.executable,
+                          str(ROOT / "tests" / "uplink_broker.py"), str(port)], start_new_session=True,
                          stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    lower_autogroup(p.pid)
     if p.stdout.readline().strip() != "subscribed":
         raise RuntimeError("cloud consumer process did not subscribe")
     return p
@@ -143,34 +290,53 @@ def consumer_process(port: int) -> subprocess.Popen:
 
 def stop_consumer(p: subprocess.Popen) -> dict:
     p.send_signal(signal.SIGTERM)
-    out = p.communicate(timeout=10)[0].strip().splitlines()
+    try:
+        out = p.communicate(timeout=10)[0].strip().splitlines()
+    except subprocess.TimeoutExpired:          # still busy with a backlog at SCHED_IDLE: no summary
+        p.kill()
+        p.communicate()
+        return {"stopped": "killed after 10 s"}
     return json.loads(out[-1]) if out else {}
 
 
-def bench_p99(days: float, hours: float, rounds: int, speed: float, rate: float = 0.0) -> dict:
+def bench_p99(days: float, hours: float, rounds: int, speed: float, rate: float = 0.0,
+              modes: tuple[str, ...] = ("process",)) -> dict:
+    """Per round and per mode (``process``: the MQTT side in the worker process, the default;
+    ``thread``: in a thread of the controller, as before the worker): an idle run, then a draining run.
+    Reports per mode the median over rounds of the per-round ratio draining p99 / idle p99 and its spread."""
+    runs = {m: [] for m in modes}
+    warm_up()
     with tempfile.TemporaryDirectory() as tmp:
-        broker = Broker(Path(tmp) / "broker", nice=10).start()     # the cloud side: remote in the field
+        broker = Broker(Path(tmp) / "broker", nice=10, sched_idle=True).start()   # the cloud: remote in the field
         sub = consumer_process(broker.port)
         try:
-            base, drain = [], []
             for r in range(rounds):
-                b = _sim_run(broker, Path(tmp) / f"base{r}", hours, 0, speed)
-                d = _sim_run(broker, Path(tmp) / f"drain{r}", hours, days, speed, rate)
-                print(f"round {r}: baseline p99 {b['p99_all_ms']:.3f} ms ({b['cycles']} cycles); draining p99 "
-                      f"{d['p99_draining_ms']:.3f} ms ({d['draining_cycles']} of {d['cycles']} cycles draining, "
-                      f"backlog {d['backlog_rows']} rows, {d['mqtt']['batches']} batches)", flush=True)
-                base.append(b)
-                drain.append(d)
+                for m in modes:
+                    proc = m == "process"
+                    b = _sim_run(broker, Path(tmp) / f"base-{m}{r}", hours, 0, speed, process=proc)
+                    d = _sim_run(broker, Path(tmp) / f"drain-{m}{r}", hours, days, speed, rate, process=proc)
+                    ratio = d["p99_draining_ms"] / b["p99_all_ms"]
+                    print(f"round {r} {m:7s}: idle p99 {b['p99_all_ms']:.3f} ms ({b['cycles']} cycles); draining "
+                          f"p99 {d['p99_draining_ms']:.3f} ms ({d['draining_cycles']} of {d['cycles']} cycles "
+                          f"draining, backlog {d['backlog_rows']} rows, {d['mqtt']['batches']} batches, "
+                          f"{d['rows_left_at_end']} left at the end, uplink threads {d['uplink_threads_cpu_s']:.2f} "
+                          f"CPU s); ratio {ratio:.2f}", flush=True)
+                    runs[m].append((b, d, ratio))
         finally:
             print("cloud consumer:", stop_consumer(sub))
             broker.kill()
-    pb = float(np.median([b["p99_all_ms"] for b in base]))
-    pd = float(np.median([d["p99_draining_ms"] for d in drain]))
-    out = {"baseline_p99_ms": round(pb, 3), "draining_p99_ms": round(pd, 3), "ratio": round(pd / pb, 3),
-           "baseline_rounds_ms": [round(b["p99_all_ms"], 3) for b in base],
-           "draining_rounds_ms": [round(d["p99_draining_ms"], 3) for d in drain],
-           "rounds": rounds, "backlog_days": days, "sim_hours": hours, "speed": speed,
+    out = {"rounds": rounds, "backlog_days": days, "sim_hours": hours, "speed": speed,
            "drain_cap_bytes_s": rate or "none"}
+    for m, rs in runs.items():
+        ratios = [x for _, _, x in rs]
+        out[m] = {"idle_p99_ms_median": round(float(np.median([b["p99_all_ms"] for b, _, _ in rs])), 3),
+                  "draining_p99_ms_median": round(float(np.median([d["p99_draining_ms"] for _, d, _ in rs])), 3),
+                  "ratio_median": round(float(np.median(ratios)), 3),
+                  "ratio_min_max": [round(min(ratios), 3), round(max(ratios), 3)],
+                  "ratios": [round(x, 3) for x in ratios],
+                  "idle_rounds_ms": [round(b["p99_all_ms"], 3) for b, _, _ in rs],
+                  "draining_rounds_ms": [round(d["p99_draining_ms"], 3) for _, d, _ in rs],
+                  "draining_cycles": [d["draining_cycles"] for _, d, _ in rs]}
     print(json.dumps(out))
     return out
 
@@ -221,7 +387,7 @@ class CountingRelay:
         self.thread.join(5)
 
 
-def bench_day(hours: float, speed: float) -> dict:
+def bench_day(hours: float, speed: float, telemetry_batch: int | None = None) -> dict:
     from controller.uplink import make_uplink_hook
     from tools.sim.runner import run_sim
     from tools.sim.scenario import load_scenario
@@ -233,7 +399,8 @@ def bench_day(hours: float, speed: float) -> dict:
         try:
             wait_for(sub.subscribed.is_set, 10, "subscriber")
             url = broker.tls_url.replace(f":{broker.tls_port}", f":{relay.port}")
-            hook, up = make_uplink_hook(scn.site, url, Path(tmp) / "data", clock_status="sim")
+            kw = {} if telemetry_batch is None else {"telemetry_batch": telemetry_batch}
+            hook, up = make_uplink_hook(scn.site, url, Path(tmp) / "data", clock_status="sim", **kw)
             wait_for(up.mqtt.connected.is_set, 10, "uplink connected")
             connect_up, connect_down = relay.up, relay.down
             t0 = time.perf_counter()
@@ -252,6 +419,7 @@ def bench_day(hours: float, speed: float) -> dict:
             ping_bytes = pings * 2 * (2 + TLS_RECORD_OVERHEAD)
             scale = 24.0 / hours
             out = {"scenario": SCENARIO, "sim_hours": hours, "speed": speed, "drained": drained, "records": kinds,
+                   "telemetry_batch": up.mqtt.drain.telemetry_batch_min,
                    "messages": st["messages"], "batches": st["batches"],
                    "tcp_up_bytes": relay.up, "tcp_down_bytes": relay.down,
                    "connect_bytes_up_down": [connect_up, connect_down],
@@ -302,6 +470,9 @@ def bench_week(rate_kib_s: float) -> dict:
 
 
 def main(argv=None) -> int:
+    # SIGTERM (timeout, kill) unwinds like Ctrl-C: the broker and the consumer run in sessions of their
+    # own (start_new_session) and are stopped only by the finally blocks
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
     p = sub.add_parser("p99")
@@ -313,17 +484,30 @@ def main(argv=None) -> int:
                         "cycles as the 1 s gateway loop does; 0: flat out, no idle time at all)")
     p.add_argument("--rate", type=float, default=0.0,
                    help="drain cap in bytes/s (0: none, full speed; DrainPolicy's default is 32768)")
+    p.add_argument("--mode", choices=("process", "thread", "both"), default="process",
+                   help="where the MQTT side runs: the worker process (default), a controller thread (as "
+                        "before the worker), or both interleaved in each round")
+    p.add_argument("--phase-s", type=float, default=0.0,
+                   help="> 0: one run per round and mode over the backlog with the drain switched on and off "
+                        "every PHASE_S wall seconds, draining vs idle cycles compared within the run "
+                        "(full speed; --rate ignored)")
     p = sub.add_parser("day")
     p.add_argument("--hours", type=float, default=24.0)
     p.add_argument("--speed", type=float, default=1000.0,
                    help="1000: records leave one by one as in real time (flat out they would be batched)")
+    p.add_argument("--telemetry-batch", type=int, default=None,
+                   help="1-min summaries per message (default: make_uplink_hook's, 5; 1: each alone)")
     p = sub.add_parser("week")
     p.add_argument("--rate", type=float, default=0.0, help="drain cap KiB/s (default: DrainPolicy's)")
     a = ap.parse_args(argv)
     if a.what == "p99":
-        bench_p99(a.days, a.hours, a.rounds, a.speed, a.rate)
+        modes = ("process", "thread") if a.mode == "both" else (a.mode,)
+        if a.phase_s > 0:
+            bench_phased(a.days, a.hours, a.rounds, a.speed, a.phase_s, modes)
+        else:
+            bench_p99(a.days, a.hours, a.rounds, a.speed, a.rate, modes)
     elif a.what == "day":
-        bench_day(a.hours, a.speed)
+        bench_day(a.hours, a.speed, a.telemetry_batch)
     else:
         bench_week(a.rate)
     return 0

@@ -1,0 +1,193 @@
+"""The controller's handle on the uplink worker process (controller/uplink/worker.py).
+
+``UplinkProcess`` has the surface the hook, the CLI, the TUI and the benchmarks use of ``MqttUplink``
+(``start``, ``stop(drain_timeout_s)``, ``stats``, ``connected``), but the MQTT side runs in a child
+process, so the controller's interpreter only appends to the spool (why: worker.py).
+
+A supervisor thread (nice +10) spawns the worker, reads its messages and restarts it when it dies, with
+exponential back-off (0.5 s doubling to 30 s, reset after a worker lived 10 s). Messages: ``cmd`` goes
+to ``on_command`` (verification and the verdict
+records stay in the controller, which holds the key's counter and applies accepted commands between
+cycles), ``stats`` mirrors the worker's counters and carries ``gone`` (rows the worker deleted since
+its last report), which updates the spool's quota accounting. After a restart the spool recounts its rows, as a
+worker killed between a delete and its report leaves the counters too high.
+
+The worker is spawned by the supervisor thread, which lives as long as the worker: the worker's
+``PR_SET_PDEATHSIG`` fires when that thread (or the whole controller, SIGKILL included) ends.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from controller.uplink.client import BrokerConfig, UplinkStats
+from controller.uplink.drain import DrainPolicy
+from controller.uplink.priority import lower_this_thread
+from controller.uplink.spool import Spool
+from controller.uplink.topics import Topics
+from controller.uplink.worker import STAT_FIELDS, config_message
+
+ROOT = Path(__file__).resolve().parents[2]       # the folder holding the controller package
+
+
+class UplinkProcess:
+    def __init__(self, spool: Spool, topics: Topics, broker: BrokerConfig, *, drain: DrainPolicy | None = None,
+                 client_id: str | None = None, on_command=None, require_subscriber: bool = True,
+                 restart_base_s: float = 0.5, restart_cap_s: float = 30.0, tuning: dict | None = None):
+        self.spool, self.topics, self.broker = spool, topics, broker
+        self.drain = drain or DrainPolicy()
+        self.client_id = client_id
+        self.on_command = on_command
+        self.require_subscriber = require_subscriber
+        self.restart_base_s, self.restart_cap_s = restart_base_s, restart_cap_s
+        self.tuning = tuning or {}
+        self.stats = UplinkStats()
+        self.connected = threading.Event()
+        self.restarts = 0
+        self.paused = False
+        self.pid: int | None = None
+        self.worker_stats: dict = {}
+        self._done: dict = {k: 0 for k in STAT_FIELDS}   # counters of workers that ended
+        self._proc: subprocess.Popen | None = None
+        self._sock: socket.socket | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> "UplinkProcess":
+        self._thread = threading.Thread(target=self._supervise, name="uplink-supervisor", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, drain_timeout_s: float = 0.0) -> bool:
+        """Stop; first wait up to drain_timeout_s for the spool to empty. True if it was empty."""
+        deadline = time.monotonic() + drain_timeout_s
+        sock = self._sock
+        if drain_timeout_s > 0 and sock is not None:
+            try:
+                sock.sendall(b'{"t":"flush"}\n')     # held telemetry goes now
+            except OSError:
+                pass
+        self.spool.flush(max(1.0, drain_timeout_s))
+        while self.spool.pending_rows > 0 and time.monotonic() < deadline:
+            self.spool.wait_new(0.1)
+        empty = self.spool.pending_rows == 0
+        self._stop.set()
+        sock, proc = self._sock, self._proc
+        if sock is not None:
+            try:
+                sock.sendall(b'{"t":"stop"}\n')
+            except OSError:
+                pass
+        if proc is not None:
+            try:
+                proc.wait(10.0)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if self._thread is not None:
+            self._thread.join(15.0)
+        return empty
+
+    def pause(self, on: bool) -> None:
+        """Hold (or resume) new offers in the worker; acks are still taken (MqttUplink.paused)."""
+        self.paused = bool(on)
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.sendall(json.dumps({"t": "pause", "on": self.paused}).encode() + b"\n")
+            except OSError:
+                pass
+
+    def _spawn(self) -> tuple[subprocess.Popen, socket.socket]:
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+        proc = subprocess.Popen([sys.executable, "-m", "controller.uplink.worker", str(theirs.fileno())],
+                                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
+        theirs.close()
+        cfg = config_message(str(self.spool.path), self.topics.site, self.topics.gateway, self.spool.boot_id,
+                             self.broker, self.drain, self.client_id, self.require_subscriber, self.tuning)
+        ours.sendall(json.dumps(cfg).encode() + b"\n")
+        if self.paused:
+            ours.sendall(b'{"t":"pause","on":true}\n')
+        return proc, ours
+
+    def _supervise(self) -> None:
+        lower_this_thread()
+        attempt = 0
+        while not self._stop.is_set():
+            t0 = time.monotonic()
+            try:
+                proc, sock = self._spawn()
+            except OSError as exc:
+                print(f"uplink: cannot start the worker process: {exc!r}", file=sys.stderr)
+                proc = sock = None
+            if proc is not None:
+                self._proc, self._sock, self.pid = proc, sock, proc.pid
+                if self._stop.is_set():                 # stop() came while this one was starting
+                    sock.sendall(b'{"t":"stop"}\n')
+                self._serve(sock)                   # until the worker ends (EOF)
+                try:
+                    proc.wait(5.0)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                sock.close()
+                self.connected.clear()
+                self._finish_worker()
+            if self._stop.is_set():
+                break
+            self.restarts += 1
+            self.spool.recount()
+            print(f"uplink: worker ended (rc {proc.returncode if proc else None}); restart #{self.restarts}",
+                  file=sys.stderr)
+            attempt = 0 if time.monotonic() - t0 > 10.0 else attempt + 1
+            self._stop.wait(min(self.restart_cap_s, self.restart_base_s * 2 ** min(attempt, 16)))
+
+    def _serve(self, sock: socket.socket) -> None:
+        rfile = sock.makefile("rb")
+        try:
+            for line in rfile:
+                try:
+                    msg = json.loads(line)
+                    kind = msg["t"]
+                    if kind == "cmd":
+                        self._command(base64.b64decode(msg["raw"]))
+                    elif kind == "stats":
+                        if msg.get("gone"):
+                            self.spool.gone(msg["gone"])
+                        self._mirror(msg)
+                except (ValueError, KeyError, TypeError) as exc:
+                    print(f"uplink: bad message from the worker: {exc!r}", file=sys.stderr)
+        except OSError:
+            pass
+
+    def _command(self, raw: bytes) -> None:
+        if self.on_command is None:
+            return
+        try:
+            self.on_command(raw)
+        except Exception as exc:                      # a command must never take the uplink down
+            print(f"uplink: command handler failed: {exc!r}", file=sys.stderr)
+
+    def _mirror(self, msg: dict) -> None:
+        self.worker_stats = msg
+        for k in STAT_FIELDS:
+            setattr(self.stats, k, self._done[k] + int(msg.get(k, 0)))
+        self.stats.protocol = msg.get("protocol", "")
+        if msg.get("connected"):
+            self.connected.set()
+        else:
+            self.connected.clear()
+
+    def _finish_worker(self) -> None:
+        for k in STAT_FIELDS:
+            self._done[k] = getattr(self.stats, k)
+        self.worker_stats = {}
