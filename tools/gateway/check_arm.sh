@@ -7,7 +7,7 @@
 # installs into a fresh copy of it, so the install is always a first install on a clean gateway.
 #
 # Inside the copy, with no network (unshare --net): install.sh from the bundle (+ the simulator add-on),
-# `edge-ems selftest`, a short `edge-ems sim`, then install.sh again (must be harmless). Needs root.
+# `edge-ems selftest`, a short `edge-ems sim` and `edge-ems run`, then install.sh again (must be harmless). Needs root.
 #
 #   tools/gateway/check_arm.sh [--keep-root]      MIRROR=... SIM_HOURS=... override the defaults
 set -euo pipefail
@@ -108,6 +108,11 @@ phase "edge-ems sim ($SIM_HOURS h)"
 in_gateway "edge-ems sim --scenario inner-mongolia-mine --hours $SIM_HOURS --out /tmp/sim && ls /tmp/sim" \
     | tee "$CACHE/sim-aarch64.txt"
 grep -q '"' "$CACHE/sim-aarch64.txt" || die "edge-ems sim printed no KPIs"
+
+phase "edge-ems run (the service's entry point, 300 cycles at 100x)"
+in_gateway "edge-ems run --site /etc/edge-ems/site.toml --cycles 300 --speed 100 --out /tmp/run && ls /tmp/run" \
+    | tee "$CACHE/run-aarch64.txt"
+grep -q "recording" "$CACHE/run-aarch64.txt" || die "edge-ems run wrote no recording"
 
 phase "install.sh again (must be harmless)"
 in_gateway "$B/install.sh --console ttyAMA0 --sim $B-sim" | tee "$CACHE/install2.log"
