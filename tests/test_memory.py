@@ -42,6 +42,17 @@ Anonymous:            64 kB
 """
 
 
+
+def _stop(proc, sock) -> None:
+    """SIGTERM the run (it must exit cleanly), kill it if it does not, close the notify socket."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    sock.close()
+
 def test_only_clean_read_only_mappings_of_llvm_are_releasable():
     maps = mappings(SMAPS)
     assert [(m.perms, m.rss_kb, m.anonymous_kb) for m in maps] == [
@@ -197,13 +208,7 @@ def test_gateway_run_holds_no_compiler_pages_and_no_pandas(tmp_path):
         assert llvm_kb < 1024                      # ... but its compiler's pages were given back
         assert pandas_maps == 0                    # the pvlib series were computed in the child
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        sock.close()
+        _stop(proc, sock)
     assert proc.returncode == 0, err.read_text()[-3000:]
 
 
@@ -274,10 +279,4 @@ def test_cold_start_compiles_in_a_child_and_the_controller_stays_small(tmp_path)
         assert list((tmp_path / "cache").rglob("step.step-*.nbi"))       # the child filled the cache
         assert kid_peak > 2 * peak, (kid_peak, peak)                      # the compiler's memory was the child's
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        sock.close()
+        _stop(proc, sock)

@@ -58,6 +58,21 @@ class _Flush:
         self.done = threading.Event()
 
 
+
+def select_pending(db: sqlite3.Connection, kind: str, after_seq: int, limit: int,
+                   max_bytes: int = 1 << 30) -> list[tuple[int, bytes]]:
+    """Committed records of one kind with seq > after_seq, oldest first, at most limit rows / max_bytes
+    (at least one row): the drain's read, shared by the in-process drain and the worker process."""
+    rows = db.execute("SELECT seq, payload FROM records WHERE kind=? AND seq>? ORDER BY seq LIMIT ?",
+                      (kind, after_seq, limit)).fetchall()
+    out, size = [], 0
+    for seq, payload in rows:
+        if out and size + len(payload) > max_bytes:
+            break
+        out.append((seq, payload))
+        size += len(payload)
+    return out
+
 class Spool:
     def __init__(self, data_dir: str | Path, site: str, gateway: str, *, quota_bytes: int = DEFAULT_QUOTA,
                  min_free_bytes: int = DEFAULT_MIN_FREE, clock_status: str = "unknown",
@@ -134,16 +149,7 @@ class Spool:
 
     def pending(self, kind: str, after_seq: int, limit: int, max_bytes: int = 1 << 30) -> list[tuple[int, bytes]]:
         """Committed records of one kind with seq > after_seq, oldest first, at most limit / max_bytes."""
-        rows = self._reader().execute(
-            "SELECT seq, payload FROM records WHERE kind=? AND seq>? ORDER BY seq LIMIT ?",
-            (kind, after_seq, limit)).fetchall()
-        out, size = [], 0
-        for seq, payload in rows:
-            if out and size + len(payload) > max_bytes:
-                break
-            out.append((seq, payload))
-            size += len(payload)
-        return out
+        return select_pending(self._reader(), kind, after_seq, limit, max_bytes)
 
     def ack(self, seqs) -> None:
         """The broker acknowledged these: delete them (in the writer thread)."""

@@ -38,6 +38,7 @@ from dataclasses import asdict
 from controller.uplink.client import BrokerConfig, MqttUplink
 from controller.uplink.drain import DrainPolicy
 from controller.uplink.priority import background_process
+from controller.uplink.spool import select_pending
 from controller.uplink.topics import Topics
 
 STATS_EVERY_S = 0.5
@@ -67,15 +68,7 @@ class SpoolReader:
         return out
 
     def pending(self, kind: str, after_seq: int, limit: int, max_bytes: int = 1 << 30) -> list[tuple[int, bytes]]:
-        rows = self._db.execute("SELECT seq, payload FROM records WHERE kind=? AND seq>? ORDER BY seq LIMIT ?",
-                                (kind, after_seq, limit)).fetchall()
-        out, size = [], 0
-        for seq, payload in rows:
-            if out and size + len(payload) > max_bytes:
-                break
-            out.append((seq, payload))
-            size += len(payload)
-        return out
+        return select_pending(self._db, kind, after_seq, limit, max_bytes)
 
     def ack(self, seqs) -> None:
         self._acks.extend(seqs)
