@@ -43,6 +43,7 @@ from controller.core.layout import (
     S_PLAN_EXPORT_KW, S_PLAN_GRID_KW, S_PLAN_KEY, S_PLAN_OBJECTIVE, S_PLAN_PEAK_KW, S_PLAN_SOC_END_PCT, S_PLAN_T_S,
     S_PRICEF,
 )
+from controller.core.rule import running_set_kw
 from controller.points import (
     GENSET_AVAILABLE, GRID_CO2, GRID_KW, GRID_PRICE, JOB_END_S, JOB_KW, JOB_START_S, OUTAGE_END_S,
     OUTAGE_START_S, PV_AVAILABLE_KW, PV_KW, Q_OK, WX_END_S, WX_PV_CUT, WX_RAMP_S, WX_START_S,
@@ -328,8 +329,7 @@ def mpc_setpoints(params, state, st, t_s, value, quality, soc_pct, load_kw, pv_k
             want_gen = True
         if want_gen:
             gen_sp_kw = min(max(st[S_PLAN_DIESEL_KW], beyond_kw, params[P_GEN_PMIN_KW]), params[P_GEN_RATED_KW])
-    # a running set gives the planned kW: by setpoint, or (load-following set) through the battery's
-    supply_kw = net_kw - (gen_sp_kw if want_gen and gen_kw > 0.0 else gen_kw)
+    supply_kw = net_kw - running_set_kw(want_gen, gen_sp_kw, gen_kw)
     if grid_up:
         battery_kw = supply_kw - (st[S_PLAN_GRID_KW] - st[S_PLAN_EXPORT_KW])
         lim_kw = cap_kw

@@ -13,6 +13,15 @@ from controller.core.layout import (
 
 
 @njit(cache=True)
+def running_set_kw(want_gen, gen_sp_kw, genset_kw):
+    """The genset output a strategy balances the battery against. A running set delivers what is asked
+    of it: a set with a kW setpoint by the setpoint, a load-following one (run/stop keys only, GenComm)
+    because the battery setpoint leaves it that load; planning with the measured output instead pins a
+    load-following set at its minimum while the battery drains. Until it runs: what the meter shows."""
+    return gen_sp_kw if want_gen and genset_kw > 0.0 else genset_kw
+
+
+@njit(cache=True)
 def rule_setpoints(params, soc_pct, load_kw, pv_kw, genset_kw, cap_kw, grid_up, gen_on, reserve_pct):
     """(battery_kw, genset_on, genset_kw) proposed for this cycle. battery_kw: + discharge, - charge."""
     net_kw = load_kw - pv_kw                     # what battery + grid + genset must supply
@@ -32,9 +41,7 @@ def rule_setpoints(params, soc_pct, load_kw, pv_kw, genset_kw, cap_kw, grid_up, 
         # Grid first (cheaper and cleaner here), the set covers the rest and recharges at its best load.
         gen_sp_kw = net_kw - cap_kw + params[P_CHARGE_MAX_KW]
         gen_sp_kw = min(max(gen_sp_kw, params[P_GEN_PMIN_KW]), params[P_GEN_RATED_KW])
-    # A running set delivers what is asked of it: a set with a kW setpoint by the setpoint, a load-
-    # following one (run/stop keys only) because the battery setpoint below leaves it that load.
-    gen_out_kw = gen_sp_kw if want_gen and genset_kw > 0.0 else genset_kw
+    gen_out_kw = running_set_kw(want_gen, gen_sp_kw, genset_kw)
     supply_kw = net_kw - gen_out_kw
     if gen_out_kw > 0.0:
         battery_kw = supply_kw - cap_kw                 # set running: recharge with it and the grid
