@@ -326,10 +326,11 @@ def _points_plain(load, ys, rlo, rhi, lsum, f0, lo, hi, cost, order, cand, fval,
     return n
 
 
-@njit(cache=True, error_model="numpy")
-def _stage_function(t, steps, prm, mode_t, pcap, lo, hi, cost, order, cand, fval, tl, ts):
+@njit(cache=True, error_model="numpy", inline="always")
+def _stage_function(t, steps, prm, mode_t, pcap, lo, hi, cost, order, cand, fval, tl, ts, i_tab):
     """Build the reflected stage function f~(v) = f_t(-v) (v = -e, kWh) as convex PL segments
-    (tl lengths, ts slopes ascending). Returns (nseg, x0, value at x0, feasible)."""
+    (tl[i_tab, t] lengths, ts[i_tab, t] slopes ascending; indexed, not sliced: a view per step costs
+    two atomic refcount updates). Returns (nseg, x0, value at x0, feasible)."""
     dt = prm[P_DT]
     load = steps[S_LOAD, t]
     lsum, f0 = _sources(t, steps, prm, mode_t, pcap, lo, hi, cost, order)
@@ -364,11 +365,11 @@ def _stage_function(t, steps, prm, mode_t, pcap, lo, hi, cost, order, cand, fval
         s = -(fval[i + 1] - fval[i]) / de
         if s < prev:
             s = prev
-        if nseg > 0 and s == ts[nseg - 1]:
-            tl[nseg - 1] += de
+        if nseg > 0 and s == ts[i_tab, t, nseg - 1]:
+            tl[i_tab, t, nseg - 1] += de
         else:
-            tl[nseg] = de
-            ts[nseg] = s
+            tl[i_tab, t, nseg] = de
+            ts[i_tab, t, nseg] = s
             nseg += 1
         prev = s
     return nseg, -cand[m - 1] * dt, fval[m - 1], True
@@ -384,7 +385,7 @@ def _grow(a, need):
     return b
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def _add_floor_penalty(wl, ws, nw, wx0, wv0, floor_kwh, slope):
     """W += slope * min(0, E - floor): the soft SOC floor's shortfall penalty (slope <= 0).
     Splits the segment holding the floor. Returns (nw, wv0)."""
@@ -410,11 +411,11 @@ def _add_floor_penalty(wl, ws, nw, wx0, wv0, floor_kwh, slope):
     return nw, wv0
 
 
-@njit(cache=True, error_model="numpy")
-def _clip_band(ml, ms, n, mx0, mv0, ehi, wl, ws):
-    """Restrict a convex PL function to the hard band [0, ehi], written to (wl, ws). Returns
-    (nw, x0, v0, feasible). Only the few segments at either end are walked with their checks; the
-    middle is copied in one plain loop (the backward pass's hot loop)."""
+@njit(cache=True, error_model="numpy", inline="always")
+def _clip_at(ml, ms, n, mx0, mv0, ehi):
+    """Restrict a convex PL function to the hard band [0, ehi] in place: the kept segments are
+    ml[k:k+nw] (their end lengths trimmed). Returns (k, nw, x0, v0, feasible). Only the few
+    segments at either end are walked; nothing is copied (the backward pass's hot loop)."""
     pos, val, k = mx0, mv0, 0
     while k < n and pos + ml[k] <= 0.0:
         val += ms[k] * ml[k]
@@ -424,16 +425,16 @@ def _clip_band(ml, ms, n, mx0, mv0, ehi, wl, ws):
     if pos < 0.0:
         if k >= n:
             if pos < -1e-9:
-                return 0, 0.0, 0.0, False
+                return 0, 0, 0.0, 0.0, False
         else:
             first_cut = -pos
             val += ms[k] * first_cut
         pos = 0.0
     if pos > ehi + 1e-9:
-        return 0, 0.0, 0.0, False
+        return 0, 0, 0.0, 0.0, False
     x0, v0 = pos, val
     if k >= n or pos >= ehi:
-        return 0, x0, v0, True
+        return k, 0, x0, v0, True
     end = pos - first_cut
     for q in range(k, n):
         end += ml[q]
@@ -442,97 +443,81 @@ def _clip_band(ml, ms, n, mx0, mv0, ehi, wl, ws):
         end -= ml[kk]
         kk -= 1
     nw = kk - k + 1
+    ml[k] -= first_cut
+    if end > ehi:
+        ml[kk] -= end - ehi
+    if nw > 1 and ml[kk] <= TINY:
+        nw -= 1
+    if ml[k] <= TINY and nw > 1:
+        k += 1
+        nw -= 1
+    elif ml[k] <= TINY:
+        nw = 0
+    return k, nw, x0, v0, True
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _clip_band(ml, ms, n, mx0, mv0, ehi, wl, ws):
+    """_clip_at, the kept segments copied to (wl, ws). Returns (nw, x0, v0, feasible)."""
+    k, nw, x0, v0, ok = _clip_at(ml, ms, n, mx0, mv0, ehi)
     for q in range(nw):
         wl[q] = ml[k + q]
         ws[q] = ms[k + q]
-    wl[0] -= first_cut
-    if end > ehi:
-        wl[nw - 1] -= end - ehi
-    if nw > 1 and wl[nw - 1] <= TINY:
-        nw -= 1
-    if wl[0] <= TINY and nw > 1:
-        for q in range(nw - 1):
-            wl[q] = wl[q + 1]
-            ws[q] = ws[q + 1]
-        nw -= 1
-    elif wl[0] <= TINY:
-        nw = 0
-    return nw, x0, v0, True
+    return nw, x0, v0, ok
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def _merge_flags(al, a_s, na, bl, bs, nb, ml, ms, mk, flags):
     """Infimal convolution of two convex PL functions: their segments merged by slope (a's first
-    on ties). b has few segments: each is placed by binary search and a's runs between them are
-    block copies. flags: also write the origin of each segment to mk (0: a, 1: b)."""
+    on ties). b has few segments: a's runs between them are copied by a linear scan (predictable
+    branches beat a binary search's here). flags: also write the origin of each segment to mk
+    (0: a, 1: b)."""
     n = 0
     i = 0
     for j in range(nb):
         s = bs[j]
-        lo, hi = i, na
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if a_s[mid] <= s:
-                lo = mid + 1
-            else:
-                hi = mid
-        k = lo - i
-        if k > 0:
-            for q in range(k):  # element loops: numba's slice-to-slice copy checks overlap, slowly
-                ml[n + q] = al[i + q]
-                ms[n + q] = a_s[i + q]
+        while i < na and a_s[i] <= s:
+            ml[n] = al[i]
+            ms[n] = a_s[i]
             if flags:
-                for q in range(k):
-                    mk[n + q] = 0
-            n += k
-            i = lo
+                mk[n] = 0
+            n += 1
+            i += 1
         ml[n] = bl[j]
         ms[n] = s
         if flags:
             mk[n] = 1
         n += 1
-    k = na - i
-    if k > 0:
-        for q in range(k):
-            ml[n + q] = al[i + q]
-            ms[n + q] = a_s[i + q]
+    while i < na:
+        ml[n] = al[i]
+        ms[n] = a_s[i]
         if flags:
-            for q in range(k):
-                mk[n + q] = 0
-        n += k
+            mk[n] = 0
+        n += 1
+        i += 1
     return n
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def _merge(al, a_s, na, bl, bs, nb, ml, ms):
     """Infimal convolution of two convex PL functions (as _merge_flags, without the flags)."""
     n = 0
     i = 0
     for j in range(nb):
         s = bs[j]
-        lo, hi = i, na
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if a_s[mid] <= s:
-                lo = mid + 1
-            else:
-                hi = mid
-        k = lo - i
-        if k > 0:
-            for q in range(k):
-                ml[n + q] = al[i + q]
-                ms[n + q] = a_s[i + q]
-            n += k
-            i = lo
+        while i < na and a_s[i] <= s:
+            ml[n] = al[i]
+            ms[n] = a_s[i]
+            n += 1
+            i += 1
         ml[n] = bl[j]
         ms[n] = s
         n += 1
-    k = na - i
-    if k > 0:
-        for q in range(k):
-            ml[n + q] = al[i + q]
-            ms[n + q] = a_s[i + q]
-        n += k
+    while i < na:
+        ml[n] = al[i]
+        ms[n] = a_s[i]
+        n += 1
+        i += 1
     return n
 
 
@@ -553,7 +538,7 @@ def _tables(steps, prm, modes, pcap):
     for i in range(nm):
         for t in range(H):
             n, x0, v0, ok = _stage_function(t, steps, prm, modes[i], pcap, lo, hi, cost, order,
-                                            cand, fval, tl[i, t], ts[i, t])
+                                            cand, fval, tl, ts, i)
             tn[i, t] = n if ok else -1
             tx0[i, t] = x0
             tv0[i, t] = v0
@@ -569,13 +554,15 @@ def _backward(steps, prm, sel, want_store, tabs):
     H = steps.shape[1]
     dt, ehi, e0 = prm[P_DT], prm[P_EHI], prm[P_E0]
     sf_slope = -dt * prm[P_SF]
-    wcap = H * (MAX_CAND + 2) + 8
-    wl = np.empty(wcap)
-    ws = np.empty(wcap)
+    wcap = H * (MAX_CAND + 2) + 8 + MAX_CAND
+    # two buffers in turn: W is a view of one, the merge writes the other, the clip only trims it
+    bl = np.empty((2, wcap))
+    bs = np.empty((2, wcap))
+    cur, off = 0, 0
     nw = 0
     wx0, wv0 = 0.0, 0.0
     if ehi > 0.0:
-        wl[0], ws[0], nw = ehi, -prm[P_TV], 1
+        bl[0, 0], bs[0, 0], nw = ehi, -prm[P_TV], 1
     scap = H * 16 + 64 if want_store else 1
     sl = np.empty(scap)
     ss = np.empty(scap)
@@ -584,18 +571,25 @@ def _backward(steps, prm, sel, want_store, tabs):
     cnt = np.zeros(H, np.int64)
     x0s = np.zeros(H)
     wx0s = np.zeros(H)
-    ml = np.empty(wcap + MAX_CAND)
-    ms = np.empty(wcap + MAX_CAND)
-    mk = np.empty(wcap + MAX_CAND, np.int8)
+    mk = np.empty(wcap, np.int8)
+    tl = np.empty(MAX_CAND)
+    ts = np.empty(MAX_CAND)
     used = 0
     for t in range(H - 1, -1, -1):
+        wl = bl[cur, off:]
+        ws = bs[cur, off:]
         nw, wv0 = _add_floor_penalty(wl, ws, nw, wx0, wv0, steps[S_FLOOR, t], sf_slope)
         m_t = sel[t]
         nt, tx0, tv0 = tab_n[m_t, t], tab_x0[m_t, t], tab_v0[m_t, t]
         if nt < 0:
             return INF, sl, ss, sk, start, cnt, x0s, wx0s
-        tl, ts = tab_l[m_t, t], tab_s[m_t, t]
+        for q in range(nt):  # copying a few segments beats two more views (atomic refcounts)
+            tl[q] = tab_l[m_t, t, q]
+            ts[q] = tab_s[m_t, t, q]
         # infimal convolution: merge W and f~ segments by slope
+        cur = 1 - cur
+        ml = bl[cur]
+        ms = bs[cur]
         n = _merge_flags(wl, ws, nw, tl, ts, nt, ml, ms, mk, want_store)
         mx0, mv0 = wx0 + tx0, wv0 + tv0
         if want_store:
@@ -614,7 +608,7 @@ def _backward(steps, prm, sel, want_store, tabs):
         if t == 0:
             return _pl_value(ml, ms, n, mx0, mv0, e0), sl, ss, sk, start, cnt, x0s, wx0s
         # V_t restricted to the hard band [0, ehi] becomes the next W
-        nw, wx0, wv0, ok = _clip_band(ml, ms, n, mx0, mv0, ehi, wl, ws)
+        off, nw, wx0, wv0, ok = _clip_at(ml, ms, n, mx0, mv0, ehi)
         if not ok:
             return INF, sl, ss, sk, start, cnt, x0s, wx0s
     return INF, sl, ss, sk, start, cnt, x0s, wx0s
