@@ -535,45 +535,68 @@ def _tables(steps, prm, modes, pcap):
     lo, hi, cost = np.empty(N_SRC), np.empty(N_SRC), np.empty(N_SRC)
     order = np.empty(N_SRC, np.int64)
     cand, fval = np.empty(MAX_CAND), np.empty(MAX_CAND)
-    for i in range(nm):
-        for t in range(H):
+    _fill_tables(steps, prm, modes, pcap, lo, hi, cost, order, cand, fval, tl, ts, tn, tx0, tv0)
+    return tl, ts, tn, tx0, tv0
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _fill_tables(steps, prm, modes, pcap, lo, hi, cost, order, cand, fval, tl, ts, tn, tx0, tv0):
+    """The tables' loop, compiled without reference counting: it only reads and writes arrays its
+    caller owns, and numba's per-call and per-inlined-argument refcounts (atomic) were a third of
+    a DP pass."""
+    for i in range(modes.shape[0]):
+        for t in range(steps.shape[1]):
             n, x0, v0, ok = _stage_function(t, steps, prm, modes[i], pcap, lo, hi, cost, order,
                                             cand, fval, tl, ts, i)
             tn[i, t] = n if ok else -1
             tx0[i, t] = x0
             tv0[i, t] = v0
-    return tl, ts, tn, tx0, tv0
 
 
 @njit(cache=True, error_model="numpy")
 def _backward(steps, prm, sel, want_store, tabs):
     """Build V_0..V_{H-1} (merged with their origin flags for the forward pass) and return
     (V_0(E0), store...). sel[t] picks the table (genset mode) of step t. V = +inf when the
-    pattern is infeasible."""
+    pattern is infeasible. Allocates; the pass itself runs without reference counting."""
+    H = steps.shape[1]
+    wcap = H * (MAX_CAND + 2) + 8 + MAX_CAND
+    bl = np.empty((2, wcap))
+    bs = np.empty((2, wcap))
+    mk = np.empty(wcap, np.int8)
+    tl = np.empty(MAX_CAND)
+    ts = np.empty(MAX_CAND)
+    start = np.zeros(H + 1, np.int64)
+    cnt = np.zeros(H, np.int64)
+    x0s = np.zeros(H)
+    wx0s = np.zeros(H)
+    scap = H * 128 + 64 if want_store else 1
+    while True:
+        sl = np.empty(scap)
+        ss = np.empty(scap)
+        sk = np.empty(scap, np.int8)
+        v, used = _backward_run(steps, prm, sel, want_store, tabs, bl, bs, mk, tl, ts, sl, ss, sk,
+                                start, cnt, x0s, wx0s)
+        if used <= scap:
+            return v, sl, ss, sk, start, cnt, x0s, wx0s
+        scap = max(2 * scap, 2 * used)  # the store ran out of room: again, with more
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _backward_run(steps, prm, sel, want_store, tabs, bl, bs, mk, tl, ts, sl, ss, sk, start, cnt, x0s, wx0s):
+    """The backward pass over the caller's buffers, compiled without reference counting (numba's
+    atomic refcounts on every view and inlined argument were a third of the pass). Two buffers in
+    turn: W is a view of one, the merge writes the other, the clip only trims it. Returns
+    (V_0(E0), segments stored); stored > sl.shape[0] means the store ran out of room."""
     tab_l, tab_s, tab_n, tab_x0, tab_v0 = tabs
     H = steps.shape[1]
     dt, ehi, e0 = prm[P_DT], prm[P_EHI], prm[P_E0]
     sf_slope = -dt * prm[P_SF]
-    wcap = H * (MAX_CAND + 2) + 8 + MAX_CAND
-    # two buffers in turn: W is a view of one, the merge writes the other, the clip only trims it
-    bl = np.empty((2, wcap))
-    bs = np.empty((2, wcap))
+    scap = sl.shape[0]
     cur, off = 0, 0
     nw = 0
     wx0, wv0 = 0.0, 0.0
     if ehi > 0.0:
         bl[0, 0], bs[0, 0], nw = ehi, -prm[P_TV], 1
-    scap = H * 16 + 64 if want_store else 1
-    sl = np.empty(scap)
-    ss = np.empty(scap)
-    sk = np.empty(scap, np.int8)
-    start = np.zeros(H + 1, np.int64)
-    cnt = np.zeros(H, np.int64)
-    x0s = np.zeros(H)
-    wx0s = np.zeros(H)
-    mk = np.empty(wcap, np.int8)
-    tl = np.empty(MAX_CAND)
-    ts = np.empty(MAX_CAND)
     used = 0
     for t in range(H - 1, -1, -1):
         wl = bl[cur, off:]
@@ -582,8 +605,8 @@ def _backward(steps, prm, sel, want_store, tabs):
         m_t = sel[t]
         nt, tx0, tv0 = tab_n[m_t, t], tab_x0[m_t, t], tab_v0[m_t, t]
         if nt < 0:
-            return INF, sl, ss, sk, start, cnt, x0s, wx0s
-        for q in range(nt):  # copying a few segments beats two more views (atomic refcounts)
+            return INF, used
+        for q in range(nt):
             tl[q] = tab_l[m_t, t, q]
             ts[q] = tab_s[m_t, t, q]
         # infimal convolution: merge W and f~ segments by slope
@@ -593,9 +616,8 @@ def _backward(steps, prm, sel, want_store, tabs):
         n = _merge_flags(wl, ws, nw, tl, ts, nt, ml, ms, mk, want_store)
         mx0, mv0 = wx0 + tx0, wv0 + tv0
         if want_store:
-            sl = _grow(sl, used + n)
-            ss = _grow(ss, used + n)
-            sk = _grow(sk, used + n)
+            if used + n > scap:
+                return INF, used + n
             for q in range(n):
                 sl[used + q] = ml[q]
                 ss[used + q] = ms[q]
@@ -606,12 +628,12 @@ def _backward(steps, prm, sel, want_store, tabs):
         x0s[t] = mx0
         wx0s[t] = wx0
         if t == 0:
-            return _pl_value(ml, ms, n, mx0, mv0, e0), sl, ss, sk, start, cnt, x0s, wx0s
+            return _pl_value(ml, ms, n, mx0, mv0, e0), used
         # V_t restricted to the hard band [0, ehi] becomes the next W
         off, nw, wx0, wv0, ok = _clip_at(ml, ms, n, mx0, mv0, ehi)
         if not ok:
-            return INF, sl, ss, sk, start, cnt, x0s, wx0s
-    return INF, sl, ss, sk, start, cnt, x0s, wx0s
+            return INF, used
+    return INF, used
 
 
 @njit(cache=True, error_model="numpy")
