@@ -636,7 +636,7 @@ def _backward_run(steps, prm, sel, want_store, tabs, bl, bs, mk, tl, ts, sl, ss,
     return INF, used
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _pl_value(ml, ms, n, x0, v0, e):
     """Value of a PL function (x0, v0, segments) at e; +inf outside its domain."""
     if e < x0 - 1e-9:
@@ -653,7 +653,7 @@ def _pl_value(ml, ms, n, x0, v0, e):
     return v
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _fixed_costs(mode, prm):
     """Genset costs that depend only on the on/off pattern: on-hours and starts."""
     total = 0.0
@@ -898,19 +898,35 @@ def _stores(steps, prm, m, tabs):
     arrive at E_t from E0, t = 1..H). A pattern that differs from m only on steps [a, b) is then
     valued by re-running the backward pass over the window alone, from V_b, and taking
     min_E C_a(E) + V_a(E): O(b - a) merges instead of O(H). Each store: (lengths, slopes, start,
-    count (-1: +inf), x0, v0)."""
-    tab_l, tab_s, tab_n, tab_x0, tab_v0 = tabs
+    count (-1: +inf), x0, v0). Allocates; the passes run without reference counting."""
     H = steps.shape[1]
-    dt, ehi, e0 = prm[P_DT], prm[P_EHI], prm[P_E0]
-    sf_slope = -dt * prm[P_SF]
     wcap = H * (MAX_CAND + 2) + 8
     wl, ws = np.empty(wcap), np.empty(wcap)
     ml, ms = np.empty(wcap + MAX_CAND), np.empty(wcap + MAX_CAND)
     rl, rs = np.empty(MAX_CAND), np.empty(MAX_CAND)
-    vl, vs = np.empty(64 * H + 64), np.empty(64 * H + 64)
     vstart, vn, vx, vv = np.zeros(H + 2, np.int64), np.zeros(H + 1, np.int64), np.zeros(H + 1), np.zeros(H + 1)
-    cl, cs = np.empty(64 * H + 64), np.empty(64 * H + 64)
     cstart, cn, cx, cv = np.zeros(H + 2, np.int64), np.zeros(H + 1, np.int64), np.zeros(H + 1), np.zeros(H + 1)
+    vcap, ccap = 64 * H + 64, 64 * H + 64
+    while True:
+        vl, vs = np.empty(vcap), np.empty(vcap)
+        cl, cs = np.empty(ccap), np.empty(ccap)
+        vneed, cneed = _stores_run(steps, prm, m, tabs, wl, ws, ml, ms, rl, rs, vl, vs, vstart, vn, vx, vv,
+                                   cl, cs, cstart, cn, cx, cv)
+        if vneed <= vcap and cneed <= ccap:
+            return (vl, vs, vstart, vn, vx, vv), (cl, cs, cstart, cn, cx, cv)
+        vcap, ccap = max(vcap, 2 * vneed), max(ccap, 2 * cneed)  # out of room: again, with more
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _stores_run(steps, prm, m, tabs, wl, ws, ml, ms, rl, rs, vl, vs, vstart, vn, vx, vv, cl, cs, cstart, cn,
+                cx, cv):
+    """The passes of _stores over its buffers, compiled without reference counting. Returns the
+    segments each store needed (more than its length: it ran out of room, its content is void)."""
+    tab_l, tab_s, tab_n, tab_x0, tab_v0 = tabs
+    H = steps.shape[1]
+    dt, ehi, e0 = prm[P_DT], prm[P_EHI], prm[P_E0]
+    sf_slope = -dt * prm[P_SF]
+    vcap, ccap = vl.shape[0], cl.shape[0]
     # backward: V_H = terminal value; V_t = clip(f~_t box (V_{t+1} + pen_t)), stored at vstart[t]
     nw = 0
     if ehi > 0.0:
@@ -925,15 +941,18 @@ def _stores(steps, prm, m, tabs):
             if nt < 0:
                 ok = False
             else:
-                n = _merge(wl, ws, nw, tab_l[mt, t], tab_s[mt, t], nt, ml, ms)
+                for q in range(nt):
+                    rl[q] = tab_l[mt, t, q]
+                    rs[q] = tab_s[mt, t, q]
+                n = _merge(wl, ws, nw, rl, rs, nt, ml, ms)
                 nw, wx0, wv0, ok = _clip_band(ml, ms, n, wx0 + tab_x0[mt, t], wv0 + tab_v0[mt, t],
                                               ehi, wl, ws)
         vstart[t] = pos
         vn[t] = nw if ok else -1
         vx[t], vv[t] = wx0, wv0
         if ok:
-            vl = _grow(vl, pos + nw)
-            vs = _grow(vs, pos + nw)
+            if pos + nw > vcap:
+                return pos + nw, 0
             for q in range(nw):
                 vl[pos + q] = wl[q]
                 vs[pos + q] = ws[q]
@@ -962,16 +981,16 @@ def _stores(steps, prm, m, tabs):
         cn[t + 1] = nc if ok else -1
         cx[t + 1], cv[t + 1] = cx0, cv0
         if ok:
-            cl = _grow(cl, pos + nc)
-            cs = _grow(cs, pos + nc)
+            if pos + nc > ccap:
+                return 0, pos + nc
             for q in range(nc):
                 cl[pos + q] = wl[q]
                 cs[pos + q] = ws[q]
             pos += nc
-    return (vl, vs, vstart, vn, vx, vv), (cl, cs, cstart, cn, cx, cv)
+    return 0, 0
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _seg_at(l, s, st, n, x0, v0, x):
     """(index of the segment starting at or containing x to its right, its start, value at x)."""
     pos, val = x0, v0
@@ -985,7 +1004,7 @@ def _seg_at(l, s, st, n, x0, v0, x):
     return k, pos, val
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _min_sum(al, a_s, ast, na, ax0, av0, bl, bs, bst, nb, bx0, bv0):
     """min_E A(E) + B(E) of two convex PL functions (walks the merged breakpoints to the point
     where the summed slope turns non-negative); +inf when their domains do not meet."""
@@ -1018,7 +1037,7 @@ def _min_sum(al, a_s, ast, na, ax0, av0, bl, bs, bst, nb, bx0, bv0):
     return v
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _window_value(steps, prm, m, tabs, a, b, vst, cst, wl, ws, ml, ms):
     """DP value (fixed genset costs excluded) of pattern m, known to equal the stored pattern
     outside steps [a, b): the backward pass over the window from the stored V_b, met with C_a."""
@@ -1061,7 +1080,7 @@ def _window_value(steps, prm, m, tabs, a, b, vst, cst, wl, ws, ml, ms):
     return _min_sum(cl, cs, cstart[a], nc, cx[a], cv[a], wl, ws, 0, nw, wx0, wv0)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _runs(mode, rs, re):
     """On-runs of a pattern as [rs[j], re[j]) intervals. Returns their count."""
     nr = 0
@@ -1085,14 +1104,15 @@ MOVES_PER_RUN = 24          # 6 kinds (extend/shrink either end, shift left/righ
 FLIP_STEPS = (1, 4, 12, 32)  # local-search flips, only when the budget cannot pay for a sweep
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _apply_move(mode, rs, re, nr, idx, m):
     """Neighbour number idx of a pattern, written to m: per on-run, extend/shrink either end or
     shift the whole run by 1/2/4/8 steps (24 moves), drop it, fill the gap after it; then flip the
     window of 1/4/12/32 steps starting at any step to the opposite of that step's state (starts a run
     at an off step, splits or cuts a run at an on step). Returns False when the move does not apply."""
     H = mode.shape[0]
-    m[:] = mode
+    for t in range(H):  # (a slice copy would allocate for its overlap check)
+        m[t] = mode[t]
     if idx < MOVES_PER_RUN * nr:
         j, kind, k = idx // MOVES_PER_RUN, (idx % MOVES_PER_RUN) // 4, MOVE_STEPS[idx % 4]
         s, e = rs[j], re[j]
@@ -1236,14 +1256,9 @@ def _window_sweep(steps, prm, tabs, extra, best, best_v, work_cap, work):
     For a fixed a, C_a is pushed through the window one step at a time and met with the stored
     V_b at every b, so the whole sweep costs O(H^2) merges, not O(H^3). Applies the best window to
     `best` if it improves. Returns (best_v, work, improved)."""
-    tab_l, tab_s, tab_n, tab_x0, tab_v0 = tabs
     H = steps.shape[1]
-    dt, ehi, e0 = prm[P_DT], prm[P_EHI], prm[P_E0]
-    sf_slope = -dt * prm[P_SF]
     vst, cst = _stores(steps, prm, best, tabs)
     work += 2 * H
-    vl, vs, vstart, vn, vx, vv = vst
-    cl, cs, cstart, cn, cx, cv = cst
     cap = H * (MAX_CAND + 2) + 8
     wl, ws = np.empty(cap), np.empty(cap)
     ml, ms = np.empty(cap + MAX_CAND), np.empty(cap + MAX_CAND)
@@ -1256,6 +1271,27 @@ def _window_sweep(steps, prm, tabs, extra, best, best_v, work_cap, work):
         prev_on = on0 if t == 0 else best[t - 1] == MODE_ON
         spre[t + 1] = spre[t] + (1 if best[t] == MODE_ON and not prev_on else 0)
         onpre[t + 1] = onpre[t] + (1 if best[t] == MODE_ON else 0)
+    bv, ba, bb, bs_, work = _sweep_run(steps, prm, tabs, extra, best, best_v, work_cap, work, vst, cst,
+                                       wl, ws, ml, ms, rl, rs, spre, onpre)
+    if ba < 0:
+        return best_v, work, False
+    best[ba:bb] = MODE_ON if bs_ == 1 else MODE_OFF
+    return bv, work, True
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _sweep_run(steps, prm, tabs, extra, best, best_v, work_cap, work, vst, cst, wl, ws, ml, ms, rl, rs,
+               spre, onpre):
+    """The window sweep's loops over buffers _window_sweep allocated, compiled without reference
+    counting (numba's atomic refcounts on the inlined helpers' arguments were a third of the
+    search). Returns (best value, a, b, window mode, work); a < 0: no window improves."""
+    tab_l, tab_s, tab_n, tab_x0, tab_v0 = tabs
+    vl, vs, vstart, vn, vx, vv = vst
+    cl, cs, cstart, cn, cx, cv = cst
+    H = steps.shape[1]
+    dt, ehi, e0 = prm[P_DT], prm[P_EHI], prm[P_E0]
+    sf_slope = -dt * prm[P_SF]
+    on0 = prm[P_ON0] > 0.5
     on_cost, start_cost = dt * prm[P_ONCOST], prm[P_START]
     bv, ba, bb, bs_ = best_v, -1, -1, 0
     tol = 1e-9 * (1.0 + abs(best_v))
@@ -1314,10 +1350,7 @@ def _window_sweep(steps, prm, tabs, extra, best, best_v, work_cap, work):
                 v += fixed + extra
                 if v < bv - tol:
                     bv, ba, bb, bs_ = v, a, b, s
-    if ba < 0:
-        return best_v, work, False
-    best[ba:bb] = MODE_ON if bs_ == 1 else MODE_OFF
-    return bv, work, True
+    return bv, ba, bb, bs_, work
 
 
 @njit(cache=True, error_model="numpy")
