@@ -265,3 +265,35 @@ def test_load_instance_nan_literal(tmp_path):
     assert "NaN" in p.read_text()
     with pytest.raises(InstanceError, match="^export_max_kw: expected a finite number"):
         load_instance(p)
+
+
+def test_a_full_store_is_reported_and_the_pass_rerun_with_room():
+    """The DP passes run without reference counting over buffers their callers allocate; when a store
+    is too small the pass must say so (not write past it), and the caller's retry must give the same
+    plan as a store that was big enough from the start."""
+    import controller.core.mpc as M
+
+    steps, prm = M.pack_instance(instance_from_dict(make_instance_dict(3, 96, "genset_peak")))
+    H = steps.shape[1]
+    mode = np.zeros(H, np.int64)
+    mode[H // 3: H // 2] = M.MODE_ON
+    tabs, sel = M._tables_for(steps, prm, mode, float(steps[M.S_GMAX].max()))
+    full = M._backward(steps, prm, sel, True, tabs)
+    used_full = int(full[5].sum())
+    assert used_full > 20
+    wcap = H * (M.MAX_CAND + 2) + 8 + M.MAX_CAND
+    small = np.empty(10), np.empty(10), np.empty(10, np.int8)
+    v, used = M._backward_run(steps, prm, sel, True, tabs, np.empty((2, wcap)), np.empty((2, wcap)),
+                              np.empty(wcap, np.int8), np.empty(M.MAX_CAND), np.empty(M.MAX_CAND), *small,
+                              np.zeros(H + 1, np.int64), np.zeros(H, np.int64), np.zeros(H), np.zeros(H))
+    assert used > 10 and v == np.inf           # overflow signalled, nothing written past the store
+    assert full[0] == M._backward(steps, prm, sel, False, tabs)[0] < np.inf
+    # the stores of the genset search: a tiny store is refused the same way
+    vst, cst = M._stores(steps, prm, mode, tabs)
+    need = M._stores_run(steps, prm, mode, tabs, np.empty(wcap), np.empty(wcap), np.empty(wcap), np.empty(wcap),
+                         np.empty(M.MAX_CAND), np.empty(M.MAX_CAND), np.empty(5), np.empty(5),
+                         np.zeros(H + 2, np.int64), np.zeros(H + 1, np.int64), np.zeros(H + 1), np.zeros(H + 1),
+                         np.empty(5), np.empty(5), np.zeros(H + 2, np.int64), np.zeros(H + 1, np.int64),
+                         np.zeros(H + 1), np.zeros(H + 1))
+    assert need[0] > 5
+    assert vst[3][1] >= 0 and cst[3][H] >= 0     # the real stores are complete
