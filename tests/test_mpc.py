@@ -74,26 +74,27 @@ def test_windowed_dp_values_patterns_exactly():
     stored cost-to-arrive / cost-to-go, and the window sweep prices every window at once: both must
     equal a full backward pass on the new pattern."""
     from controller.core import mpc as M
+    from controller.core.mpc import dp, genset
     rng = np.random.default_rng(5)
     for seed, kind in ((0, "genset"), (3, "genset_peak"), (7, "genset")):
         steps, prm = M.pack_instance(instance_from_dict(make_instance_dict(seed, 48, kind)))
         prm[M.P_ON0] = float(seed % 2)
         H = steps.shape[1]
-        tabs = M._tables(steps, prm, np.array([M.MODE_OFF, M.MODE_ON]), 0.7 * steps[M.S_GMAX].max())
+        tabs = dp._tables(steps, prm, np.array([M.MODE_OFF, M.MODE_ON]), 0.7 * steps[M.S_GMAX].max())
         base = np.repeat((rng.random(H // 6 + 1) < 0.5).astype(np.int64), 6)[:H].copy()
-        vst, cst = M._stores(steps, prm, base, tabs)
+        vst, cst = genset._stores(steps, prm, base, tabs)
         cap = H * (M.MAX_CAND + 2) + 8
         bufs = (np.empty(cap), np.empty(cap), np.empty(cap + M.MAX_CAND), np.empty(cap + M.MAX_CAND))
         for a, b in ((0, 1), (0, H), (5, 17), (H - 3, H), (20, 21)):
             m = base.copy()
             m[a:b] = 1 - m[a:b]
-            full = M._backward(steps, prm, m, False, tabs)[0]
-            win = M._window_value(steps, prm, m, tabs, a, b, vst, cst, *bufs)
+            full = dp._backward(steps, prm, m, False, tabs)[0]
+            win = genset._window_value(steps, prm, m, tabs, a, b, vst, cst, *bufs)
             assert win == pytest.approx(full, rel=1e-9, abs=1e-9), (seed, a, b)
-        v0 = M._pattern_objective(steps, prm, base, tabs, 0.0)
+        v0 = genset._pattern_objective(steps, prm, base, tabs, 0.0)
         m = base.copy()
-        v, _, improved = M._window_sweep(steps, prm, tabs, 0.0, m, v0, 10 ** 9, 0)
-        assert v == pytest.approx(M._pattern_objective(steps, prm, m, tabs, 0.0), rel=1e-9, abs=1e-9)
+        v, _, improved = genset._window_sweep(steps, prm, tabs, 0.0, m, v0, 10 ** 9, 0)
+        assert v == pytest.approx(genset._pattern_objective(steps, prm, m, tabs, 0.0), rel=1e-9, abs=1e-9)
         assert improved == (v < v0)
 
 
@@ -272,28 +273,30 @@ def test_a_full_store_is_reported_and_the_pass_rerun_with_room():
     is too small the pass must say so (not write past it), and the caller's retry must give the same
     plan as a store that was big enough from the start."""
     import controller.core.mpc as M
+    from controller.core.mpc import dp, genset
 
     steps, prm = M.pack_instance(instance_from_dict(make_instance_dict(3, 96, "genset_peak")))
     H = steps.shape[1]
     mode = np.zeros(H, np.int64)
     mode[H // 3: H // 2] = M.MODE_ON
-    tabs, sel = M._tables_for(steps, prm, mode, float(steps[M.S_GMAX].max()))
-    full = M._backward(steps, prm, sel, True, tabs)
+    tabs, sel = dp._tables_for(steps, prm, mode, float(steps[M.S_GMAX].max()))
+    full = dp._backward(steps, prm, sel, True, tabs)
     used_full = int(full[5].sum())
     assert used_full > 20
     wcap = H * (M.MAX_CAND + 2) + 8 + M.MAX_CAND
     small = np.empty(10), np.empty(10), np.empty(10, np.int8)
-    v, used = M._backward_run(steps, prm, sel, True, tabs, np.empty((2, wcap)), np.empty((2, wcap)),
-                              np.empty(wcap, np.int8), np.empty(M.MAX_CAND), np.empty(M.MAX_CAND), *small,
-                              np.zeros(H + 1, np.int64), np.zeros(H, np.int64), np.zeros(H), np.zeros(H))
+    v, used = dp._backward_run(steps, prm, sel, True, tabs, np.empty((2, wcap)), np.empty((2, wcap)),
+                               np.empty(wcap, np.int8), np.empty(M.MAX_CAND), np.empty(M.MAX_CAND), *small,
+                               np.zeros(H + 1, np.int64), np.zeros(H, np.int64), np.zeros(H), np.zeros(H))
     assert used > 10 and v == np.inf           # overflow signalled, nothing written past the store
-    assert full[0] == M._backward(steps, prm, sel, False, tabs)[0] < np.inf
+    assert full[0] == dp._backward(steps, prm, sel, False, tabs)[0] < np.inf
     # the stores of the genset search: a tiny store is refused the same way
-    vst, cst = M._stores(steps, prm, mode, tabs)
-    need = M._stores_run(steps, prm, mode, tabs, np.empty(wcap), np.empty(wcap), np.empty(wcap), np.empty(wcap),
-                         np.empty(M.MAX_CAND), np.empty(M.MAX_CAND), np.empty(5), np.empty(5),
-                         np.zeros(H + 2, np.int64), np.zeros(H + 1, np.int64), np.zeros(H + 1), np.zeros(H + 1),
-                         np.empty(5), np.empty(5), np.zeros(H + 2, np.int64), np.zeros(H + 1, np.int64),
-                         np.zeros(H + 1), np.zeros(H + 1))
+    vst, cst = genset._stores(steps, prm, mode, tabs)
+    bufs = [np.empty(wcap) for _ in range(4)] + [np.empty(M.MAX_CAND), np.empty(M.MAX_CAND)]
+    tiny_v = [np.empty(5), np.empty(5), np.zeros(H + 2, np.int64), np.zeros(H + 1, np.int64), np.zeros(H + 1),
+              np.zeros(H + 1)]
+    tiny_c = [np.empty(5), np.empty(5), np.zeros(H + 2, np.int64), np.zeros(H + 1, np.int64), np.zeros(H + 1),
+              np.zeros(H + 1)]
+    need = genset._stores_run(steps, prm, mode, tabs, *bufs, *tiny_v, *tiny_c)
     assert need[0] > 5
     assert vst[3][1] >= 0 and cst[3][H] >= 0     # the real stores are complete

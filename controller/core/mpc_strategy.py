@@ -3,7 +3,7 @@ plan in force with a real-time correction. Pure numba: the plan is a function of
 the state, so `edge-ems replay --verify` reproduces every plan and every command bit for bit (the plan
 is not an input: it is recomputed from the same inputs by the same kernel).
 
-Why a plan every 60 s and not every cycle: the planner (controller/core/mpc.py) costs 0.2-6 ms, the
+Why a plan every 60 s and not every cycle: the planner (controller/core/mpc/) costs 0.2-6 ms, the
 forecasts change slowly, and a plan's first step is 15 minutes long. Between plans the step follows the
 plan's *grid* import (the battery takes every deviation of load and PV from their forecasts), which is
 what keeps the demand peak and a weak feeder where the plan put them; the cap and the reserve are

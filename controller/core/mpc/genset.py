@@ -1,0 +1,573 @@
+"""The genset commitment (mixed-integer: p_min, start cost): on/off patterns from several starts,
+improved by local search and a window sweep, every candidate valued exactly over only the steps it changes
+(stored cost-to-arrive and cost-to-go), within a fixed work budget."""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from controller.core.mpc.layout import (
+    INF, MAX_CAND, MODE_OFF, MODE_ON, P_DT, P_E0, P_EHI, P_ON0, P_ONCOST, P_PEAK, P_PMIN, P_SF, P_START,
+    P_TV, S_FLOOR)
+from controller.core.mpc.dp import (
+    _add_floor_penalty, _backward, _clip_band, _fixed_costs, _forward, _merge, _pl_value, _tables)
+
+
+LAGRANGE_ROUNDS = 4
+SWEEP_WINDOW = 96    # longest window of the window sweep (steps; longer: drop-run / fill-gap moves)
+
+
+# ---------------------------------------------------------------- windowed DP: cheap pattern moves
+@njit(cache=True, error_model="numpy")
+def _stores(steps, prm, m, tabs):
+    """For pattern m: V_t (cost-to-go from E_t, t = 1..H, clipped to the band) and C_t (cost to
+    arrive at E_t from E0, t = 1..H). A pattern that differs from m only on steps [a, b) is then
+    valued by re-running the backward pass over the window alone, from V_b, and taking
+    min_E C_a(E) + V_a(E): O(b - a) merges instead of O(H). Each store: (lengths, slopes, start,
+    count (-1: +inf), x0, v0). Allocates; the passes run without reference counting."""
+    H = steps.shape[1]
+    wcap = H * (MAX_CAND + 2) + 8
+    wl, ws = np.empty(wcap), np.empty(wcap)
+    ml, ms = np.empty(wcap + MAX_CAND), np.empty(wcap + MAX_CAND)
+    rl, rs = np.empty(MAX_CAND), np.empty(MAX_CAND)
+    vstart, vn, vx, vv = np.zeros(H + 2, np.int64), np.zeros(H + 1, np.int64), np.zeros(H + 1), np.zeros(H + 1)
+    cstart, cn, cx, cv = np.zeros(H + 2, np.int64), np.zeros(H + 1, np.int64), np.zeros(H + 1), np.zeros(H + 1)
+    vcap, ccap = 64 * H + 64, 64 * H + 64
+    while True:
+        vl, vs = np.empty(vcap), np.empty(vcap)
+        cl, cs = np.empty(ccap), np.empty(ccap)
+        vneed, cneed = _stores_run(steps, prm, m, tabs, wl, ws, ml, ms, rl, rs, vl, vs, vstart, vn, vx, vv,
+                                   cl, cs, cstart, cn, cx, cv)
+        if vneed <= vcap and cneed <= ccap:
+            return (vl, vs, vstart, vn, vx, vv), (cl, cs, cstart, cn, cx, cv)
+        vcap, ccap = max(vcap, 2 * vneed), max(ccap, 2 * cneed)  # out of room: again, with more
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _stores_run(steps, prm, m, tabs, wl, ws, ml, ms, rl, rs, vl, vs, vstart, vn, vx, vv, cl, cs, cstart, cn,
+                cx, cv):
+    """The passes of _stores over its buffers, compiled without reference counting. Returns the
+    segments each store needed (more than its length: it ran out of room, its content is void)."""
+    tab_l, tab_s, tab_n, tab_x0, tab_v0 = tabs
+    H = steps.shape[1]
+    dt, ehi, e0 = prm[P_DT], prm[P_EHI], prm[P_E0]
+    sf_slope = -dt * prm[P_SF]
+    vcap, ccap = vl.shape[0], cl.shape[0]
+    # backward: V_H = terminal value; V_t = clip(f~_t box (V_{t+1} + pen_t)), stored at vstart[t]
+    nw = 0
+    if ehi > 0.0:
+        wl[0], ws[0], nw = ehi, -prm[P_TV], 1
+    wx0, wv0, ok = 0.0, 0.0, True
+    pos = 0
+    for t in range(H, 0, -1):
+        if t < H and ok:
+            nw, wv0 = _add_floor_penalty(wl, ws, nw, wx0, wv0, steps[S_FLOOR, t], sf_slope)
+            mt = m[t]
+            nt = tab_n[mt, t]
+            if nt < 0:
+                ok = False
+            else:
+                for q in range(nt):
+                    rl[q] = tab_l[mt, t, q]
+                    rs[q] = tab_s[mt, t, q]
+                n = _merge(wl, ws, nw, rl, rs, nt, ml, ms)
+                nw, wx0, wv0, ok = _clip_band(ml, ms, n, wx0 + tab_x0[mt, t], wv0 + tab_v0[mt, t],
+                                              ehi, wl, ws)
+        vstart[t] = pos
+        vn[t] = nw if ok else -1
+        vx[t], vv[t] = wx0, wv0
+        if ok:
+            if pos + nw > vcap:
+                return pos + nw, 0
+            for q in range(nw):
+                vl[pos + q] = wl[q]
+                vs[pos + q] = ws[q]
+            pos += nw
+    # forward: C_0 is the point E0; C_{t+1} = clip((C_t box f_t) + pen_t)
+    pos = 0
+    nc, cx0, cv0, ok = 0, e0, 0.0, True
+    for t in range(H):
+        if ok:
+            mt = m[t]
+            nt = tab_n[mt, t]
+            if nt < 0:
+                ok = False
+            else:  # f(e) = f~(-e): segments reversed, slopes negated
+                fend, fvend = tab_x0[mt, t], tab_v0[mt, t]
+                for q in range(nt):
+                    fend += tab_l[mt, t, q]
+                    fvend += tab_l[mt, t, q] * tab_s[mt, t, q]
+                    rl[q] = tab_l[mt, t, nt - 1 - q]
+                    rs[q] = -tab_s[mt, t, nt - 1 - q]
+                n = _merge(wl, ws, nc, rl, rs, nt, ml, ms)
+                mx0, mv0 = cx0 - fend, cv0 + fvend
+                n, mv0 = _add_floor_penalty(ml, ms, n, mx0, mv0, steps[S_FLOOR, t], sf_slope)
+                nc, cx0, cv0, ok = _clip_band(ml, ms, n, mx0, mv0, ehi, wl, ws)
+        cstart[t + 1] = pos
+        cn[t + 1] = nc if ok else -1
+        cx[t + 1], cv[t + 1] = cx0, cv0
+        if ok:
+            if pos + nc > ccap:
+                return 0, pos + nc
+            for q in range(nc):
+                cl[pos + q] = wl[q]
+                cs[pos + q] = ws[q]
+            pos += nc
+    return 0, 0
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _seg_at(l, s, st, n, x0, v0, x):
+    """(index of the segment starting at or containing x to its right, its start, value at x)."""
+    pos, val = x0, v0
+    k = 0
+    while k < n and pos + l[st + k] <= x:
+        pos += l[st + k]
+        val += s[st + k] * l[st + k]
+        k += 1
+    if k < n and x > pos:
+        val += s[st + k] * (x - pos)
+    return k, pos, val
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _min_sum(al, a_s, ast, na, ax0, av0, bl, bs, bst, nb, bx0, bv0):
+    """min_E A(E) + B(E) of two convex PL functions (walks the merged breakpoints to the point
+    where the summed slope turns non-negative); +inf when their domains do not meet."""
+    aend, bend = ax0, bx0
+    for k in range(na):
+        aend += al[ast + k]
+    for k in range(nb):
+        bend += bl[bst + k]
+    lo, hi = max(ax0, bx0), min(aend, bend)
+    if lo > hi + 1e-9:
+        return INF
+    hi = max(lo, hi)
+    ia, pa, va = _seg_at(al, a_s, ast, na, ax0, av0, lo)
+    ib, pb, vb = _seg_at(bl, bs, bst, nb, bx0, bv0, lo)
+    x, v = lo, va + vb
+    while x < hi and ia < na and ib < nb:
+        slope = a_s[ast + ia] + bs[bst + ib]
+        if slope >= 0.0:
+            break
+        ea, eb = pa + al[ast + ia], pb + bl[bst + ib]
+        nxt = min(ea, eb, hi)
+        v += slope * (nxt - x)
+        x = nxt
+        if ea <= x:
+            pa = ea
+            ia += 1
+        if eb <= x:
+            pb = eb
+            ib += 1
+    return v
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _window_value(steps, prm, m, tabs, a, b, vst, cst, wl, ws, ml, ms):
+    """DP value (fixed genset costs excluded) of pattern m, known to equal the stored pattern
+    outside steps [a, b): the backward pass over the window from the stored V_b, met with C_a."""
+    tab_l, tab_s, tab_n, tab_x0, tab_v0 = tabs
+    vl, vs, vstart, vn, vx, vv = vst
+    cl, cs, cstart, cn, cx, cv = cst
+    H = steps.shape[1]
+    dt, ehi = prm[P_DT], prm[P_EHI]
+    sf_slope = -dt * prm[P_SF]
+    if b < H:
+        nw = vn[b]
+        if nw < 0:
+            return INF
+        st = vstart[b]
+        for q in range(nw):
+            wl[q] = vl[st + q]
+            ws[q] = vs[st + q]
+        wx0, wv0 = vx[b], vv[b]
+    else:
+        nw = 0
+        if ehi > 0.0:
+            wl[0], ws[0], nw = ehi, -prm[P_TV], 1
+        wx0, wv0 = 0.0, 0.0
+    for t in range(b - 1, a - 1, -1):
+        nw, wv0 = _add_floor_penalty(wl, ws, nw, wx0, wv0, steps[S_FLOOR, t], sf_slope)
+        mt = m[t]
+        nt = tab_n[mt, t]
+        if nt < 0:
+            return INF
+        n = _merge(wl, ws, nw, tab_l[mt, t], tab_s[mt, t], nt, ml, ms)
+        mx0, mv0 = wx0 + tab_x0[mt, t], wv0 + tab_v0[mt, t]
+        if t == 0:
+            return _pl_value(ml, ms, n, mx0, mv0, prm[P_E0])
+        nw, wx0, wv0, ok = _clip_band(ml, ms, n, mx0, mv0, ehi, wl, ws)
+        if not ok:
+            return INF
+    nc = cn[a]
+    if nc < 0:
+        return INF
+    return _min_sum(cl, cs, cstart[a], nc, cx[a], cv[a], wl, ws, 0, nw, wx0, wv0)
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _runs(mode, rs, re):
+    """On-runs of a pattern as [rs[j], re[j]) intervals. Returns their count."""
+    nr = 0
+    t = 0
+    H = mode.shape[0]
+    while t < H:
+        if mode[t] == MODE_ON:
+            u = t
+            while u < H and mode[u] == MODE_ON:
+                u += 1
+            rs[nr], re[nr] = t, u
+            nr += 1
+            t = u
+        else:
+            t += 1
+    return nr
+
+
+MOVE_STEPS = (1, 2, 4, 8)
+MOVES_PER_RUN = 24          # 6 kinds (extend/shrink either end, shift left/right) x MOVE_STEPS
+FLIP_STEPS = (1, 4, 12, 32)  # local-search flips, only when the budget cannot pay for a sweep
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _apply_move(mode, rs, re, nr, idx, m):
+    """Neighbour number idx of a pattern, written to m: per on-run, extend/shrink either end or
+    shift the whole run by 1/2/4/8 steps (24 moves), drop it, fill the gap after it; then flip the
+    window of 1/4/12/32 steps starting at any step to the opposite of that step's state (starts a run
+    at an off step, splits or cuts a run at an on step). Returns False when the move does not apply."""
+    H = mode.shape[0]
+    for t in range(H):  # (a slice copy would allocate for its overlap check)
+        m[t] = mode[t]
+    if idx < MOVES_PER_RUN * nr:
+        j, kind, k = idx // MOVES_PER_RUN, (idx % MOVES_PER_RUN) // 4, MOVE_STEPS[idx % 4]
+        s, e = rs[j], re[j]
+        if kind == 4 or kind == 5:  # shift the run (a start cost moved, not added)
+            d = -k if kind == 4 else k
+            if s + d < 0 or e + d > H:
+                return False
+            m[s:e] = MODE_OFF
+            m[s + d:e + d] = MODE_ON
+            return True
+        if kind == 0:
+            if s - k < 0:
+                return False
+            m[s - k: s] = MODE_ON
+        elif kind == 1:
+            if e + k > H:
+                return False
+            m[e: e + k] = MODE_ON
+        elif kind == 2:
+            if k >= e - s:
+                return False
+            m[s: s + k] = MODE_OFF
+        else:
+            if k >= e - s:
+                return False
+            m[e - k: e] = MODE_OFF
+        return True
+    idx -= MOVES_PER_RUN * nr
+    if idx < nr:
+        m[rs[idx]: re[idx]] = MODE_OFF
+        return True
+    idx -= nr
+    if idx < nr - 1:
+        m[re[idx]: rs[idx + 1]] = MODE_ON
+        return True
+    idx -= nr - 1 if nr > 0 else 0
+    for length in FLIP_STEPS:
+        if idx < H:
+            if idx + length > H and length > 1 and idx + length // 2 >= H:
+                return False  # the shorter flip already reached the end
+            m[idx: min(H, idx + length)] = MODE_OFF if mode[idx] == MODE_ON else MODE_ON
+            return True
+        idx -= H
+    return False
+
+
+@njit(cache=True, error_model="numpy")
+def _pattern_objective(steps, prm, m, tabs, extra):
+    return _backward(steps, prm, m, False, tabs)[0] + _fixed_costs(m, prm) + extra
+
+
+@njit(cache=True, error_model="numpy")
+def _lagrange_pattern(steps, prm, tabs, dual, m):
+    """A genset pattern from a price of stored energy: with the value of energy fixed at the dual
+    dV/dE of a plan, steps decouple; each step's best cost with the genset off and on, then a
+    two-state Viterbi pass with start costs gives the pattern (the unit-commitment heuristic)."""
+    H = steps.shape[1]
+    tab_l, tab_s, tab_n, tab_x0, tab_v0 = tabs
+    cost = np.empty((2, H))
+    for mi in range(2):
+        for t in range(H):
+            n = tab_n[mi, t]
+            if n < 0:
+                cost[mi, t] = INF
+                continue
+            lam = dual[t]
+            v = tab_v0[mi, t] - lam * tab_x0[mi, t]  # f~(x) - lam*x, x = -e
+            best = v
+            for k in range(n):
+                v += (tab_s[mi, t, k] - lam) * tab_l[mi, t, k]
+                best = min(best, v)
+            cost[mi, t] = best + (prm[P_DT] * prm[P_ONCOST] if mi == 1 else 0.0)
+    acc = np.empty((2, H + 1))
+    frm = np.zeros((2, H), np.int64)
+    acc[0, 0] = INF if prm[P_ON0] > 0.5 else 0.0  # the state before step 0 is on0
+    acc[1, 0] = 0.0 if prm[P_ON0] > 0.5 else INF
+    for t in range(H):
+        off_prev = min(acc[0, t], acc[1, t])
+        frm[0, t] = 0 if acc[0, t] <= acc[1, t] else 1
+        acc[0, t + 1] = off_prev + cost[0, t]
+        via_off = acc[0, t] + prm[P_START]
+        frm[1, t] = 0 if via_off < acc[1, t] else 1
+        acc[1, t + 1] = min(via_off, acc[1, t]) + cost[1, t]
+    st = 0 if acc[0, H] <= acc[1, H] else 1
+    for t in range(H - 1, -1, -1):
+        m[t] = MODE_ON if st == 1 else MODE_OFF
+        st = frm[st, t]
+
+
+@njit(cache=True, error_model="numpy")
+def _local_search(steps, prm, tabs, extra, best, best_v, work_cap, work, flips):
+    """First-improvement local search over the moves of _apply_move from pattern `best` (improved
+    in place). Each candidate differs from the incumbent on a window [a, b) of steps only, so it is
+    valued exactly by the windowed DP (O(b - a) merges); accepting a move rebuilds the stores
+    (O(H)). Work is counted in step merges and capped at work_cap. Returns (best_v, work)."""
+    H = steps.shape[1]
+    vst, cst = _stores(steps, prm, best, tabs)
+    work += 2 * H
+    cap = H * (MAX_CAND + 2) + 8
+    wl, ws = np.empty(cap), np.empty(cap)
+    ml, ms = np.empty(cap + MAX_CAND), np.empty(cap + MAX_CAND)
+    rs = np.empty(H + 1, np.int64)
+    re = np.empty(H + 1, np.int64)
+    m = np.empty(H, np.int64)
+    nr = _runs(best, rs, re)
+    idx = 0
+    since = 0  # moves tried since the last improvement
+    while work < work_cap:
+        total = ((MOVES_PER_RUN + 2) * nr - 1 if nr > 0 else 0) + (len(FLIP_STEPS) * H if flips else 0)
+        if since >= total:
+            break  # a local optimum: no move improves
+        idx = idx % total
+        if _apply_move(best, rs, re, nr, idx, m):
+            a = 0
+            while a < H and m[a] == best[a]:
+                a += 1
+            if a < H:
+                b = H
+                while m[b - 1] == best[b - 1]:
+                    b -= 1
+                v = _window_value(steps, prm, m, tabs, a, b, vst, cst, wl, ws, ml, ms)
+                work += b - a + 4  # the window, plus the O(H) copy and the meeting with C_a
+                v += _fixed_costs(m, prm) + extra
+                if v < best_v - 1e-9 * (1.0 + abs(best_v)):
+                    best_v = v
+                    best[:] = m
+                    nr = _runs(best, rs, re)
+                    vst, cst = _stores(steps, prm, best, tabs)
+                    work += 2 * H
+                    since = 0
+                    continue
+        idx += 1
+        since += 1
+    return best_v, work
+
+
+@njit(cache=True, error_model="numpy")
+def _window_sweep(steps, prm, tabs, extra, best, best_v, work_cap, work):
+    """The deep move: set any window [a, b) of steps to all-off or all-on (a run dropped, split,
+    grown, merged or started anywhere, of any length) and take the best of all O(H^2) of them.
+    For a fixed a, C_a is pushed through the window one step at a time and met with the stored
+    V_b at every b, so the whole sweep costs O(H^2) merges, not O(H^3). Applies the best window to
+    `best` if it improves. Returns (best_v, work, improved)."""
+    H = steps.shape[1]
+    vst, cst = _stores(steps, prm, best, tabs)
+    work += 2 * H
+    cap = H * (MAX_CAND + 2) + 8
+    wl, ws = np.empty(cap), np.empty(cap)
+    ml, ms = np.empty(cap + MAX_CAND), np.empty(cap + MAX_CAND)
+    rl, rs = np.empty(MAX_CAND), np.empty(MAX_CAND)
+    # starts of `best` before step t (prefix), to price the starts of a windowed pattern in O(1)
+    on0 = prm[P_ON0] > 0.5
+    spre = np.zeros(H + 1, np.int64)
+    onpre = np.zeros(H + 1, np.int64)
+    for t in range(H):
+        prev_on = on0 if t == 0 else best[t - 1] == MODE_ON
+        spre[t + 1] = spre[t] + (1 if best[t] == MODE_ON and not prev_on else 0)
+        onpre[t + 1] = onpre[t] + (1 if best[t] == MODE_ON else 0)
+    bv, ba, bb, bs_, work = _sweep_run(steps, prm, tabs, extra, best, best_v, work_cap, work, vst, cst,
+                                       wl, ws, ml, ms, rl, rs, spre, onpre)
+    if ba < 0:
+        return best_v, work, False
+    best[ba:bb] = MODE_ON if bs_ == 1 else MODE_OFF
+    return bv, work, True
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _sweep_run(steps, prm, tabs, extra, best, best_v, work_cap, work, vst, cst, wl, ws, ml, ms, rl, rs,
+               spre, onpre):
+    """The window sweep's loops over buffers _window_sweep allocated, compiled without reference
+    counting (numba's atomic refcounts on the inlined helpers' arguments were a third of the
+    search). Returns (best value, a, b, window mode, work); a < 0: no window improves."""
+    tab_l, tab_s, tab_n, tab_x0, tab_v0 = tabs
+    vl, vs, vstart, vn, vx, vv = vst
+    cl, cs, cstart, cn, cx, cv = cst
+    H = steps.shape[1]
+    dt, ehi, e0 = prm[P_DT], prm[P_EHI], prm[P_E0]
+    sf_slope = -dt * prm[P_SF]
+    on0 = prm[P_ON0] > 0.5
+    on_cost, start_cost = dt * prm[P_ONCOST], prm[P_START]
+    bv, ba, bb, bs_ = best_v, -1, -1, 0
+    tol = 1e-9 * (1.0 + abs(best_v))
+    for s in range(2):  # 0: window off, 1: window on
+        for a in range(H):
+            if work >= work_cap:
+                break  # out of budget: the best window found so far still counts
+            if best[a] == s:
+                continue  # the same pattern as a window starting later
+            if a == 0:
+                nc, cx0, cv0 = 0, e0, 0.0
+            else:
+                nc = cn[a]
+                if nc < 0:
+                    continue
+                st = cstart[a]
+                for q in range(nc):
+                    wl[q] = cl[st + q]
+                    ws[q] = cs[st + q]
+                cx0, cv0 = cx[a], cv[a]
+            prev_on = on0 if a == 0 else best[a - 1] == MODE_ON
+            start_a = 1 if (s == 1 and not prev_on) else 0
+            for b in range(a + 1, min(H, a + SWEEP_WINDOW) + 1):
+                t = b - 1
+                nt = tab_n[s, t]
+                if nt < 0:
+                    break
+                fend, fvend = tab_x0[s, t], tab_v0[s, t]
+                for q in range(nt):
+                    fend += tab_l[s, t, q]
+                    fvend += tab_l[s, t, q] * tab_s[s, t, q]
+                    rl[q] = tab_l[s, t, nt - 1 - q]
+                    rs[q] = -tab_s[s, t, nt - 1 - q]
+                n = _merge(wl, ws, nc, rl, rs, nt, ml, ms)
+                mx0, mv0 = cx0 - fend, cv0 + fvend
+                n, mv0 = _add_floor_penalty(ml, ms, n, mx0, mv0, steps[S_FLOOR, t], sf_slope)
+                nc, cx0, cv0, ok = _clip_band(ml, ms, n, mx0, mv0, ehi, wl, ws)
+                work += 1
+                if not ok:
+                    break
+                if best[t] == s:
+                    continue  # the same pattern as the window ending a step earlier
+                work += 2  # the meeting with V_b
+                # the pattern: best outside [a, b), s inside
+                n_on = onpre[a] + (b - a) * s + (onpre[H] - onpre[b])
+                n_st = spre[a] + start_a + (spre[H] - spre[b])
+                if b < H and best[b] == MODE_ON:
+                    if s == 1 and best[b - 1] != MODE_ON:
+                        n_st -= 1  # best started at b; now the window runs into it
+                    elif s == 0 and best[b - 1] == MODE_ON:
+                        n_st += 1  # best ran through b; now it restarts there
+                fixed = n_on * on_cost + n_st * start_cost
+                if vn[b] < 0:
+                    continue
+                v = _min_sum(wl, ws, 0, nc, cx0, cv0, vl, vs, vstart[b], vn[b], vx[b], vv[b])
+                v += fixed + extra
+                if v < bv - tol:
+                    bv, ba, bb, bs_ = v, a, b, s
+    return bv, ba, bb, bs_, work
+
+
+@njit(cache=True, error_model="numpy")
+def _improve(steps, prm, tabs, extra, m, v, cap, work):
+    """Local search to a local optimum, then the window sweep to leave it, until neither improves
+    or the work cap is reached. When what is left of the budget cannot pay for a whole sweep
+    (O(H * SWEEP_WINDOW) merges; a cut-off sweep would only try windows early in the horizon), the
+    local search tries short flips anywhere instead. Returns (v, work)."""
+    H = steps.shape[1]
+    sweep_cost = 3 * H * min(H, SWEEP_WINDOW) // 2
+    while True:
+        v, work = _local_search(steps, prm, tabs, extra, m, v, cap, work, cap - work < sweep_cost)
+        if cap - work < sweep_cost:
+            break
+        v, work, improved = _window_sweep(steps, prm, tabs, extra, m, v, cap, work)
+        if not improved:
+            break
+    return v, work
+
+
+@njit(cache=True, error_model="numpy")
+def _genset_patterns(steps, prm, pcap, q_relax, dual, budget, init):
+    """Bounded search over on/off patterns at peak level pcap. Starts: the pattern `init` (if
+    init[0] >= 0), all-off, the relaxation rounded at four thresholds, unit-commitment rounds
+    (_lagrange_pattern at the plan's dual, then at the dual of each re-plan) and all-on; then
+    local search (_local_search) from each distinct start, best first, while the budget lasts
+    (multi-start: one run alone stalls in a local optimum that a drop-one-run-and-grow-another
+    pair of moves would leave). budget is in DP-pass equivalents (budget * H step merges).
+    Returns (best pattern, its objective)."""
+    H = steps.shape[1]
+    tabs = _tables(steps, prm, np.array([MODE_OFF, MODE_ON]), pcap)
+    extra = prm[P_PEAK] * pcap
+    ns = 3 + 4 + LAGRANGE_ROUNDS
+    starts = np.zeros((ns, H), np.int64)
+    vals = np.full(ns, INF)
+    n = 0
+    vals[n] = _pattern_objective(steps, prm, starts[n], tabs, extra)  # all off
+    n += 1
+    for t in range(H):  # all on where a running genset is feasible
+        starts[n, t] = MODE_ON if tabs[2][1, t] >= 0 else MODE_OFF
+    vals[n] = _pattern_objective(steps, prm, starts[n], tabs, extra)
+    n += 1
+    if H > 0 and init[0] >= 0:
+        starts[n] = init
+        vals[n] = _pattern_objective(steps, prm, starts[n], tabs, extra)
+        n += 1
+    for frac in (1e-6, 0.25, 0.5, 1.0):
+        for t in range(H):
+            if q_relax[t] > 1e-6 and q_relax[t] >= frac * prm[P_PMIN] and tabs[2][1, t] >= 0:
+                starts[n, t] = MODE_ON
+        vals[n] = _pattern_objective(steps, prm, starts[n], tabs, extra)
+        n += 1
+    used = n
+    # unit-commitment rounds: price stored energy at the current plan's dual, re-commit, re-plan
+    out = np.zeros((10, H + 1))
+    d = dual.copy()
+    for _ in range(LAGRANGE_ROUNDS):
+        m = starts[n]
+        _lagrange_pattern(steps, prm, tabs, d, m)
+        res = _backward(steps, prm, m, True, tabs)
+        used += 1
+        vals[n] = res[0] + _fixed_costs(m, prm) + extra
+        n += 1
+        if res[0] == INF:
+            break
+        _forward(steps, prm, m, pcap, res[1], res[2], res[3], res[4], res[5], res[6], res[7], out)
+        d[:] = out[9, :H]
+    order = np.argsort(vals[:n], kind="mergesort")  # stable: deterministic ties
+    best = starts[order[0]].copy()
+    best_v = vals[order[0]]
+    work = used * H
+    cap = budget * H
+    for i in range(n):
+        k = order[i]
+        if vals[k] == INF or work >= cap:
+            break
+        dup = False
+        for j in range(i):
+            if vals[order[j]] < INF and np.array_equal(starts[order[j]], starts[k]):
+                dup = True
+                break
+        if dup:
+            continue
+        m = starts[k].copy()
+        if i == 0:  # the most promising start gets the deep move (window sweep, O(H^2) merges) first
+            v, work = _improve(steps, prm, tabs, extra, m, vals[k], cap, work)
+        else:  # the others: local search, and the deep move only if they overtake the best
+            v, work = _local_search(steps, prm, tabs, extra, m, vals[k], cap, work,
+                                    cap - work < 3 * H * min(H, SWEEP_WINDOW) // 2)
+            if v < best_v - 1e-9 * (1.0 + abs(best_v)) and work < cap:
+                v, work = _improve(steps, prm, tabs, extra, m, v, cap, work)
+        if i == 0 or v < best_v - 1e-9 * (1.0 + abs(best_v)):
+            best, best_v = m, v
+    return best, best_v
