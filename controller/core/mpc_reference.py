@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from controller.core.plan_instance import PlanInstance
+from controller.core.plan_instance import PlanArrays, PlanInstance
 
 __all__ = ["ReferenceResult", "solve_reference", "check_plan", "plan_objective"]
 
@@ -25,17 +25,7 @@ G, X, C, D, Q, U, L, Z, S, ON, ST = range(11)
 
 
 @dataclass
-class ReferenceResult:
-    grid_kw: np.ndarray
-    export_kw: np.ndarray
-    charge_kw: np.ndarray
-    discharge_kw: np.ndarray
-    diesel_kw: np.ndarray
-    curtail_kw: np.ndarray
-    unserved_kw: np.ndarray
-    soc_pct: np.ndarray
-    diesel_on: np.ndarray
-    objective: float       # the contract formula evaluated on the plan
+class ReferenceResult(PlanArrays):
     highs_objective: float  # what HiGHS reported (same up to its tolerances)
     solve_ms: float        # the HiGHS call only (model building excluded)
     build_ms: float

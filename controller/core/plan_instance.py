@@ -15,7 +15,7 @@ from typing import Any, Optional
 import numpy as np
 
 __all__ = [
-    "InstanceError", "Battery", "Diesel", "PlanInstance",
+    "InstanceError", "Battery", "Diesel", "PlanInstance", "PlanArrays",
     "load_instance", "instance_from_dict", "instance_to_dict", "result_to_json", "plan_main",
 ]
 
@@ -93,6 +93,21 @@ _DIESEL_KEYS = ("p_min_kw", "p_max_kw", "fuel_l_per_kwh", "fuel_l_per_h_on", "fu
                 "co2_kg_per_l", "start_cost", "on0")
 # Arrays whose values must not be negative (prices and carbon intensities may be: negative prices exist).
 _NONNEG_ARRAYS = ("load_kw", "pv_kw", "grid_import_max_kw")
+
+
+@dataclass
+class PlanArrays:
+    """A plan as the contract's arrays, whoever solved it (our planner, HiGHS in the reference)."""
+    grid_kw: np.ndarray
+    export_kw: np.ndarray
+    charge_kw: np.ndarray
+    discharge_kw: np.ndarray
+    diesel_kw: np.ndarray
+    curtail_kw: np.ndarray
+    unserved_kw: np.ndarray
+    soc_pct: np.ndarray      # H+1 values, soc0 first
+    diesel_on: np.ndarray    # bool per step
+    objective: float         # the contract formula evaluated on this plan
 
 
 def _number(value: Any, field: str) -> float:

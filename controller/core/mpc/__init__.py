@@ -58,7 +58,7 @@ from controller.core.mpc.layout import (  # noqa: F401 (re-exported: the strateg
     S_XPRICE, S_GMAX, S_FLOOR, N_STEPS, MODE_OFF, MODE_ON, MODE_RELAX, SRC_PV, SRC_EXPORT, SRC_GRID,
     SRC_DIESEL, SRC_UNSERVED, N_SRC, MAX_CAND, TINY, INF)
 from controller.core.mpc.peak import _max_grid, _peak_for, _peak_search
-from controller.core.plan_instance import PlanInstance
+from controller.core.plan_instance import PlanArrays, PlanInstance
 
 __all__ = ["PlanResult", "solve", "plan_kernel", "pack_instance", "warm_up",
            "PEAK_EVALS", "GENSET_EVALS"]
@@ -117,17 +117,7 @@ def plan_kernel(steps, prm, peak_evals, genset_evals):
 
 # ---------------------------------------------------------------- Python entry
 @dataclass
-class PlanResult:
-    grid_kw: np.ndarray
-    export_kw: np.ndarray
-    charge_kw: np.ndarray
-    discharge_kw: np.ndarray
-    diesel_kw: np.ndarray
-    curtail_kw: np.ndarray
-    unserved_kw: np.ndarray
-    soc_pct: np.ndarray      # H+1 values, soc0 first
-    diesel_on: np.ndarray    # bool per step
-    objective: float         # the contract formula on this plan
+class PlanResult(PlanArrays):
     lower_bound: float       # certified: no plan is cheaper (relaxation / exact DP value)
     gap_bound: float         # (objective - lower_bound) / max(1, |objective|)
     peak_kw: float

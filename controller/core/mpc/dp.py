@@ -140,25 +140,30 @@ def _merge_flags(al, a_s, na, bl, bs, nb, ml, ms, mk, flags):
 
 @njit(cache=True, error_model="numpy", inline="always")
 def _merge(al, a_s, na, bl, bs, nb, ml, ms):
-    """Infimal convolution of two convex PL functions (as _merge_flags, without the flags)."""
-    n = 0
-    i = 0
-    for j in range(nb):
-        s = bs[j]
-        while i < na and a_s[i] <= s:
-            ml[n] = al[i]
-            ms[n] = a_s[i]
-            n += 1
-            i += 1
-        ml[n] = bl[j]
-        ms[n] = s
-        n += 1
-    while i < na:
-        ml[n] = al[i]
-        ms[n] = a_s[i]
-        n += 1
-        i += 1
-    return n
+    """Infimal convolution of two convex PL functions (as _merge_flags, without the flags: ms stands
+    in for the flag array, never written)."""
+    return _merge_flags(al, a_s, na, bl, bs, nb, ml, ms, ms, False)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _push_forward(tabs, mt, t, wl, ws, nc, cx0, cv0, rl, rs, ml, ms, floor_kwh, sf_slope, ehi):
+    """One step of the forward (cost-to-arrive) pass: C_{t+1} = clip((C_t box f_t) + pen_t), with C_t in
+    (wl, ws) and C_{t+1} written back there. f(e) = f~(-e): the table's segments reversed, slopes negated.
+    Returns (nc, x0, v0, feasible)."""
+    tab_l, tab_s, tab_n, tab_x0, tab_v0 = tabs
+    nt = tab_n[mt, t]
+    if nt < 0:
+        return nc, cx0, cv0, False
+    fend, fvend = tab_x0[mt, t], tab_v0[mt, t]
+    for q in range(nt):
+        fend += tab_l[mt, t, q]
+        fvend += tab_l[mt, t, q] * tab_s[mt, t, q]
+        rl[q] = tab_l[mt, t, nt - 1 - q]
+        rs[q] = -tab_s[mt, t, nt - 1 - q]
+    n = _merge(wl, ws, nc, rl, rs, nt, ml, ms)
+    mx0, mv0 = cx0 - fend, cv0 + fvend
+    n, mv0 = _add_floor_penalty(ml, ms, n, mx0, mv0, floor_kwh, sf_slope)
+    return _clip_band(ml, ms, n, mx0, mv0, ehi, wl, ws)
 
 
 @njit(cache=True, error_model="numpy")

@@ -10,7 +10,7 @@ from controller.core.mpc.layout import (
     INF, MAX_CAND, MODE_OFF, MODE_ON, P_DT, P_E0, P_EHI, P_ON0, P_ONCOST, P_PEAK, P_PMIN, P_SF, P_START,
     P_TV, S_FLOOR)
 from controller.core.mpc.dp import (
-    _add_floor_penalty, _backward, _clip_band, _fixed_costs, _forward, _merge, _pl_value, _tables)
+    _add_floor_penalty, _backward, _clip_band, _fixed_costs, _forward, _merge, _pl_value, _push_forward, _tables)
 
 
 LAGRANGE_ROUNDS = 4
@@ -88,21 +88,8 @@ def _stores_run(steps, prm, m, tabs, wl, ws, ml, ms, rl, rs, vl, vs, vstart, vn,
     nc, cx0, cv0, ok = 0, e0, 0.0, True
     for t in range(H):
         if ok:
-            mt = m[t]
-            nt = tab_n[mt, t]
-            if nt < 0:
-                ok = False
-            else:  # f(e) = f~(-e): segments reversed, slopes negated
-                fend, fvend = tab_x0[mt, t], tab_v0[mt, t]
-                for q in range(nt):
-                    fend += tab_l[mt, t, q]
-                    fvend += tab_l[mt, t, q] * tab_s[mt, t, q]
-                    rl[q] = tab_l[mt, t, nt - 1 - q]
-                    rs[q] = -tab_s[mt, t, nt - 1 - q]
-                n = _merge(wl, ws, nc, rl, rs, nt, ml, ms)
-                mx0, mv0 = cx0 - fend, cv0 + fvend
-                n, mv0 = _add_floor_penalty(ml, ms, n, mx0, mv0, steps[S_FLOOR, t], sf_slope)
-                nc, cx0, cv0, ok = _clip_band(ml, ms, n, mx0, mv0, ehi, wl, ws)
+            nc, cx0, cv0, ok = _push_forward(tabs, m[t], t, wl, ws, nc, cx0, cv0, rl, rs, ml, ms,
+                                             steps[S_FLOOR, t], sf_slope, ehi)
         cstart[t + 1] = pos
         cn[t + 1] = nc if ok else -1
         cx[t + 1], cv[t + 1] = cx0, cv0
@@ -329,6 +316,14 @@ def _lagrange_pattern(steps, prm, tabs, dual, m):
 
 
 @njit(cache=True, error_model="numpy")
+def _window_buffers(H):
+    """Scratch for the windowed DP of a search: W (lengths, slopes) and the merge target (one stage
+    longer)."""
+    cap = H * (MAX_CAND + 2) + 8
+    return np.empty(cap), np.empty(cap), np.empty(cap + MAX_CAND), np.empty(cap + MAX_CAND)
+
+
+@njit(cache=True, error_model="numpy")
 def _local_search(steps, prm, tabs, extra, best, best_v, work_cap, work, flips):
     """First-improvement local search over the moves of _apply_move from pattern `best` (improved
     in place). Each candidate differs from the incumbent on a window [a, b) of steps only, so it is
@@ -337,9 +332,7 @@ def _local_search(steps, prm, tabs, extra, best, best_v, work_cap, work, flips):
     H = steps.shape[1]
     vst, cst = _stores(steps, prm, best, tabs)
     work += 2 * H
-    cap = H * (MAX_CAND + 2) + 8
-    wl, ws = np.empty(cap), np.empty(cap)
-    ml, ms = np.empty(cap + MAX_CAND), np.empty(cap + MAX_CAND)
+    wl, ws, ml, ms = _window_buffers(H)
     rs = np.empty(H + 1, np.int64)
     re = np.empty(H + 1, np.int64)
     m = np.empty(H, np.int64)
@@ -385,9 +378,7 @@ def _window_sweep(steps, prm, tabs, extra, best, best_v, work_cap, work):
     H = steps.shape[1]
     vst, cst = _stores(steps, prm, best, tabs)
     work += 2 * H
-    cap = H * (MAX_CAND + 2) + 8
-    wl, ws = np.empty(cap), np.empty(cap)
-    ml, ms = np.empty(cap + MAX_CAND), np.empty(cap + MAX_CAND)
+    wl, ws, ml, ms = _window_buffers(H)
     rl, rs = np.empty(MAX_CAND), np.empty(MAX_CAND)
     # starts of `best` before step t (prefix), to price the starts of a windowed pattern in O(1)
     on0 = prm[P_ON0] > 0.5
@@ -411,7 +402,7 @@ def _sweep_run(steps, prm, tabs, extra, best, best_v, work_cap, work, vst, cst, 
     """The window sweep's loops over buffers _window_sweep allocated, compiled without reference
     counting (numba's atomic refcounts on the inlined helpers' arguments were a third of the
     search). Returns (best value, a, b, window mode, work); a < 0: no window improves."""
-    tab_l, tab_s, tab_n, tab_x0, tab_v0 = tabs
+    tab_n = tabs[2]
     vl, vs, vstart, vn, vx, vv = vst
     cl, cs, cstart, cn, cx, cv = cst
     H = steps.shape[1]
@@ -442,19 +433,10 @@ def _sweep_run(steps, prm, tabs, extra, best, best_v, work_cap, work, vst, cst, 
             start_a = 1 if (s == 1 and not prev_on) else 0
             for b in range(a + 1, min(H, a + SWEEP_WINDOW) + 1):
                 t = b - 1
-                nt = tab_n[s, t]
-                if nt < 0:
+                if tab_n[s, t] < 0:
                     break
-                fend, fvend = tab_x0[s, t], tab_v0[s, t]
-                for q in range(nt):
-                    fend += tab_l[s, t, q]
-                    fvend += tab_l[s, t, q] * tab_s[s, t, q]
-                    rl[q] = tab_l[s, t, nt - 1 - q]
-                    rs[q] = -tab_s[s, t, nt - 1 - q]
-                n = _merge(wl, ws, nc, rl, rs, nt, ml, ms)
-                mx0, mv0 = cx0 - fend, cv0 + fvend
-                n, mv0 = _add_floor_penalty(ml, ms, n, mx0, mv0, steps[S_FLOOR, t], sf_slope)
-                nc, cx0, cv0, ok = _clip_band(ml, ms, n, mx0, mv0, ehi, wl, ws)
+                nc, cx0, cv0, ok = _push_forward(tabs, s, t, wl, ws, nc, cx0, cv0, rl, rs, ml, ms,
+                                                 steps[S_FLOOR, t], sf_slope, ehi)
                 work += 1
                 if not ok:
                     break
