@@ -15,8 +15,9 @@ def _set_numba_cache_dir() -> None:
         return
     here = Path(__file__).resolve().parent
     digest = hashlib.sha256()
-    for path in sorted([*(here / "core").glob("*.py"), here / "points.py"]):
-        digest.update(path.name.encode())
+    # every kernel source, the planner's package included (its layout.py is imported by the others)
+    for path in sorted([*(here / "core").rglob("*.py"), here / "points.py"]):
+        digest.update(path.relative_to(here).as_posix().encode())
         digest.update(path.read_bytes())
     base = os.environ.get("EDGE_EMS_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edge-ems")
