@@ -187,8 +187,8 @@ def _tables(steps, prm, modes, pcap):
 @njit(cache=True, error_model="numpy", _nrt=False)
 def _fill_tables(steps, prm, modes, pcap, lo, hi, cost, order, cand, fval, tl, ts, tn, tx0, tv0):
     """The tables' loop, compiled without reference counting: it only reads and writes arrays its
-    caller owns, and numba's per-call and per-inlined-argument refcounts (atomic) were a third of
-    a DP pass."""
+    caller owns, and numba's per-call and per-inlined-argument refcounts (atomic) were 60 % of it
+    (86 -> 34 us for 288 steps)."""
     for i in range(modes.shape[0]):
         for t in range(steps.shape[1]):
             n, x0, v0, ok = _stage_function(t, steps, prm, modes[i], pcap, lo, hi, cost, order,
@@ -229,7 +229,8 @@ def _backward(steps, prm, sel, want_store, tabs):
 @njit(cache=True, error_model="numpy", _nrt=False)
 def _backward_run(steps, prm, sel, want_store, tabs, bl, bs, mk, tl, ts, sl, ss, sk, start, cnt, x0s, wx0s):
     """The backward pass over the caller's buffers, compiled without reference counting (numba's
-    atomic refcounts on every view and inlined argument were a third of the pass). Two buffers in
+    atomic refcounts on every view and inlined argument were a fifth of the pass: 75 -> 60 us for 288
+    steps). Two buffers in
     turn: W is a view of one, the merge writes the other, the clip only trims it. Returns
     (V_0(E0), segments stored); stored > sl.shape[0] means the store ran out of room."""
     tab_l, tab_s, tab_n, tab_x0, tab_v0 = tabs
