@@ -26,9 +26,7 @@ def _stores(steps, prm, m, tabs):
     min_E C_a(E) + V_a(E): O(b - a) merges instead of O(H). Each store: (lengths, slopes, start,
     count (-1: +inf), x0, v0). Allocates; the passes run without reference counting."""
     H = steps.shape[1]
-    wcap = H * (MAX_CAND + 2) + 8
-    wl, ws = np.empty(wcap), np.empty(wcap)
-    ml, ms = np.empty(wcap + MAX_CAND), np.empty(wcap + MAX_CAND)
+    wl, ws, ml, ms = _window_buffers(H)
     rl, rs = np.empty(MAX_CAND), np.empty(MAX_CAND)
     vstart, vn, vx, vv = np.zeros(H + 2, np.int64), np.zeros(H + 1, np.int64), np.zeros(H + 1), np.zeros(H + 1)
     cstart, cn, cx, cv = np.zeros(H + 2, np.int64), np.zeros(H + 1, np.int64), np.zeros(H + 1), np.zeros(H + 1)
