@@ -114,8 +114,8 @@ def _merge_flags(al, a_s, na, bl, bs, nb, ml, ms, mk, flags):
     (0: a, 1: b)."""
     n = 0
     i = 0
-    for j in range(nb):
-        s = bs[j]
+    for j in range(nb + 1):  # a's run up to b's segment j (the rest of a after the last one), then j
+        s = bs[j] if j < nb else INF
         while i < na and a_s[i] <= s:
             ml[n] = al[i]
             ms[n] = a_s[i]
@@ -123,18 +123,12 @@ def _merge_flags(al, a_s, na, bl, bs, nb, ml, ms, mk, flags):
                 mk[n] = 0
             n += 1
             i += 1
-        ml[n] = bl[j]
-        ms[n] = s
-        if flags:
-            mk[n] = 1
-        n += 1
-    while i < na:
-        ml[n] = al[i]
-        ms[n] = a_s[i]
-        if flags:
-            mk[n] = 0
-        n += 1
-        i += 1
+        if j < nb:
+            ml[n] = bl[j]
+            ms[n] = s
+            if flags:
+                mk[n] = 1
+            n += 1
     return n
 
 
