@@ -9,8 +9,57 @@
 # Inside the copy, with no network (unshare --net): install.sh from the bundle (+ the simulator add-on),
 # `edge-ems selftest`, a short `edge-ems sim` and `edge-ems run`, then install.sh again (must be harmless). Needs root.
 #
-#   tools/gateway/check_arm.sh [--keep-root]      MIRROR=... SIM_HOURS=... override the defaults
+#   tools/gateway/check_arm.sh [--keep-root]      ARM_MIRROR=... SIM_HOURS=... override the defaults
+#   tools/gateway/check_arm.sh --print-mirror     the Debian mirror debootstrap would use, and nothing else
+#                                                 (APT_ETC=DIR reads DIR instead of /etc/apt: for the tests)
 set -euo pipefail
+
+# The Debian mirror named by this machine's apt sources (the first one; empty if none). Both formats:
+# one-line `deb [options] URI suite...` (sources.list, sources.list.d/*.list) and deb822 stanzas
+# (sources.list.d/*.sources: `URIs:` may list several; `Enabled: no` and deb-src-only stanzas skipped).
+# Files that do not exist are skipped, not an error: a bookworm image ships only debian.sources, and a
+# sed over a missing file under pipefail used to end the script with exit 2. Security and non-Debian
+# repositories (nodesource, vendor repos) are not a base mirror and are left out.
+apt_mirror() {
+    local etc="${1:-/etc/apt}" f
+    local -a files=()
+    for f in "$etc/sources.list" "$etc"/sources.list.d/*.list "$etc"/sources.list.d/*.sources; do
+        [ -f "$f" ] && [ -r "$f" ] && files+=("$f")
+    done
+    [ "${#files[@]}" -gt 0 ] || return 0
+    awk '
+        function flush(   n, i, u) {
+            if (uris != "" && enabled && types ~ /(^|[[:space:]])deb([[:space:]]|$)/) {
+                n = split(uris, u, /[[:space:]]+/)
+                for (i = 1; i <= n; i++) if (u[i] != "") print u[i]
+            }
+            uris = ""; types = ""; enabled = 1
+        }
+        FNR == 1 { if (deb822) flush(); deb822 = (FILENAME ~ /\.sources$/); uris = ""; types = ""; enabled = 1 }
+        /^[[:space:]]*#/ { next }
+        deb822 && /^[[:space:]]*$/ { flush(); next }
+        deb822 && tolower($1) == "types:" { $1 = ""; types = $0; next }
+        deb822 && tolower($1) == "uris:" { $1 = ""; uris = $0; next }
+        deb822 && tolower($1) == "enabled:" { enabled = (tolower($2) != "no"); next }
+        !deb822 && $1 == "deb" {
+            i = 2
+            if ($2 ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
+            if (i <= NF) print $i
+        }
+        END { if (deb822) flush() }
+    ' "${files[@]}" | sed 's:/*$::' | grep -E '^(https?|ftp|file):/.*/debian$' | grep -v security | head -n1 || true
+}
+
+pick_mirror() { echo "${ARM_MIRROR:-${MIRROR:-$(apt_mirror "${APT_ETC:-/etc/apt}")}}"; }
+NO_MIRROR="no Debian mirror found in ${APT_ETC:-/etc/apt}/sources.list, sources.list.d/*.list or sources.list.d/*.sources \
+(one-line deb entries or deb822 URIs:); name one: sudo ARM_MIRROR=http://deb.debian.org/debian tools/gateway/check_arm.sh \
+(or your local Debian mirror)"
+if [ "${1:-}" = --print-mirror ]; then
+    m="$(pick_mirror)"
+    [ -n "$m" ] || { echo "check-arm: $NO_MIRROR" >&2; exit 1; }
+    echo "$m"
+    exit 0
+fi
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 CACHE="$REPO/.cache/arm64-bookworm"
@@ -51,10 +100,8 @@ mkdir -p "$CACHE"
 if [ "$(cat "$CACHE/base/.edge-ems-base" 2>/dev/null)" = "$STAMP" ]; then
     echo "cached: $CACHE/base"
 else
-    MIRROR="${MIRROR:-$(sed -n 's/^URIs: *\(\S*debian\)\/*$/\1/p; s/^deb \(\[[^]]*\] \)\?\(\S*debian\)\/* .*/\2/p' \
-                        /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list \
-                        2>/dev/null | grep -v security | head -n1)}"
-    MIRROR="${MIRROR:-http://deb.debian.org/debian}"
+    MIRROR="$(pick_mirror)"
+    [ -n "$MIRROR" ] || die "$NO_MIRROR"
     echo "debootstrap from $MIRROR (a few minutes, once)"
     rm -rf "$CACHE/base" "$CACHE/base.tmp"
     debootstrap --arch=arm64 --variant=minbase --include="$INCLUDE" "$SUITE" "$CACHE/base.tmp" "$MIRROR" \
