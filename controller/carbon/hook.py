@@ -1,39 +1,100 @@
 """The scan loop's carbon hook: integrates each image, closes 15-minute intervals, writes the ledger.
 
-    hook = make_carbon_hook(cfg, "out/ledger", "/var/lib/edge-ems/gateway.key")
-    ScanLoop(..., hooks=[hook]) ... ; hook.close()        # close() writes the partial last interval
+    hook = make_carbon_hook(cfg, DataDir("/var/lib/edge-ems"))      # the gateway: its one ledger and key
+    hook = make_carbon_hook(cfg, "out/ledger", "out/gateway.key")    # any ledger file and key
+    ScanLoop(..., hooks=[hook]) ... ; hook.close()
 
-The hook never blocks the cycle for long: one fsync'd append per 15 minutes. After a restart it picks
-up the counter, the battery pool and the certificate volumes from the ledger's last interval record.
+The hook never blocks the cycle for long: one fsync'd append per 15 minutes, and (with a checkpoint file)
+one small rename-replaced JSON file per minute. After a restart it picks up the counter, the battery pool
+and the certificate volumes from the ledger's last interval record.
+
+Restarts, one record per 15-minute interval (what `ledger verify` checks: no interval written twice):
+- The interval in progress is checkpointed every `checkpoint_every_s` of image time (and on close()) to
+  the checkpoint file. A restart inside the same interval resumes it: the seconds the controller was down
+  are simply not covered (`covered_s` < 900, `partial`), the energy before the crash is kept (up to
+  `checkpoint_every_s` of it lost on a SIGKILL). A restart in a later interval writes the checkpointed
+  interval at once, as partial; intervals wholly inside the downtime get no record (`ledger verify`
+  counts them as slots without a record).
+- Without a checkpoint file (`edge-ems sim`, tests), close() writes the partial interval as before.
+- A checkpoint older than the ledger's last interval (killed between closing an interval and the next
+  checkpoint) is discarded: that interval is already in the ledger.
+
+Disk full or failing: a record that cannot be written is kept in memory (at most PENDING_MAX, oldest
+dropped and counted) and retried every `retry_s`; `.degraded`, `.faults`, `.dropped_intervals` and
+`.last_error` say so. The ledger writer turns the torn bytes of the failed write into a `recovery`
+record on the retry, so the chain continues; nothing written before is touched. Nothing here raises into
+the cycle for a disk error.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+from collections import deque
 from pathlib import Path
 from typing import Callable
 
 from controller.carbon.intervals import INTERVAL_S, Constants, Interval, Pool, interval_start, settle
-from controller.carbon.keys import load_or_create_key, write_public_key
+from controller.carbon.keys import load_or_create_key, public_pem
 from controller.carbon.ledger import LedgerWriter
 from controller.compute.jobs import JobBook  # noqa: F401  (re-exported: the hook's jobs= argument)
 from drivers.isotime import utc_epoch
 
 SYNC_FLAG = Path("/run/systemd/timesync/synchronized")   # systemd-timesyncd touches it once in sync
+PENDING_MAX = 96              # a day of intervals kept in memory while the disk refuses them
+CHECKPOINT_VERSION = 1
 
 
 def system_clock_status() -> str:
     return "synchronised" if SYNC_FLAG.exists() else "unknown"
 
 
+def _write_pub(key, path: Path) -> None:
+    """The public key next to the ledger, rewritten only when missing or different (a start on a full
+    disk must not fail over a file that can always be derived again from the key)."""
+    pem = public_pem(key)
+    try:
+        if path.exists() and path.read_bytes() == pem:
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(pem)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def interval_to_dict(iv: Interval) -> dict:
+    return dataclasses.asdict(iv)
+
+
+def interval_from_dict(d: dict) -> Interval:
+    """Strict: exactly the Interval's fields, numbers where numbers belong (ValueError otherwise)."""
+    names = {f.name for f in dataclasses.fields(Interval)}
+    if not isinstance(d, dict) or set(d) != names:
+        raise ValueError("checkpoint fields differ from Interval's")
+    iv = Interval(**d)
+    num = (int, float)
+    ok = (isinstance(iv.t_start, num) and isinstance(iv.covered_s, num) and 0.0 <= iv.covered_s <= INTERVAL_S + 1e-6
+          and isinstance(iv.e, dict) and all(isinstance(x, num) for x in iv.e.values())
+          and len(iv.alloc) == 4 and all(len(r) == 3 and all(isinstance(x, num) for x in r) for r in iv.alloc)
+          and len(iv.grid_kg_loc) == 3 and isinstance(iv.jobs_it_kwh, dict))
+    if not ok:
+        raise ValueError("checkpoint values malformed")
+    iv.t_start = float(iv.t_start)
+    return iv
+
+
 class CarbonHook:
     def __init__(self, cfg: dict, ledger_path, key_path, jobs: JobBook | None = None,
                  clock_status: Callable[[], str] | None = None, carbon: dict | None = None,
-                 pub_path=None, on_record: Callable[[dict], None] | None = None):
+                 pub_path=None, on_record: Callable[[dict], None] | None = None,
+                 checkpoint_path=None, checkpoint_every_s: float = 60.0, retry_s: float = 60.0):
         self.k = Constants.from_site(cfg, carbon)
         self.jobs = jobs
         self.on_record = on_record
         key = load_or_create_key(key_path)
         ledger_path = Path(ledger_path)
-        write_public_key(key, pub_path or ledger_path.with_name(ledger_path.name + ".pub"))
+        _write_pub(key, Path(pub_path) if pub_path else ledger_path.with_name(ledger_path.name + ".pub"))
         em, site = cfg["emissions"], cfg["site"]
         genesis = {
             "gateway_id": site["gateway_id"], "site": site["name"], "interval_s": INTERVAL_S,
@@ -47,8 +108,18 @@ class CarbonHook:
             "allocation": "PV -> loads, battery charge, export first; discharge, diesel, grid pro rata on the rest; "
                           "battery pool settled per interval",
         }
+        # fault accounting (read by the runtime for its alarm)
+        self.faults = 0
+        self.dropped_intervals = 0
+        self.last_error = ""
+        self.pending: deque = deque()          # interval bodies the disk refused, oldest first
+        self._retry_s = retry_s
+        self._next_retry = -1e18
         self.writer = LedgerWriter(ledger_path, key, genesis, clock_status or system_clock_status)
+        if self.writer.broken is not None:
+            self._fault(self.writer.broken)
         last = self.writer.last_interval
+        self._last_start = utc_epoch(last["t_start"]) if last else -1e18
         self.pool: Pool | None = Pool.from_dict(last["pool"]) if last else None
         self.remaining = {c["name"]: c["volume_kwh"] for c in self.k.carbon["contracts"] if c["kind"] == "certificate"}
         if last:
@@ -57,18 +128,79 @@ class CarbonHook:
         self.prev_t: float | None = None
         self.pending_jumps = 0
         self.closed = 0
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.checkpoint_every_s = checkpoint_every_s
+        self._next_ckpt = -1e18
+        self.checkpoint_note = ""
+        self._resume: Interval | None = self._load_checkpoint()
+
+    @property
+    def degraded(self) -> bool:
+        """True while a record waits for the disk (or the ledger cannot be opened): raise the alarm."""
+        return bool(self.pending) or self.writer.broken is not None
+
+    def _fault(self, exc: BaseException) -> None:
+        self.faults += 1
+        self.last_error = f"{self.writer.path}: {exc}"
+
+    # -- checkpoint ---------------------------------------------------------------------------------
+    def _load_checkpoint(self) -> Interval | None:
+        p = self.checkpoint_path
+        if p is None:
+            return None
+        try:
+            if p.stat().st_size > 1 << 20:
+                raise ValueError("larger than 1 MB")
+            d = json.loads(p.read_bytes())
+            if not isinstance(d, dict) or d.get("version") != CHECKPOINT_VERSION:
+                raise ValueError("not a checkpoint of this version")
+            iv = interval_from_dict(d["interval"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.checkpoint_note = f"{p}: ignored ({exc})"
+            return None
+        if iv.t_start <= self._last_start:
+            self.checkpoint_note = f"{p}: interval {iv.t_start:.0f} already in the ledger, discarded"
+            return None
+        return iv
+
+    def _save_checkpoint(self) -> None:
+        p = self.checkpoint_path
+        if p is None:
+            return
+        tmp = p.with_name(p.name + ".tmp")
+        try:      # rename-replaced, not fsync'd: it survives a SIGKILL (page cache); after a power loss an
+            # empty or stale file is ignored or discarded on load
+            if self.iv is None:
+                if p.exists():
+                    p.unlink()
+                return
+            tmp.write_text(json.dumps({"version": CHECKPOINT_VERSION, "interval": interval_to_dict(self.iv)}))
+            os.replace(tmp, p)
+        except OSError as exc:
+            self._fault(exc)
 
     # -- per cycle ----------------------------------------------------------------------------------
     def __call__(self, loop, image, cmd, events, n) -> None:
         t = float(image["t_s"])
+        if self.pending and t >= self._next_retry:
+            self._flush_pending(t)
+        if self._resume is not None:
+            iv, self._resume = self._resume, None
+            if iv.t_start == interval_start(t):
+                self.iv = iv                      # a restart inside the interval: carry on integrating it
+            elif iv.t_start < interval_start(t):
+                self._close(iv, partial=True, t_now=t)
         period = loop.period_s
         prev, self.prev_t = self.prev_t, t
         if prev is None:
             return
         dt = t - prev
-        if not 0.0 < dt <= max(10.0 * period, 60.0):
+        if not 0.0 < dt <= max(10.0 * period, 60.0) or interval_start(prev) <= self._last_start:
             # the wall clock stepped or the loop stood still: nothing is known about the gap, so nothing
-            # is integrated over it; the next interval written counts the jump (and its covered_s shows it)
+            # is integrated over it; the next interval written counts the jump (and its covered_s shows it).
+            # Time inside an interval already written (the clock stepped back) is never integrated again.
             self.pending_jumps += 1
             return
         jump, self.pending_jumps = self.pending_jumps, 0
@@ -80,7 +212,7 @@ class CarbonHook:
             start = interval_start(t0)
             if self.iv is None or self.iv.t_start != start:
                 if self.iv is not None:
-                    self._close(self.iv)
+                    self._close(self.iv, t_now=t)
                 self.iv = Interval(start)
             span = min(dt, start + INTERVAL_S - t0)
             self.iv.add(v, q, t0, span, self.k, jobs_kw)
@@ -88,9 +220,12 @@ class CarbonHook:
             jump = 0
             t0 += span
             dt -= span
+        if t >= self._next_ckpt:
+            self._next_ckpt = t + self.checkpoint_every_s
+            self._save_checkpoint()
 
     # -- interval close -----------------------------------------------------------------------------
-    def _close(self, iv: Interval, partial: bool = False) -> dict:
+    def _close(self, iv: Interval, partial: bool = False, t_now: float | None = None) -> dict | None:
         if self.pool is None:
             kwh = (iv.soc_start or 0.0) / 100.0 * self.k.capacity_kwh
             init = self.k.carbon["battery_initial_kg_per_kwh"]
@@ -101,17 +236,60 @@ class CarbonHook:
             for job, d in body["jobs"].items():
                 if self.jobs.labels.get(job):
                     d["label"] = self.jobs.labels[job]
-        payload = self.writer.append("interval", body)
+        self._last_start = iv.t_start       # settled: the pool moved on, the interval is closed for good
         self.closed += 1
+        if self.pending:                     # keep the order: behind the ones already waiting
+            self._queue(body, t_now)
+            return None
+        return self._write(body, t_now)
+
+    def _write(self, body: dict, t_now: float | None) -> dict | None:
+        try:
+            payload = self.writer.append("interval", body)
+        except OSError as exc:
+            self._fault(exc)
+            self._queue(body, t_now)
+            return None
         if self.on_record is not None:
             self.on_record(uplink_body(payload, self.writer.last_line))
         return payload
 
+    def _queue(self, body: dict, t_now: float | None) -> None:
+        if len(self.pending) >= PENDING_MAX:
+            self.pending.popleft()
+            self.dropped_intervals += 1
+        self.pending.append(body)
+        self._next_retry = (t_now if t_now is not None else 0.0) + self._retry_s
+
+    def _flush_pending(self, t_now: float | None) -> None:
+        while self.pending:
+            body = self.pending[0]
+            last = self.writer.last_interval
+            if last is not None and utc_epoch(body["t_start"]) <= utc_epoch(last["t_start"]):
+                self.pending.popleft()          # it reached the file after all (the fsync failed, not the write)
+                continue
+            try:
+                payload = self.writer.append("interval", body)
+            except OSError as exc:
+                self._fault(exc)
+                self._next_retry = (t_now if t_now is not None else 0.0) + self._retry_s
+                return
+            self.pending.popleft()
+            if self.on_record is not None:
+                self.on_record(uplink_body(payload, self.writer.last_line))
+
     def close(self) -> None:
-        """Write the interval in progress (marked partial) and close the ledger."""
-        if self.iv is not None and self.iv.covered_s > 0.0:
+        """Stop: with a checkpoint file, the interval in progress goes there (a restart resumes it);
+        without one it is written now, marked partial. Then the ledger is closed."""
+        if self._resume is not None and self.iv is None:
+            self.iv, self._resume = self._resume, None
+        if self.checkpoint_path is not None:
+            self._save_checkpoint()
+        elif self.iv is not None and self.iv.covered_s > 0.0:
             self._close(self.iv)
         self.iv = None
+        if self.pending:
+            self._flush_pending(None)
         self.writer.close()
 
 
@@ -134,11 +312,20 @@ def uplink_body(payload: dict, line: bytes) -> dict:
             "provisional": False, "ledger_n": payload["n"], "ledger_line": line.decode()}
 
 
-def make_carbon_hook(cfg: dict, ledger_path, key_path, **kw) -> CarbonHook:
+def make_carbon_hook(cfg: dict, ledger_path, key_path=None, **kw) -> CarbonHook:
     """A ScanLoop hook `hook(loop, image, cmd, events, n)` writing the carbon ledger; call .close() at
-    the end. Keywords: jobs (JobBook), clock_status (callable -> str), carbon (a [carbon] table when the
-    site profile does not carry one), pub_path, on_record (callable: each interval as it is written, as
-    `uplink_body(...)`, e.g. ``lambda b: uplink.spool.put("interval", b["end_s"], b)``)."""
+    the end. `ledger_path` a controller.runtime.datadir.DataDir: the gateway's one ledger, key, public key
+    and checkpoint there (key_path not needed). Keywords: jobs (JobBook), clock_status (callable -> str),
+    carbon (a [carbon] table when the site profile does not carry one), pub_path, checkpoint_path,
+    on_record (callable: each interval as it is written, as `uplink_body(...)`, e.g.
+    ``lambda b: uplink.spool.put("interval", b["end_s"], b)``)."""
+    if hasattr(ledger_path, "gateway_key") and hasattr(ledger_path, "ledger"):
+        dd = ledger_path
+        kw.setdefault("pub_path", dd.ledger_pub)
+        kw.setdefault("checkpoint_path", dd.ledger_checkpoint)
+        return CarbonHook(cfg, dd.ledger, key_path or dd.gateway_key, **kw)
+    if key_path is None:
+        raise TypeError("make_carbon_hook: key_path is required unless a DataDir is given")
     return CarbonHook(cfg, ledger_path, key_path, **kw)
 
 
@@ -163,8 +350,11 @@ def sim_jobs(scn, series, seed: int | None = None, hours: float | None = None) -
 
 def sim_carbon_hook(scn, site, out_dir: Path, carbon: dict | None = None, seed: int | None = None,
                     hours: float | None = None, on_record: Callable[[dict], None] | None = None) -> CarbonHook:
-    """`edge-ems sim`: a fresh OUT/ledger signed with OUT/gateway.key (the simulated gateway's key, created
-    on first use), the public key in OUT/ledger.pub, clock status 'simulated'."""
+    """`edge-ems sim`: a FRESH OUT/ledger signed with OUT/gateway.key (the simulated gateway's key, created
+    on first use), the public key in OUT/ledger.pub, clock status 'simulated'. Each simulation run is a new
+    simulated gateway whose clock restarts at the scenario's start, so a ledger left in OUT by an earlier
+    run is deleted and replaced. Never use this for a real gateway: `make_carbon_hook(cfg, DataDir(...))`
+    appends to the gateway's one ledger."""
     ledger = Path(out_dir) / "ledger"
     for stale in (ledger, ledger.with_name("ledger.pub")):
         if stale.exists():

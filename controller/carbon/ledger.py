@@ -35,6 +35,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from controller.carbon.keys import fingerprint, public_b64, public_from_b64
+from drivers.isotime import utc_epoch
 
 FORMAT = 1
 GENESIS_PREV = "0" * 64
@@ -83,42 +84,62 @@ def _lines(data: bytes):
 
 
 class LedgerWriter:
-    """Appends signed records. Opening an existing ledger recovers a torn tail (see module doc)."""
+    """Appends signed records. Opening an existing ledger recovers a torn tail (see module doc).
+
+    A write that fails (ENOSPC, EIO, a failing fsync) raises OSError to the caller and leaves the writer
+    `broken`: the bytes that did reach the file are a torn fragment like a crash's. The next `append`
+    first reopens (re-scans the file, writes the `recovery` record for the fragment), so a full disk that
+    frees up later continues the one chain; nothing written before is touched.
+    """
 
     def __init__(self, path: str | Path, key: Ed25519PrivateKey, genesis: dict, clock_status=lambda: "unknown"):
         self.path = Path(path)
         self.key = key
         self.pub = key.public_key()
         self.clock_status = clock_status
+        self.genesis = genesis
         self.gw = genesis.get("gateway_id", "")
+        self.recovered: dict | None = None
+        self.last_line: bytes = b""            # the signed line of the last record written (for the uplink)
+        self.fd = -1
+        self.broken: OSError | None = None
+        try:                                   # a full or failing disk at start: broken, retried by append
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._open()
+        except OSError as exc:
+            self._break(exc)
+
+    def _open(self) -> None:
         self.n = -1
         self.prev = GENESIS_PREV
         self.last: dict | None = None          # last payload written or found
         self.last_interval: dict | None = None
-        self.recovered: dict | None = None
-        self.last_line: bytes = b""            # the signed line of the last record written (for the uplink)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         existing = self.path.read_bytes() if self.path.exists() else b""
         good_end = self._scan(existing) if existing else 0
         if existing and self.n < 0:             # nothing usable (torn genesis): keep it aside, start over
             self.path.rename(self.path.with_name(self.path.name + f".torn-{int(time.time())}"))
             existing, good_end = b"", 0
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        if not existing:
-            _fsync_dir(self.path.parent)
-            self.append("genesis", {**genesis, "pubkey": public_b64(self.pub), "key_fingerprint": fingerprint(self.pub),
-                                    "format": FORMAT})
-        elif good_end < len(existing):
-            frag = existing[good_end:]
-            if frag.endswith(b"\n"):
-                body = frag[:-1]
-            else:
-                body = frag
-                os.write(self.fd, b"\n")
-            self.recovered = {"torn_offset": good_end, "torn_len": len(body),
-                              "torn_sha256": hashlib.sha256(body).hexdigest(),
-                              "after_n": self.n, "last_t_end": (self.last_interval or {}).get("t_end")}
-            self.append("recovery", dict(self.recovered))
+        self.broken = None
+        try:
+            if not existing:
+                _fsync_dir(self.path.parent)
+                self.append("genesis", {**self.genesis, "pubkey": public_b64(self.pub),
+                                        "key_fingerprint": fingerprint(self.pub), "format": FORMAT})
+            elif good_end < len(existing):
+                frag = existing[good_end:]
+                if frag.endswith(b"\n"):
+                    body = frag[:-1]
+                else:
+                    body = frag
+                    _write_all(self.fd, b"\n")
+                self.recovered = {"torn_offset": good_end, "torn_len": len(body),
+                                  "torn_sha256": hashlib.sha256(body).hexdigest(),
+                                  "after_n": self.n, "last_t_end": (self.last_interval or {}).get("t_end")}
+                self.append("recovery", dict(self.recovered))
+        except OSError as exc:
+            self._break(exc)
+            raise
 
     def _scan(self, data: bytes) -> int:
         """Walk the existing file; remember the last good record. Returns the byte offset after it."""
@@ -139,13 +160,33 @@ class LedgerWriter:
             good_end = off + len(line) + 1
         return good_end
 
+    def _break(self, exc: OSError) -> None:
+        self.broken = exc
+        if self.fd >= 0:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = -1
+
+    def reopen(self) -> None:
+        """After a failed write: re-scan and recover the fragment it left. Raises OSError if that fails."""
+        self._break(self.broken or OSError("reopen"))
+        self._open()
+
     def append(self, kind: str, body: dict) -> dict:
+        if self.broken is not None or self.fd < 0:
+            self.reopen()
         payload = {**body, "v": FORMAT, "n": self.n + 1, "prev": self.prev, "kind": kind, "gw": self.gw,
                    "clock": self.clock_status()}
         head = canonical(payload)
         line = head + b"|" + base64.b64encode(self.key.sign(head))
-        os.write(self.fd, line + b"\n")
-        os.fsync(self.fd)
+        try:
+            _write_all(self.fd, line + b"\n")
+            os.fsync(self.fd)
+        except OSError as exc:
+            self._break(exc)
+            raise
         self.last_line = line
         self.n, self.prev, self.last = payload["n"], line_hash(line), payload
         if kind == "interval":
@@ -156,6 +197,16 @@ class LedgerWriter:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until done: a disk that fills mid-record returns a short count first, then ENOSPC."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(28, "short write")
+        view = view[n:]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -180,6 +231,8 @@ class VerifyResult:
     bad_line: int | None = None        # 1-based line of the first bad record
     torn_tail: str = ""
     recoveries: int = 0
+    intervals: int = 0
+    missing_intervals: int = 0         # 15-minute slots between the first and last interval with no record
     key_source: str = ""
     payloads: list = field(default_factory=list)
 
@@ -192,6 +245,7 @@ def verify(path: str | Path | bytes, pubkey: Ed25519PublicKey | None = None, kee
     key = pubkey
     n_expect, prev = 0, GENESIS_PREV
     frag_start, frag_line = None, None
+    last_iv: dict | None = None
     for lineno, (off, line, has_nl) in enumerate(_lines(data), start=1):
         where = f"line {lineno}"
         try:
@@ -242,6 +296,12 @@ def verify(path: str | Path | bytes, pubkey: Ed25519PublicKey | None = None, kee
                                          "(content changed or signed by another key)")
         if payload.get("kind") == "recovery":
             res.recoveries += 1
+        elif payload.get("kind") == "interval":
+            bad = _check_interval(payload, last_iv, res)
+            if bad:
+                return _fail(res, n, lineno, f"{where}: {bad}")
+            if bad is not None:
+                last_iv = payload
         if keep:
             res.payloads.append(payload)
         prev = line_hash(line)
@@ -253,8 +313,37 @@ def verify(path: str | Path | bytes, pubkey: Ed25519PublicKey | None = None, kee
         return _fail(res, None, 1, "no records")
     res.ok = True
     res.message = (f"{res.records} records verified (hashes, links, counter 0..{res.records - 1}, signatures; "
-                   f"key from {res.key_source}); {res.recoveries} recovered tear(s)")
+                   f"key from {res.key_source}); {res.recoveries} recovered tear(s); {res.intervals} "
+                   f"interval(s), none written twice, {res.missing_intervals} 15-min slot(s) without a record "
+                   f"(controller down)")
     return res
+
+
+INTERVAL_S = 900.0
+
+
+def _check_interval(p: dict, last: dict | None, res: VerifyResult) -> str | None:
+    """Each 15-minute interval at most once, in order, on the grid: what makes a restart visible and
+    never double-counted (a restart inside an interval resumes it from its checkpoint, see
+    controller/carbon/hook.py). Records without a parseable t_start (test ledgers, other tools) are not
+    interval-checked: their signatures still are."""
+    try:
+        t = utc_epoch(p["t_start"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    res.intervals += 1
+    if t % INTERVAL_S:
+        return f"interval {p['t_start']} does not start on the 15-minute grid"
+    cov = p.get("covered_s")
+    if isinstance(cov, (int, float)) and cov > INTERVAL_S + 1e-3:
+        return f"interval {p['t_start']} covers {cov} s, more than its 900 s (counted twice)"
+    if last is not None:
+        t_last = utc_epoch(last["t_start"])
+        if t <= t_last:
+            return (f"interval {p['t_start']} written again after record n={last['n']} ({last['t_start']}): "
+                    "an interval counted twice or out of order")
+        res.missing_intervals += int(round((t - t_last) / INTERVAL_S)) - 1
+    return ""
 
 
 def _fail(res: VerifyResult, n, lineno, message: str) -> VerifyResult:

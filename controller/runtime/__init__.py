@@ -1,0 +1,1 @@
+"""The site runtime (owned by the lead)."""
