@@ -20,7 +20,7 @@ from controller.schema import ArrayOf, Field, MapOf, Problem, ProfileError, Tabl
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 SITES_DIR = PROFILES_DIR / "sites"
 
-ROLES = ("grid_meter", "pv_meter", "pcs", "bms", "genset", "compute", "pv_inverter", "weather", "grid")
+ROLES = ("grid_meter", "pv_meter", "pcs", "bms", "genset", "compute", "pv_inverter", "weather", "grid", "market")
 STRATEGIES = ("rule", "none", "mpc")
 
 F = Field
@@ -157,6 +157,15 @@ SITE_SCHEMA = Table({
         "bms_max_age_s": F("number", default=5.0, min=0, min_exclusive=True),
         "meter_max_age_s": F("number", default=5.0, min=0, min_exclusive=True),
         "slow_max_age_s": F("number", default=120.0, min=0, min_exclusive=True),
+        # network inputs (controller/netinputs.py): the compute bridge publishes every 10-60 s; a market
+        # message is stale at its valid_until or when older than this
+        "compute_max_age_s": F("number", default=180.0, min=0, min_exclusive=True),
+        "market_max_age_s": F("number", default=86400.0, min=0, min_exclusive=True),
+    }),
+    # the cloud's market feed (drivers/market.py); expected: a missing or stale one raises market_stale
+    # (also expected when a device has role "market")
+    "market": Table({
+        "expected": F("boolean", default=False),
     }),
 })
 
