@@ -6,6 +6,7 @@ clock, real drivers) and the simulator (a clock that advances the simulated site
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import deque
@@ -30,6 +31,34 @@ ACTUATION = {
 
 
 LOOP_DEVICE = "__loop__"   # the loop's own health points (role "self")
+log = logging.getLogger("edge_ems.loop")
+SLOW_PART_S = 0.25         # a hook, device or recorder call longer than this is counted as slow
+
+
+@dataclass
+class PartHealth:
+    """How one part of the cycle (a device, the recorder, a hook) behaves: it may raise or block, the
+    cycle goes on (OpenEMS wraps each controller of its cycle the same way); these counters and the
+    `on_fault` callback make it visible (runtime/health.py turns them into alarms)."""
+
+    name: str
+    calls: int = 0
+    failures: int = 0
+    consecutive: int = 0
+    slow: int = 0
+    max_s: float = 0.0
+    last_error: str = ""
+
+    def as_dict(self) -> dict:
+        return {"calls": self.calls, "failures": self.failures, "consecutive_failures": self.consecutive,
+                "slow": self.slow, "max_ms": round(self.max_s * 1000.0, 3), "last_error": self.last_error}
+
+
+def _part_name(obj, default: str) -> str:
+    name = getattr(obj, "hook_name", None) or getattr(obj, "__qualname__", None)
+    if name is None:
+        name = type(obj).__name__
+    return str(name or default)
 
 
 class Clock(Protocol):
@@ -142,6 +171,8 @@ class ScanLoop:
         self.roles = {**roles, "operator": self.operator.name, "self": LOOP_DEVICE}
         self.clock = clock
         self.recorder = recorder
+        # a segmented recorder (runtime) takes the state that went into step, to start a segment with it
+        self._records_state = bool(getattr(recorder, "takes_state", False))
         self.hooks = list(hooks or [])
         self.period_s = float(params[L.P_PERIOD_S])
         self.builder = ImageBuilder(self.roles, limits)
@@ -153,29 +184,79 @@ class ScanLoop:
         self.cycle_no = 0
         self.events = deque(maxlen=1000)   # (t_s, code, value): the TUI and uplink read these
         self.stop_requested = False
+        self.health: dict[str, PartHealth] = {}
+        self.on_fault: Callable[[PartHealth, BaseException | None], None] | None = None
+        self._hook_names = [f"hook:{_part_name(h, str(i))}" for i, h in enumerate(self.hooks)]
         warmup()                     # kernels compiled or loaded now, never inside a cycle
+
+    def add_hook(self, hook: Hook, name: str | None = None) -> None:
+        self.hooks.append(hook)
+        self._hook_names.append(f"hook:{name or _part_name(hook, str(len(self.hooks)))}")
+
+    def _part(self, name: str) -> PartHealth:
+        h = self.health.get(name)
+        if h is None:
+            h = self.health[name] = PartHealth(name)
+        return h
+
+    def _guard(self, name: str, fn, *args) -> None:
+        """Call one part; an exception or a slow call is counted and reported, never raised."""
+        t0 = time.perf_counter()
+        err: BaseException | None = None
+        try:
+            fn(*args)
+        except Exception as exc:              # noqa: BLE001 - the cycle must go on whatever a part does
+            err = exc
+        spent = time.perf_counter() - t0
+        h = self.health.get(name)
+        if h is None:
+            if err is None and spent < SLOW_PART_S:
+                return                        # the common case costs one dict lookup
+            h = self._part(name)
+        h.calls += 1
+        h.max_s = max(h.max_s, spent)
+        if spent >= SLOW_PART_S:
+            h.slow += 1
+        if err is not None:
+            h.failures += 1
+            h.consecutive += 1
+            h.last_error = f"{type(err).__name__}: {err}"[:300]
+            if h.failures == 1 or h.failures % 1000 == 0:
+                log.error("%s failed (%d times): %s", name, h.failures, h.last_error)
+        recovered = err is None and h.consecutive > 0
+        if recovered:
+            h.consecutive = 0
+        if self.on_fault is not None and (err is not None or spent >= SLOW_PART_S or recovered):
+            try:
+                self.on_fault(h, err)
+            except Exception:                 # noqa: BLE001
+                log.exception("on_fault for %s", name)
 
     def cycle(self) -> None:
         """One scan: acquire, freeze, step, actuate, record."""
         t0 = time.perf_counter()
         now = self.clock.monotonic()
-        for device in self.devices.values():                         # 1. acquire
-            device.acquire(now, self.builder.sink)
+        for name, device in self.devices.items():                     # 1. acquire
+            self._guard(name, device.acquire, now, self.builder.sink)
         self.builder.sink(LOOP_DEVICE, "late_cycles", float(self.late_cycles), now, Q_OK)
         image = self.builder.freeze(self.image, self.cycle_no, self.clock.utc_s(), now)   # 2. freeze
-        state, cmd, events, n = step(self.params, self.state, float(image["t_s"]),      # 3. step
+        state_in = self.state
+        state, cmd, events, n = step(self.params, state_in, float(image["t_s"]),        # 3. step
                                      image["value"], image["quality"])
         self.state, self.commands = state, cmd
         for role, make in ACTUATION.items():                          # 4. actuate
             name = self.roles.get(role)
             if name is not None:
-                self.devices[name].actuate(make(cmd), now)
+                self._guard(name, self.devices[name].actuate, make(cmd), now)
         if self.recorder is not None:                                 # 5. record
-            self.recorder.append(image, cmd, events, n)
+            if self._records_state:
+                self._guard("recorder", self.recorder.append, image, cmd, events, n, state_in)
+            else:
+                self._guard("recorder", self.recorder.append, image, cmd, events, n)
         for i in range(n):
             self.events.append((float(image["t_s"]), int(events[i, 0]), float(events[i, 1])))
-        for hook in self.hooks:
-            hook(self, image, cmd, events, n)
+        for name, hook in zip(self._hook_names, self.hooks):
+            self._guard(name, hook, self, image, cmd, events, n)
         self.cycle_no += 1
         spent = time.perf_counter() - t0
         self.stats.add(spent)
@@ -203,7 +284,7 @@ class ScanLoop:
         self.stop_requested = True
 
     def close(self) -> None:
-        for device in self.devices.values():
-            device.close()
+        for name, device in self.devices.items():
+            self._guard(name, device.close)
         if self.recorder is not None:
-            self.recorder.close()
+            self._guard("recorder", self.recorder.close)

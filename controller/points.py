@@ -12,6 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 
 FAST, BMS, SLOW, HELD = "fast", "bms", "slow", "held"  # which limits.* max age applies; HELD never ages
+# Network inputs (controller/netinputs.py): the compute bridge publishes every 10-60 s, so its points get
+# a class of their own (limits.compute_max_age_s, 3 x 60 s); a market feed is stale when its validity
+# window ends or it is older than limits.market_max_age_s, whichever comes first (the device stamps it so).
+COMPUTE, MARKET = "compute", "market"
+MKT_SLOTS = 96                         # market horizon slots in the image: 24 h at 15 min, 96 h at 60 min
+DEFAULT_MAX_AGE_S = {COMPUTE: 180.0, MARKET: 86400.0}
 
 
 @dataclass(frozen=True)
@@ -20,7 +26,7 @@ class Point:
     unit: str
     role: str           # site device role that feeds it
     device_point: str   # canonical point of that device class (drivers/base.py)
-    age_class: str      # FAST (meter_max_age_s), BMS (bms_max_age_s), SLOW (slow_max_age_s)
+    age_class: str      # FAST (meter_max_age_s), BMS (bms_max_age_s), SLOW (slow_max_age_s), COMPUTE, MARKET
     doc: str = ""
 
 
@@ -49,9 +55,9 @@ CATALOGUE: tuple[Point, ...] = (
     Point("bms_discharge_enable", "bool", "bms", "discharge_enable", BMS, "0x35C bit 6"),
     Point("bms_force_charge", "bool", "bms", "force_charge", BMS, "0x35C bits 5/4"),
     Point("bms_alarm_bits", "bits", "bms", "alarm_bits", BMS, "protection flags (0 = none)"),
-    Point("it_kw", "kW", "compute", "it_kw", FAST, "IT load of the compute node"),
-    Point("cooling_kw", "kW", "compute", "cooling_kw", FAST, "cooling load"),
-    Point("aux_kw", "kW", "compute", "aux_kw", FAST, "auxiliary load (lights, controls)"),
+    Point("it_kw", "kW", "compute", "it_kw", COMPUTE, "IT load of the compute node"),
+    Point("cooling_kw", "kW", "compute", "cooling_kw", COMPUTE, "cooling load"),
+    Point("aux_kw", "kW", "compute", "aux_kw", COMPUTE, "auxiliary load (lights, controls)"),
     Point("grid_available", "bool", "grid", "available", FAST, "1 when the utility supply is present"),
     Point("grid_price", "cur/kWh", "grid", "price_per_kwh", SLOW, "current import price"),
     Point("grid_co2_kg_per_kwh", "kgCO2e/kWh", "grid", "co2_kg_per_kwh", SLOW, "current grid intensity"),
@@ -75,7 +81,19 @@ CATALOGUE: tuple[Point, ...] = (
     Point("wx_ramp_s", "s", "weather", "warn_ramp_s", SLOW, "weather warning: time to full depth"),
     Point("outage_start_s", "s", "grid", "outage_start_s", SLOW, "announced grid outage: start (UTC epoch s)"),
     Point("outage_end_s", "s", "grid", "outage_end_s", SLOW, "announced grid outage: end (UTC epoch s)"),
-)
+    # The grid meter's voltage: with grid_available the field evidence of a dark site (safe start's
+    # black-start rule); a meter on a dead feeder still answers from the cabinet's auxiliary supply.
+    Point("grid_v", "V", "grid_meter", "voltage_v", FAST, "grid meter phase voltage (mean)"),
+    # The market feed (drivers/market.py) as the MPC's horizon: slot k covers [mkt_t0_s + k*step, +step),
+    # only inside the message's validity (< mkt_t1_s); mkt_series says which arrays the message had.
+    Point("mkt_t0_s", "s", "market", "t0_s", MARKET, "market: start of slot 0 (UTC epoch s)"),
+    Point("mkt_t1_s", "s", "market", "valid_until_s", MARKET, "market: end of the feed's validity (UTC epoch s)"),
+    Point("mkt_step_s", "s", "market", "step_s", MARKET, "market: slot length (900 or 3600 s)"),
+    Point("mkt_series", "bits", "market", "series", MARKET, "market: 1 import, 2 export, 4 co2 arrays present"),
+) + tuple(Point(f"mkt_{series}_{k:02d}", unit, "market", f"{series}_{k:02d}", MARKET, f"market: {what}, slot {k}")
+          for series, unit, what in (("import", "cur/kWh", "import price"), ("export", "cur/kWh", "export price"),
+                                     ("co2", "kgCO2e/kWh", "grid intensity"))
+          for k in range(MKT_SLOTS))
 
 N_POINTS = len(CATALOGUE)
 INDEX = {p.name: i for i, p in enumerate(CATALOGUE)}
@@ -89,7 +107,9 @@ BMS_CHARGE_ENABLE, BMS_DISCHARGE_ENABLE, BMS_FORCE_CHARGE, BMS_ALARM_BITS = rang
 IT_KW, COOLING_KW, AUX_KW, GRID_AVAILABLE, GRID_PRICE, GRID_CO2, AMBIENT_C = range(24, 31)
 OP_MODE, OP_BATTERY_KW, OP_GENSET, OP_RESERVE_PCT, OP_ACK_BITS, LOOP_LATE_CYCLES = range(31, 37)
 JOB_KW, JOB_START_S, JOB_END_S, WX_PV_CUT, WX_START_S, WX_END_S, WX_RAMP_S = range(37, 44)
-OUTAGE_START_S, OUTAGE_END_S = range(44, 46)
+OUTAGE_START_S, OUTAGE_END_S, GRID_V = range(44, 47)
+MKT_T0_S, MKT_T1_S, MKT_STEP_S, MKT_SERIES = range(47, 51)
+MKT_IMPORT, MKT_EXPORT, MKT_CO2 = 51, 51 + MKT_SLOTS, 51 + 2 * MKT_SLOTS     # first slot of each series
 
 # Quality codes, as in drivers/base.py (kept equal by a test).
 Q_OK, Q_STALE, Q_ERROR = 0, 1, 2
@@ -113,7 +133,8 @@ def new_image() -> np.ndarray:
 def max_ages_s(limits: dict) -> np.ndarray:
     """Per-point max age from the site profile's [limits] table."""
     by_class = {FAST: limits["meter_max_age_s"], BMS: limits["bms_max_age_s"], SLOW: limits["slow_max_age_s"],
-                HELD: float("inf")}
+                HELD: float("inf"),
+                **{c: limits.get(f"{c}_max_age_s", d) for c, d in DEFAULT_MAX_AGE_S.items()}}
     return np.array([by_class[p.age_class] for p in CATALOGUE], dtype=np.float64)
 
 
@@ -124,7 +145,8 @@ def _check_layout() -> None:
              "bms_alarm_bits it_kw cooling_kw aux_kw grid_available grid_price grid_co2_kg_per_kwh "
              "ambient_c op_mode op_battery_kw op_genset op_reserve_pct op_ack_bits loop_late_cycles "
              "job_kw job_start_s job_end_s wx_pv_cut wx_start_s wx_end_s wx_ramp_s "
-             "outage_start_s outage_end_s").split()
+             "outage_start_s outage_end_s grid_v mkt_t0_s mkt_t1_s mkt_step_s mkt_series").split()
+    names += [f"mkt_{s}_{k:02d}" for s in ("import", "export", "co2") for k in range(MKT_SLOTS)]
     assert [p.name for p in CATALOGUE] == names, "index constants out of step with CATALOGUE"
 
 

@@ -25,16 +25,18 @@ from controller.core.layout import (
     S_GEN_FAILED, S_GEN_OFF_S, S_GEN_ON, S_GEN_ON_S, S_GEN_START_TIMES, S_GEN_START_WAIT_S, S_GEN_STARTS,
     S_GRID_UP, S_LAST_BATTERY_KW, S_LAST_MODE, S_LAST_T_S, S_LIMITED, S_LOAD_KW, S_LOOP_SAFE, S_METER_STALE_N,
     R_GRID_EXPORT_LIMIT, R_GRID_IMPORT_LIMIT, S_SAFE_BMS, S_TRIPS, STRATEGY_RULE, S_FORCE_CHARGE, S_ALARM_ACTIVE,
-    S_ALARM_UNACKED, STRATEGY_MPC,
+    S_ALARM_UNACKED, STRATEGY_MPC, S_BOOT_READY, EV_STARTUP_HOLD, EV_STARTUP_READY, EV_BLACK_START,
+    R_SAFE_STATE,
 )
 from controller.core.mpc_strategy import mpc_learn, mpc_setpoints
 from controller.core.rule import rule_setpoints
 from controller.points import (
     AUX_KW, BATTERY_KW, BMS_CCL_A, BMS_DCL_A, CELL_V_MIN, COOLING_KW, GENSET_KW, GENSET_RUNNING,
     GRID_AVAILABLE, GRID_KW, IT_KW, LOOP_LATE_CYCLES, OP_ACK_BITS, OP_BATTERY_KW, OP_GENSET, OP_MODE,
-    OP_RESERVE_PCT, PV_AVAILABLE_KW, PV_KW, Q_OK, SOC_PCT,
+    OP_RESERVE_PCT, PV_AVAILABLE_KW, PV_KW, Q_OK, SOC_PCT, CELL_V_MAX, GRID_V,
 )
 
+BLACK_V = 50.0  # V: below this the grid meter sees a dead feeder
 LIMIT_EPS_KW = 0.5  # a cut smaller than this is rounding, not a trip
 PV_PROBE_FRAC = 0.02  # of rated PV: the headroom offered to inverters that hide their available power
 
@@ -97,6 +99,34 @@ def _genset(params, value, quality, state, st, t_s, dt_s, want_gen, gen_on, soc_
     st[S_GEN_FAILED] = 1.0 if failed else 0.0
     st[S_GEN_ON] = 1.0 if run else 0.0
     return n, failed, starts_blocked, run
+
+
+@njit(cache=True)
+def _startup_gate(value, quality, state, st, events, n):
+    """Safe start (issue 14): until SOC, the BMS current limits, the cell voltages and the grid state
+    have all been fresh in one image, the PCS is held at 0 kW and no genset starts - a boot before the
+    first BMS frame once started the set on a SOC of 0 read from a stale point. The one exception is a
+    dark site (grid known absent: the utility's flag or the grid meter's voltage, fresh) whose battery
+    is not known yet: then the load is lost and the set may start (black start, with its event).
+
+    Returns (n, ready, black_start)."""
+    bms_known = (quality[SOC_PCT] == Q_OK and quality[BMS_CCL_A] == Q_OK and quality[BMS_DCL_A] == Q_OK
+                 and quality[CELL_V_MAX] == Q_OK and quality[CELL_V_MIN] == Q_OK)
+    grid_known = quality[GRID_AVAILABLE] == Q_OK or quality[GRID_KW] == Q_OK
+    first = state[S_CYCLES] < 0.5
+    if bms_known and grid_known:
+        st[S_BOOT_READY] = 1.0
+        if not first:
+            n = emit(events, n, EV_STARTUP_READY, state[S_CYCLES])
+        return n, True, False
+    st[S_BOOT_READY] = 0.0
+    if first:
+        n = emit(events, n, EV_STARTUP_HOLD, 0.0)
+    dark = ((quality[GRID_AVAILABLE] == Q_OK and value[GRID_AVAILABLE] < 0.5)
+            or (quality[GRID_V] == Q_OK and value[GRID_V] < BLACK_V))
+    if dark and state[S_GEN_ON] < 0.5:
+        n = emit(events, n, EV_BLACK_START, 1.0)
+    return n, False, dark
 
 
 @njit(cache=True)
@@ -196,6 +226,9 @@ def step(params, state, t_s, value, quality):
                                                         pv_kw, gen_kw, cap_kw, export_max_kw, grid_up, gen_on,
                                                         reserve_pct, discharge_lim_kw)
 
+    if quality[SOC_PCT] != Q_OK and not gen_on:
+        want_gen = False                               # never start the set on a SOC nobody read lately
+
     # --- fallbacks ----------------------------------------------------------------------------------
     if conservative:
         surplus_kw = max(0.0, pv_kw + gen_kw - load_kw)
@@ -215,6 +248,20 @@ def step(params, state, t_s, value, quality):
     if safe and params[P_HAS_GENSET] > 0.5 and (not grid_up or load_kw - pv_kw > cap_kw):
         want_gen = True                                # the battery is out: the set carries the load
         gen_sp_kw = min(max(load_kw - pv_kw - cap_kw, params[P_GEN_PMIN_KW]), params[P_GEN_RATED_KW])
+
+    # --- safe start: nothing moves until the points a decision needs have been read once ------------
+    held = False
+    if state[S_BOOT_READY] < 0.5:
+        n, ready, black = _startup_gate(value, quality, state, st, events, n)
+        held = not ready
+        if held:
+            battery_kw = 0.0
+            charge_lim_kw, discharge_lim_kw, c_reason, d_reason = 0.0, 0.0, R_SAFE_STATE, R_SAFE_STATE
+            want_gen = black and params[P_HAS_GENSET] > 0.5
+            if want_gen:
+                gen_sp_kw = params[P_GEN_RATED_KW]     # islanded on the set: it follows the load
+    else:
+        st[S_BOOT_READY] = 1.0
 
     # --- interlocks: the last word ------------------------------------------------------------------
     wanted_kw = battery_kw
@@ -248,7 +295,7 @@ def step(params, state, t_s, value, quality):
     n = update_alarms(params, value, quality, state, st, dt_s, raise_m, present, events, n)
 
     mode = MODE_NORMAL
-    if safe:
+    if safe or held:
         mode = MODE_SAFE
     elif force:
         mode = MODE_FORCE_CHARGE
