@@ -22,6 +22,25 @@ SITES_DIR = PROFILES_DIR / "sites"
 
 ROLES = ("grid_meter", "pv_meter", "pcs", "bms", "genset", "compute", "pv_inverter", "weather", "grid", "market")
 STRATEGIES = ("rule", "none", "mpc")
+BUS_KINDS = ("modbus_rtu", "modbus_tcp", "can", "network", "sim")
+FIELD_BUS_KINDS = ("modbus_rtu", "modbus_tcp", "can")
+CAN_INTERFACES = ("socketcan", "slcan", "virtual")
+# Roles whose inputs come over the network (MQTT from the compute platform or the cloud), not a field bus.
+NETWORK_ROLES = ("compute", "grid", "weather", "market")
+
+
+class _PortField(Field):
+    """`port`: a pyserial URL or path (a string) for modbus_rtu, a TCP port (an integer) for modbus_tcp.
+
+    Which one is checked against the bus kind in the cross checks; here only "a string or an integer"."""
+
+    def expected(self) -> str:
+        return "a string (modbus_rtu: serial path or pyserial URL) or an integer (modbus_tcp: 1..65535)"
+
+    def check(self, value):
+        if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+            return value, None
+        return None, f"expected {self.expected()}, got {type(value).__name__} {value!r}"
 
 F = Field
 SITE_SCHEMA = Table({
@@ -44,13 +63,16 @@ SITE_SCHEMA = Table({
         "storm_reserve_pct": F("number", default=0.0, min=0, max=100),
     }),
     "buses": MapOf(Table({
-        "kind": F("string", required=True, choices=("modbus_rtu", "can", "sim")),
-        "port": F("string", default=""),
+        "kind": F("string", required=True, choices=BUS_KINDS),
+        "port": _PortField("string", default=None),     # modbus_rtu: "" if absent; modbus_tcp: 502
+        "host": F("string", default=""),
         "baud": F("integer", default=9600, choices=(1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)),
         "parity": F("string", default="N", choices=("N", "E", "O")),
-        "interface": F("string", default="socketcan"),
+        "interface": F("string", default="socketcan", choices=CAN_INTERFACES),
         "channel": F("string", default=""),
         "bitrate": F("integer", default=500000, min=10000, max=1000000),
+        "tty_baudrate": F("integer", default=0, min=0, max=4000000),   # slcan: the adapter's serial speed
+        "timeout_s": F("number", default=0.0, min=0, max=5.0),        # 0: each device profile's own
     })),
     "devices": ArrayOf(Table({
         "name": F("string", required=True),
@@ -263,6 +285,8 @@ def _cross_checks(cfg: dict, v: Validator) -> None:
                       f"which is not defined under [buses] (defined: {defined})")
         elif cfg["buses"][dev["bus"]]["kind"] == "sim" and not dev["simulated"]:
             v.problem(f"{key}.simulated", f"device {dev['name']!r} is on a 'sim' bus; set simulated = true")
+    _bus_checks(cfg, v)
+    _device_checks(cfg, v)
     try:                                # contracts' dates and volumes (controller/carbon/contracts.py)
         validate_carbon(cfg["carbon"], cfg["emissions"]["grid_kg_per_kwh"], v.file)
     except ProfileError as exc:
@@ -271,3 +295,83 @@ def _cross_checks(cfg: dict, v: Validator) -> None:
     for role in ("bms", "pcs"):
         if not any(d["role"] == role for d in cfg["devices"]):
             v.problem("devices", f"the site needs a device with role = {role!r}")
+
+
+def _bus_checks(cfg: dict, v: Validator) -> None:
+    """Each field bus names where it is; `port` is a string on RTU, an integer on TCP (defaults filled)."""
+    for name, bus in cfg["buses"].items():
+        key, kind, port = f"buses.{name}", bus["kind"], bus["port"]
+        if kind == "modbus_rtu":
+            if port is None:
+                port = ""
+            if not isinstance(port, str):
+                v.problem(f"{key}.port", f"modbus_rtu: expected a serial path or pyserial URL as a string "
+                          f"(\"/dev/ttyUSB0\", \"socket://host:4001\"), got the integer {port}")
+            elif not port.strip():
+                v.problem(f"{key}.port", "modbus_rtu: empty; expected a serial path or pyserial URL "
+                          "(\"/dev/ttyUSB0\", \"rfc2217://host:4001\")")
+        elif kind == "modbus_tcp":
+            if port is None:
+                port = 502
+            if not isinstance(port, int):
+                v.problem(f"{key}.port", f"modbus_tcp: expected an integer TCP port 1..65535 (502 is Modbus), "
+                          f"got the string {port!r}")
+            elif not 1 <= port <= 65535:
+                v.problem(f"{key}.port", f"modbus_tcp: expected an integer TCP port 1..65535, got {port}")
+            if not bus["host"].strip():
+                v.problem(f"{key}.host", "modbus_tcp: empty; expected the device's or gateway's address "
+                          "(\"192.168.1.20\", \"pcs.local\")")
+        elif kind == "can" and not bus["channel"].strip():
+            v.problem(f"{key}.channel", f"can ({bus['interface']}): empty; expected an interface name (\"can0\") "
+                      "or, for slcan, the adapter's serial path or URL")
+        bus["port"] = port
+
+
+def _device_checks(cfg: dict, v: Validator) -> None:
+    """Profiles that exist and fit the role and the bus; one unit id per device on a Modbus bus."""
+    from drivers.profiles import ROLE_KIND, ProfileLookupError, resolve_profile
+
+    bat = cfg["battery"]
+    units: dict[tuple[str, int], str] = {}
+    for i, dev in enumerate(cfg["devices"]):
+        key, role = f"devices[{i}]", dev["role"]
+        bus = cfg["buses"].get(dev["bus"])
+        if bus is None:
+            continue
+        kind = bus["kind"]
+        if kind == "network" and role not in NETWORK_ROLES:
+            v.problem(f"{key}.bus", f"device {dev['name']!r} (role {role}) is on the network bus {dev['bus']!r}; "
+                      f"only {', '.join(NETWORK_ROLES)} come over the network")
+            continue
+        if kind in FIELD_BUS_KINDS and role in NETWORK_ROLES:
+            v.problem(f"{key}.bus", f"device {dev['name']!r} (role {role}) comes over the network, not a "
+                      f"{kind} bus: put it on a bus of kind = \"network\"")
+            continue
+        if role in NETWORK_ROLES:
+            continue
+        want_can = kind == "can"
+        try:
+            prof = resolve_profile(dev["profile"], role, can=want_can if kind != "sim" else None,
+                                   required=kind in FIELD_BUS_KINDS and not want_can)
+        except ProfileLookupError as exc:
+            v.problem(f"{key}.profile", str(exc))
+            continue
+        if prof is not None and prof.kind != ROLE_KIND[role]:
+            v.problem(f"{key}.profile", f"{prof.name} is a {prof.kind} profile; role {role} needs a "
+                      f"{ROLE_KIND[role]} profile")
+            continue
+        if prof is not None and prof.max_voltage_v is not None and not dev["simulated"]:
+            pack_v = bat["cells_series"] * bat["cell_v_max"]
+            if pack_v > prof.max_voltage_v:
+                v.problem(f"{key}.profile", f"{prof.name} carries at most {prof.max_voltage_v:g} V but the pack "
+                          f"reaches {pack_v:.0f} V (battery.cells_series x cell_v_max): use a high-voltage "
+                          "BMS profile (byd_battery_box_c130 on Modbus)")
+        if kind in ("modbus_rtu", "modbus_tcp") or (kind == "sim" and prof is not None and not prof.can):
+            unit = dev["unit"]
+            if kind != "sim" and not 1 <= unit <= 247:
+                v.problem(f"{key}.unit", f"expected a Modbus unit id 1..247 (0 is broadcast), got {unit}")
+            other = units.get((dev["bus"], unit))
+            if other is not None:
+                v.problem(f"{key}.unit", f"unit {unit} on bus {dev['bus']!r} is already device {other!r}: "
+                          "two devices cannot share a unit id on one bus")
+            units.setdefault((dev["bus"], unit), dev["name"])

@@ -4,17 +4,24 @@ The BMS broadcasts its frames on its own schedule (typically every 1 s); nothing
 drains every frame received since the last cycle without waiting, keeps the newest value of each signal
 with the cycle time it arrived, and reports a point STALE once nothing has refreshed it for
 ``max_age_s``: a silent BMS must not leave its last current limits looking valid.
+
+A value the wire cannot carry is not a value: the 0x356 pack voltage (s16 x 0.01 V) stops at 327.67 V,
+and a BMS of a 240-cell pack sends 0 or a wrapped number there. Given the pack's plausible range
+(``voltage_range``, from the site's cells and cell limits), a voltage outside it is reported as NaN with
+QUALITY_ERROR, not as "0.0 V".
 """
 from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 
 import can
 import cantools
 
-from drivers.base import QUALITY_OK, QUALITY_STALE, Sink
+from drivers.base import QUALITY_ERROR, QUALITY_OK, QUALITY_STALE, Sink
+from drivers.modbus.backoff import Backoff
 
 log = logging.getLogger(__name__)
 DEFAULT_DBC = Path(__file__).resolve().parents[1] / "profiles" / "can" / "pylon_sma_bms.dbc"
@@ -65,10 +72,22 @@ class CanBms:
 
     def __init__(self, name: str, bus: can.BusABC | None = None, *, interface: str = "socketcan",
                  channel: str = "can0", bitrate: int = 500_000, dbc_path: str | Path = DEFAULT_DBC,
-                 max_age_s: float = 5.0, keepalive: bool = False):
+                 max_age_s: float = 5.0, keepalive: bool = False,
+                 voltage_range: tuple[float, float] | None = None, bus_kwargs: dict | None = None,
+                 lazy: bool = False):
+        """``lazy``: an interface that does not open (adapter missing at boot) is retried with a growing
+        wait from ``acquire`` while the points stay STALE, instead of raising here."""
         self.name = name
         self._own_bus = bus is None
-        self.bus = bus if bus is not None else can.Bus(interface=interface, channel=channel, bitrate=bitrate)
+        self._open_args = dict(interface=interface, channel=channel, bitrate=bitrate, **(bus_kwargs or {}))
+        self.url = f"{interface}:{channel}"
+        self.open_error = ""
+        self._reopen = Backoff(base_s=1.0, cap_s=30.0, threshold=1)
+        self.bus = bus
+        if bus is None and not self._open(time.monotonic()) and not lazy:
+            raise can.CanError(self.open_error)
+        self.voltage_range = voltage_range
+        self.implausible = 0          # readings dropped because the wire could not carry them
         self.db = cantools.database.load_file(str(dbc_path))
         self.max_age_s = max_age_s
         self.keepalive = keepalive
@@ -78,6 +97,29 @@ class CanBms:
         self._values: dict[str, tuple[float, float]] = {}  # point -> (value, t)
         self._pylon_alarms_seen = False
         self._ids = {m.frame_id for m in self.db.messages}
+
+    def _open(self, now_s: float) -> bool:
+        try:
+            self.bus = can.Bus(**self._open_args)
+        except (can.CanError, OSError, ValueError, ImportError) as exc:   # python-can: several types per backend
+            self.bus = None
+            self.open_error = f"{self.url}: cannot open: {exc}"
+            self._reopen.failed(now_s)
+            return False
+        self.open_error = ""
+        self._reopen.succeeded()
+        return True
+
+    def _lost(self, exc: Exception) -> None:
+        if not self._own_bus:
+            return
+        try:
+            self.bus.shutdown()
+        except (can.CanError, OSError):
+            pass
+        self.bus = None
+        self.open_error = f"{self.url}: lost: {exc}"
+        self._reopen.failed(time.monotonic())
 
     def _decode(self, msg: can.Message, now_s: float) -> None:
         if msg.is_error_frame or msg.is_remote_frame or msg.is_extended_id or msg.arbitration_id not in self._ids:
@@ -125,6 +167,15 @@ class CanBms:
         for point in POINTS:
             if point in self._values:
                 value, t = self._values[point]
+                if point == "voltage_v" and self.voltage_range and not (
+                        self.voltage_range[0] <= value <= self.voltage_range[1]):
+                    if not self.implausible:
+                        log.warning("%s: pack voltage %.2f V outside %.0f-%.0f V: this frame cannot carry the "
+                                    "pack's voltage (use a high-voltage BMS profile); shown as unknown",
+                                    self.name, value, *self.voltage_range)
+                    self.implausible += 1
+                    out[point] = (math.nan, t, QUALITY_ERROR)
+                    continue
                 out[point] = (value, t, QUALITY_OK if now_s - t <= self.max_age_s else QUALITY_STALE)
             else:
                 out[point] = (math.nan, now_s, QUALITY_STALE)
@@ -132,12 +183,16 @@ class CanBms:
 
     # --- Device contract --------------------------------------------------------------------------
     def acquire(self, now_mono_s: float, sink: Sink) -> None:
-        try:
-            self.drain(now_mono_s)
-            if self.keepalive:
-                self.bus.send(can.Message(arbitration_id=KEEPALIVE_ID, data=bytes(8), is_extended_id=False))
-        except (can.CanError, OSError) as exc:
-            log.warning("%s: CAN bus error: %s", self.name, exc)
+        if self.bus is None and self._reopen.ready(time.monotonic()):
+            self._open(time.monotonic())
+        if self.bus is not None:
+            try:
+                self.drain(now_mono_s)
+                if self.keepalive:
+                    self.bus.send(can.Message(arbitration_id=KEEPALIVE_ID, data=bytes(8), is_extended_id=False))
+            except (can.CanError, OSError, ValueError) as exc:
+                log.warning("%s: CAN bus error: %s", self.name, exc)
+                self._lost(exc)
         for point, (value, t, quality) in self.readings(now_mono_s).items():
             sink(self.name, point, value, t, quality)
 
@@ -145,5 +200,6 @@ class CanBms:
         """A BMS takes no commands from the EMS; its limits flow the other way."""
 
     def close(self) -> None:
-        if self._own_bus:
+        if self._own_bus and self.bus is not None:
             self.bus.shutdown()
+            self.bus = None

@@ -78,11 +78,13 @@ def test_missing_required_key(tmp_path, capsys):
     assert "battery.charge_max_kw: missing" in capsys.readouterr().err
 
 
-def test_run_refuses_field_devices_until_field_io(tmp_path, capsys):
+def test_low_voltage_can_profile_rejected_for_the_240_cell_pack(tmp_path, capsys):
+    """The reference pack (240 cells, up to 852 V) does not fit the 0x356 frame's 327.67 V."""
     path = broken(tmp_path, 'profile = "pylon_sma_bms"\nbus = "sim"\nsimulated = true',
                   'profile = "pylon_sma_bms"\nbus = "can0"\nsimulated = false')
-    assert main(["run", "--site", str(path), "--cycles", "1"]) == 2
-    assert "field devices" in capsys.readouterr().err
+    assert main(["check", "--site", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "devices[5].profile" in err and "327.67 V" in err and "852 V" in err, err
 
 
 def test_missing_file(capsys):

@@ -41,6 +41,11 @@ VALUES = {
                                "warning_bits": 4}),
     "sunspec_pv_inverter": (7, {"power_kw": 87.5, "state": 5, "wmax_kw": 150.0, "wmaxlim_pct": 60.0,
                                 "wmaxlim_ena": 1}),
+    # a 240-cell pack: 787.6 V would not fit the generic template's u16 x 0.01 V
+    "byd_battery_box_c130": (9, {"voltage_v": 787.6, "current_a": -120.5, "work_state": 2, "soc_pct": 64,
+                                 "soh_pct": 97, "cell_v_max": 3.312, "cell_v_min": 3.268, "cell_temp_max_c": 31.5,
+                                 "cell_temp_min_c": -4.0, "status_flags": 2, "warning_bits": 1, "alarm_bits": 0,
+                                 "ccl_a": 150.0, "dcl_a": 200.0}),
 }
 EXPECTED_DERIVED = {
     "eastron_sdm630": {"voltage_v": 230.0, "current_a": 33.5},
@@ -49,6 +54,7 @@ EXPECTED_DERIVED = {
     "deepsea_gencomm": {"power_kw": 39.5, "running": 1.0, "available": 1.0},
     "generic_modbus_bms": {"charge_enable": 1.0, "discharge_enable": 1.0, "force_charge": 0.0},
     "sunspec_pv_inverter": {"limit_kw": 90.0},
+    "byd_battery_box_c130": {"force_charge": 1.0},
 }
 
 

@@ -3,6 +3,11 @@
 It keeps the latest raw value of every register point with the cycle time it was read, and turns them
 into canonical values with a quality at every ``acquire``: fresh -> OK, failed this cycle -> ERROR,
 older than its max age -> STALE. Field faults never raise out of ``acquire``/``actuate``.
+
+Writes follow the reads' backoff: a unit that stopped answering gets no write until a backoff probe read
+succeeds (the latest pending value is kept and sent then), so one silent unit costs at most one timeout
+per backoff window, not a timeout per write per cycle. Which canonical commands the profile can express is
+fixed when the device is built (``supported_commands``); others are dropped without a word per cycle.
 """
 from __future__ import annotations
 
@@ -13,11 +18,12 @@ import struct
 import minimalmodbus
 import serial
 
-from drivers.base import QUALITY_ERROR, QUALITY_OK, QUALITY_STALE, Sink
+from drivers.base import CANONICAL_COMMANDS, QUALITY_ERROR, QUALITY_OK, QUALITY_STALE, Sink
 from drivers.modbus import commands as cmd
 from drivers.modbus import sunspec
 from drivers.modbus.backoff import Backoff
-from drivers.modbus.bus import DEVICE_ANSWERED, ModbusBus, get_bus
+from drivers.modbus.bus import ModbusBus, get_bus
+from drivers.modbus.errors import DEVICE_ANSWERED
 from drivers.modbus.decode import decode_raw, is_not_implemented
 from drivers.modbus.plan import Block, plan
 from drivers.modbus.profile import DeviceProfile, PointSpec, load_profile
@@ -28,9 +34,9 @@ NOT_IMPLEMENTED = object()
 
 
 class ModbusDevice:
-    """A Device (drivers.base) on a Modbus RTU bus."""
+    """A Device (drivers.base) on a Modbus bus: RTU (ModbusBus) or TCP (drivers.modbus.tcp.ModbusTcpBus)."""
 
-    def __init__(self, name: str, profile: DeviceProfile, bus: ModbusBus, unit: int, *,
+    def __init__(self, name: str, profile: DeviceProfile, bus, unit: int, *,
                  timeout_s: float | None = None, retries: int | None = None,
                  fast_max_age_s: float | None = None, slow_max_age_s: float | None = None,
                  backoff: Backoff | None = None, emit_extras: bool = False, refresh_s: float = 10.0):
@@ -57,6 +63,15 @@ class ModbusDevice:
         self._failed: set[str] = set()                    # points whose read failed in the last cycle
         self._pending: dict[str, float] = {}
         self._written: dict[str, tuple[float, float]] = {}  # command -> (value, t written)
+        self._specs = {c.name: c for c in profile.commands}
+        self.supported_commands: frozenset[str] = frozenset(self._specs)
+        self.writes_deferred = 0                          # flushes skipped because the unit is backed off
+        self._refused: set[str] = set()                   # commands the unit answered with an exception
+        lacking = [c for c in CANONICAL_COMMANDS.get(self.kind, ()) + CANONICAL_COMMANDS.get(f"{self.kind}_kw", ())
+                   if c not in self.supported_commands]
+        if lacking:
+            log.info("%s: profile %s has no %s command; it is not sent to this device", name, profile.name,
+                     ", ".join(lacking))
         if profile.discovery == "none":
             self._set_plan(list(profile.points))
         bus.attach(self)
@@ -131,15 +146,34 @@ class ModbusDevice:
                 self._raw[p.name] = (decode_raw(words, p.type, bo, wo), now_s)
 
     def flush_writes(self, now_s: float) -> None:
-        """Send pending commands; a failed one stays pending (latest value wins) for the next cycle."""
+        """Send pending commands, unless the unit is backed off (then they wait, latest value wins).
+
+        A unit that does not answer a write is backed off like one that does not answer a read; one that
+        answers with an exception refuses that command (logged once), and the others still go out.
+        """
+        if not self._pending:
+            return
+        if self.backoff.active:         # the last read or write got no answer: wait for a probe read to
+            self.writes_deferred += 1   # succeed (poll resets the backoff), keeping the latest values
+            return
         for name in list(self._pending):
             value = self._pending[name]
             try:
                 for start, words in self._command_writes(name, value):
                     self.bus.write(self.unit, start, words, self.timeout_s, self.retries)
+            except DEVICE_ANSWERED as exc:
+                if name not in self._refused:
+                    self._refused.add(name)
+                    log.warning("%s: write %s=%s refused: %s", self.name, name, value, exc)
+                del self._pending[name]
+                continue
             except FIELD_FAULTS as exc:
                 log.info("%s: write %s=%s failed: %s", self.name, name, value, exc)
+                if not isinstance(exc, ValueError):     # ValueError: not expressible yet, not the wire
+                    self.backoff.failed(now_s)
+                    return
                 continue
+            self._refused.discard(name)
             del self._pending[name]
             self._written[name] = (value, now_s)
 
@@ -258,22 +292,20 @@ class ModbusDevice:
             sink(self.name, point, value, t, quality)
 
     def actuate(self, commands: dict[str, float], now_mono_s: float) -> None:
-        known = {c.name for c in self.profile.commands}
         for name, value in commands.items():
-            if name not in known:
-                log.warning("%s: no command %s in profile %s", self.name, name, self.profile.name)
+            spec = self._specs.get(name)
+            if spec is None:            # not expressible by this profile: known since start-up
                 continue
             last = self._written.get(name)
-            spec = next(c for c in self.profile.commands if c.name == name)
             edge_only = spec.handler == "deepsea_key"
             if last is not None and last[0] == value and (edge_only or now_mono_s - last[1] < self.refresh_s):
+                self._pending.pop(name, None)
                 continue
             self._pending[name] = value
-        if self._pending:
-            try:
-                self.flush_writes(now_mono_s)
-            except FIELD_FAULTS as exc:
-                log.warning("%s: actuate failed: %s", self.name, exc)
+        try:
+            self.flush_writes(now_mono_s)
+        except FIELD_FAULTS as exc:
+            log.warning("%s: actuate failed: %s", self.name, exc)
 
     def close(self) -> None:
         self.bus.detach(self)
