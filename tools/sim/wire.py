@@ -218,23 +218,6 @@ def _pv_profile(dev: dict) -> str:
     return name
 
 
-# --- the controller's side: the real drivers, plus one stop-gap --------------------------------------------
-class ProfileCommandsOnly(ModbusDevice):
-    """A ModbusDevice that drops, silently, canonical commands its profile cannot express.
-
-    The loop always sends the genset a kW setpoint with its run flag; GenComm has no kW command in our
-    profile, and the stock driver would log a warning for it every cycle.
-    """
-
-    dropped = 0
-
-    def actuate(self, commands, now_mono_s):
-        known = {c.name for c in self.profile.commands}
-        if any(k not in known for k in commands):
-            self.dropped += 1
-        super().actuate({k: v for k, v in commands.items() if k in known}, now_mono_s)
-
-
 # --- the BMS on CAN -------------------------------------------------------------------------------------
 class WireBms:
     """The BMS node: one set of Pylontech/SMA frames per scan cycle, encoded by cantools from the DBC."""
@@ -441,11 +424,11 @@ class WireSite:
             name, role = dev["name"], dev["role"]
             if name in by_name:
                 u = by_name[name]
-                cls = ProfileCommandsOnly
                 kw = {"fast_max_age_s": limits["meter_max_age_s"]}
                 if timeout_s is not None:
                     kw["timeout_s"] = timeout_s
-                self.devices[name] = cls(name, u.profile, self.bus, u.unit, **kw)
+                # the stock driver: commands its profile cannot express are dropped, known at build
+                self.devices[name] = ModbusDevice(name, u.profile, self.bus, u.unit, **kw)
             elif role == "bms" and self.bms is not None:
                 self.devices[name] = CanBms(name, interface="virtual", channel=self.channel,
                                             max_age_s=limits["bms_max_age_s"])
@@ -472,7 +455,7 @@ class WireSite:
             "server_writes": {u.name: u.writes for u in self.units.values()},
             "can_frames_sent": self.bms.frames if self.bms else 0, "can_frames_decoded": can_rx,
             "can_unrepresentable": dict(self.bms.unrepresentable) if self.bms else {},
-            "genset_commands_dropped": sum(getattr(d, "dropped", 0) for d in self.devices.values()),
+            "writes_deferred": sum(getattr(d, "writes_deferred", 0) for d in self.devices.values()),
             "baud_emulated": self.baud, "in_process": self.in_process,
         }
 
