@@ -37,12 +37,28 @@ def _fresh(image, name) -> bool:
 
 
 def check_limits(path: str | Path, max_violations: int = 20) -> LimitReport:
-    rec = open_recording(path)
-    p = rec.params
+    """`path`: a recording file, one segment, or a recording directory (every segment in order; the BMS
+    stale count carries across a boundary of one boot and restarts with a new boot, as the kernel's does)."""
+    from controller.segments import recording_files
     report = LimitReport()
+    boot = None
+    stale_run = 0
+    for seg in recording_files(path):
+        rec = open_recording(seg)
+        seg_boot = (rec.header.get("segment") or {}).get("boot")
+        if seg_boot is None or seg_boot != boot:
+            stale_run = 0
+        boot = seg_boot
+        stale_run = _check_file(seg, rec, report, stale_run, max_violations)
+        if len(report.violations) >= max_violations:
+            break
+    return report
+
+
+def _check_file(path, rec, report: LimitReport, stale_run: int, max_violations: int) -> int:
+    p = rec.params
     cmax = min(p[L.P_CHARGE_MAX_KW], p[L.P_PCS_RATED_KW])
     dmax = min(p[L.P_DISCHARGE_MAX_KW], p[L.P_PCS_RATED_KW])
-    stale_run = 0
     for r in iter_records(path, rec):
         img, cmd = r.image, r.commands
         v = img["value"]
@@ -89,7 +105,7 @@ def check_limits(path: str | Path, max_violations: int = 20) -> LimitReport:
                     report.unexplained_events += 1
         if len(report.violations) >= max_violations:
             break
-    return report
+    return stale_run
 
 
 def format_report(rep: LimitReport) -> str:

@@ -1,6 +1,7 @@
 """Record every process image and command; replay them through `step` and prove it bit for bit.
 
-File layout (append-only, crash-tolerant):
+File layout (append-only, crash-tolerant; a gateway's recording is a directory of such files, one per
+segment, see controller/segments.py):
     b"EEMSREC\\x01" | u32 header length | header JSON | u32 crc32(header JSON)
     then one deflate stream, sync-flushed after every record, of records:
     u32 payload length | u32 crc32(payload) | payload = image bytes | command bytes | u16 n | n*(f8 code, f8 value)
@@ -39,30 +40,48 @@ def _unb64(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), dtype="<f8").copy()
 
 
+def header_bytes(params: np.ndarray, state0: np.ndarray, meta: dict | None = None) -> bytes:
+    """The file's first bytes: magic, header JSON (params, the state that goes into step at the first
+    record, the catalogue) and its CRC."""
+    header = {
+        "version": 1, "points": [p.name for p in CATALOGUE], "commands": L.COMMAND_NAMES,
+        "params_names": L.PARAM_NAMES, "params": _b64(params), "state0": _b64(state0),
+        "image_itemsize": IMAGE_DTYPE.itemsize, **(meta or {}),
+    }
+    blob = json.dumps(header, sort_keys=True).encode()
+    return MAGIC + _U32.pack(len(blob)) + blob + _U32.pack(zlib.crc32(blob))
+
+
+def record_bytes(image: np.ndarray, commands: np.ndarray, events: np.ndarray, n_events: int) -> bytes:
+    """One record before compression: length, CRC, payload."""
+    payload = b"".join((image.tobytes(), np.ascontiguousarray(commands, dtype="<f8").tobytes(),
+                        _N_EVENTS.pack(n_events), np.ascontiguousarray(events[:n_events], dtype="<f8").tobytes()))
+    return _REC_HEAD.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def new_deflate():
+    return zlib.compressobj(6, zlib.DEFLATED, -15)
+
+
 class Recorder:
-    """Appends records; `flush_every` trades crash exposure (records) for speed in fast simulations."""
+    """One file, truncated at open: `edge-ems sim --out OUT` (a fresh run each time). A gateway records
+    with controller/segments.py SegmentRecorder, which never truncates and rotates.
+    `flush_every` trades crash exposure (records) for speed in fast simulations."""
 
     def __init__(self, path: str | Path, params: np.ndarray, state0: np.ndarray, meta: dict | None = None,
                  flush_every: int = 1):
         self.path = Path(path)
-        header = {
-            "version": 1, "points": [p.name for p in CATALOGUE], "commands": L.COMMAND_NAMES,
-            "params_names": L.PARAM_NAMES, "params": _b64(params), "state0": _b64(state0),
-            "image_itemsize": IMAGE_DTYPE.itemsize, **(meta or {}),
-        }
-        blob = json.dumps(header, sort_keys=True).encode()
         self._file = open(self.path, "wb")
-        self._file.write(MAGIC + _U32.pack(len(blob)) + blob + _U32.pack(zlib.crc32(blob)))
+        self._file.write(header_bytes(params, state0, meta))
         self._file.flush()
-        self._zip = zlib.compressobj(6, zlib.DEFLATED, -15)
+        self._zip = new_deflate()
         self._flush_every = max(1, flush_every)
         self._pending = 0
         self.records = 0
 
-    def append(self, image: np.ndarray, commands: np.ndarray, events: np.ndarray, n_events: int) -> None:
-        payload = b"".join((image.tobytes(), np.ascontiguousarray(commands, dtype="<f8").tobytes(),
-                            _N_EVENTS.pack(n_events), np.ascontiguousarray(events[:n_events], dtype="<f8").tobytes()))
-        data = self._zip.compress(_REC_HEAD.pack(len(payload), zlib.crc32(payload)) + payload)
+    def append(self, image: np.ndarray, commands: np.ndarray, events: np.ndarray, n_events: int,
+               state_in: np.ndarray | None = None) -> None:
+        data = self._zip.compress(record_bytes(image, commands, events, n_events))
         self._pending += 1
         self.records += 1
         if self._pending >= self._flush_every:
@@ -183,7 +202,18 @@ class VerifyResult:
 
 
 def verify(path: str | Path) -> VerifyResult:
-    """Re-run `step` on every recorded image; every command and event must match bit for bit."""
+    """Re-run `step` on every recorded image; every command and event must match bit for bit.
+    `path`: one recording or segment file (a segment replays alone from its header's state0), or a
+    recording directory (every segment, and the state carried across each boundary of one boot)."""
+    path = Path(path)
+    if path.is_dir():
+        from controller.segments import verify_dir
+        return verify_dir(path)
+    return replay_file(path)[0]
+
+
+def replay_file(path: str | Path) -> tuple[VerifyResult, np.ndarray, Recording]:
+    """verify() of one file, with the state after its last whole record and its header."""
     from controller.core.step import step
 
     rec = open_recording(path)
@@ -196,11 +226,11 @@ def verify(path: str | Path) -> VerifyResult:
         if cmd.tobytes() != r.commands.tobytes():
             diff = np.flatnonzero(cmd.view(np.uint64) != r.commands.view(np.uint64))[0]
             return VerifyResult(False, count, f"cycle {int(image['cycle'])} (record {r.index}): command "
-                                f"{L.COMMAND_NAMES[diff]} recorded {r.commands[diff]!r}, replayed {cmd[diff]!r}")
+                                f"{L.COMMAND_NAMES[diff]} recorded {r.commands[diff]!r}, replayed {cmd[diff]!r}"), state, rec
         if n != len(r.events) or events[:n].tobytes() != r.events.tobytes():
             return VerifyResult(False, count, f"cycle {int(image['cycle'])} (record {r.index}): events differ: "
-                                f"recorded {r.events.tolist()}, replayed {events[:n].tolist()}")
+                                f"recorded {r.events.tolist()}, replayed {events[:n].tolist()}"), state, rec
         count += 1
     torn = rec.torn_reason
     return VerifyResult(True, count, f"{count} cycles replayed, every command and event identical",
-                        torn)
+                        torn), state, rec
