@@ -241,6 +241,7 @@ class Lab:
                                        f"(see {c.log_path}: {c.log_path.read_text()[-600:]})")
             self._receive(0.2)
         self._open_ctl()
+        self._write_state()          # before lab.json: whoever waits on lab.json finds state.json too
         self._write_lab_json()
         log.info("lab up in %s: %s", self.dir, ", ".join(f"{c.name}={c.pid}" for c in self.children.values()))
 
