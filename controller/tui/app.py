@@ -1,4 +1,4 @@
-"""`edge-ems tui`: the technician's console over the controller's local socket (controller/ipc.py).
+"""`edge-ems tui`: the technician's console over the controller's local socket (controller/ipc/).
 
 Runs on the gateway's serial console (115200 8N1, a VT100-class emulator, 80x24) as well as in any
 terminal. Screens are one key each (bottom line); actions sit behind the site PIN. Output goes through
