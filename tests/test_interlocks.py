@@ -54,7 +54,7 @@ def limits_of(f):
     v = f["battery_v"] if f["battery_v"] > 1.0 else PARAMS[L.P_NOMINAL_V]
     charge = min(PARAMS[L.P_CHARGE_MAX_KW], max(0.0, f["bms_ccl_a"]) * v / 1000)
     discharge = min(PARAMS[L.P_DISCHARGE_MAX_KW], max(0.0, f["bms_dcl_a"]) * v / 1000)
-    # every curve is a fraction of the profile's maximum, and the lowest limit wins (README, [interlocks])
+    # every curve is a fraction of the profile's maximum, and the lowest limit wins (docs/site-profile.md, [interlocks])
     charge = min(charge, PARAMS[L.P_CHARGE_MAX_KW] * curve_fraction(PARAMS, L.CURVE_CHARGE_VS_CELL_V_MAX,
                                                                     f["cell_v_max"]))
     discharge = min(discharge, PARAMS[L.P_DISCHARGE_MAX_KW] * curve_fraction(PARAMS, L.CURVE_DISCHARGE_VS_CELL_V_MIN,

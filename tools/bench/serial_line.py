@@ -5,7 +5,7 @@ line would look fine. This relay paces what it takes off the line at the UART's 
 a byte, 11,520 B/s at 115200), reading no faster than that, so the pty's buffer fills and the writer
 blocks exactly as it would behind a real UART; what it reads goes to its stdout (the terminal emulator:
 a tmux pane in the tests), its stdin (keys) goes back down the line. It counts the bytes, which is the
-figure the README quotes.
+figure docs/bench.md quotes.
 
     python -m tools.bench.serial_line --port /tmp/x/tty-laptop --baud 115200 --stats /tmp/x/line.json
 

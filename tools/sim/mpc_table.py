@@ -1,4 +1,4 @@
-"""The README's "MPC strategy" table from sim output directories (`python -m tools.sim.mpc_table ROOT`).
+"""The mpc table of docs/mpc.md from sim output directories (`python -m tools.sim.mpc_table ROOT`).
 
 ROOT/STRATEGY-SCENARIO/kpis.json, as written by
 `edge-ems sim --scenario SCENARIO --hours 48 --seed 1 --strategy STRATEGY --out ROOT/STRATEGY-SCENARIO`.

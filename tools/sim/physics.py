@@ -3,7 +3,7 @@
 The site meters here are the truth the KPIs are computed from; the controller sees them only through
 the devices (tools/sim/devices.py), with their staleness and silences.
 
-Balance rules (documented in the README): the PCS follows its setpoint within the BMS limits; import is
+Balance rules (docs/scenarios.md, "Physics rules"): the PCS follows its setpoint within the BMS limits; import is
 physically capped at the feeder limit; a shortfall beyond grid and setpoint is picked up by the PCS's
 grid-forming backup (within the BMS discharge limit), then by a running genset, else it is unserved;
 a surplus beyond export is curtailed at the PV inverters (or absorbed by the grid-forming PCS in island).
