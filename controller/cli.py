@@ -78,14 +78,25 @@ def _close_uplink(uplink) -> None:
 
 
 def cmd_run(args) -> int:
-    """The gateway's entry point. Until field I/O lands it runs only all-simulated sites."""
+    """The gateway's entry point: the site runtime with the field provider (controller/runtime/field.py).
+    A profile whose devices are all `simulated = true` runs the same runtime with the simulator as its
+    provider (needs the `sim` extra); a profile that mixes both is refused until a composite provider exists."""
     from controller.config import load_site
     cfg = load_site(args.site)
-    field = [d["name"] for d in cfg["devices"] if not d["simulated"]]
-    if field:
+    simulated = [d["name"] for d in cfg["devices"] if d["simulated"]]
+    if simulated and len(simulated) < len(cfg["devices"]):
         return _die_bad_input(
-            f"{cfg.path}: devices {', '.join(field)} are field devices (simulated = false); this build runs "
-            "only sites whose devices are all simulated. Set simulated = true to try the site in simulation.")
+            f"{cfg.path}: devices {', '.join(simulated)} are simulated and the others are field devices; a site "
+            "runs either on its real devices (simulated = false everywhere) or in simulation (edge-ems sim / lab)")
+    if not simulated:
+        from controller.runtime.field import run_field
+        return run_field(cfg, data_dir=args.data_dir, mqtt=args.mqtt, socket_arg=args.socket,
+                         cycles=args.cycles, strategy=args.strategy)
+    return _run_simulated(cfg, args)
+
+
+def _run_simulated(cfg, args) -> int:
+    """`run` on an all-simulated profile: real time against the simulator (the bench's and tests' path)."""
     _need_sim()
     from tools.sim.scenario import list_scenarios, load_scenario
     if args.scenario:
@@ -96,9 +107,11 @@ def cmd_run(args) -> int:
             return _die_bad_input(f"no scenario drives site {cfg.name!r}; pass --scenario NAME|FILE")
         scn = load_scenario(match[0])
     scn.site = cfg
+    # the simulator precomputes its series for the run: --cycles 0 on a simulated site means one simulated
+    # week (a field site's --cycles 0 runs until stopped)
     hours = args.cycles * cfg["control"]["period_s"] / 3600.0 if args.cycles else 24.0 * 7
     print(f"edge-ems run: site {cfg.name} (gateway {cfg['site']['gateway_id']}), simulated devices from "
-          f"scenario {scn.name}, period {cfg['control']['period_s']} s, real time", flush=True)
+          f"scenario {scn.name}, period {cfg['control']['period_s']} s, {hours:g} h", flush=True)
     from tools.sim.exogenous import start_series_apart
     series = start_series_apart(scn, hours, args.seed)   # pvlib in a child process, meanwhile the kernels load
     from controller.warmup import compile_apart, warmup
@@ -113,9 +126,10 @@ def cmd_run(args) -> int:
     if ipc is not None and uplink is not None:
         ipc.attach_uplink(uplink)             # technicians' actions reach the cloud's audit trail
     try:
-        result = run_sim(scn, hours=hours, seed=args.seed, out_dir=args.out, speed=args.speed,
-                         install_signals=True, hooks=[_release_llvm_after_first_cycle(), notifier.hook,
-                                                      *([ipc.hook] if ipc else []), *up_hooks],
+        result = run_sim(scn, hours=hours, seed=args.seed, strategy=args.strategy, out_dir=args.out,
+                         speed=args.speed, install_signals=True,
+                         hooks=[_release_llvm_after_first_cycle(), *([ipc.hook] if ipc else []), *up_hooks,
+                                notifier.hook],
                          wire=args.wire, ledger_on_record=_ledger_to_uplink(uplink), series=series())
     finally:
         if ipc is not None:
@@ -154,6 +168,14 @@ def cmd_demo(args) -> int:
     _need_sim()
     from tools.sim.demo import run_demo
     return run_demo(args.out, hours=args.hours, seed=args.seed, strategy=args.strategy)
+
+
+def cmd_lab(args) -> int:
+    """The simulated cabinet as separate processes (tools/sim/lab.py): `edge-ems run --site lab.toml` then
+    runs against it exactly as on a gateway."""
+    _need_sim()
+    from tools.sim.lab import main as lab_main
+    return lab_main(args.lab_args)
 
 
 def cmd_replay(args) -> int:
@@ -221,7 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "the BMS on virtual CAN, read by the real drivers (as `sim --wire`)")
     p.add_argument("--mqtt", default=None, metavar="mqtt[s]://HOST:PORT",
                    help="the cloud uplink (as `sim --mqtt`; store-and-forward in --data-dir)")
-    p.add_argument("--data-dir", default=None, help="uplink spool directory (default OUT/uplink or ./uplink)")
+    p.add_argument("--data-dir", default=None,
+                   help="field sites: the data directory (keys, ledger, recording, spool, state; default "
+                        "$EDGE_EMS_DATA_DIR or /var/lib/edge-ems); simulated sites: the uplink spool")
+    p.add_argument("--strategy", choices=("rule", "none", "mpc"), default=None,
+                   help="override [control] strategy")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sim", help="the real controller against a simulated site")
@@ -251,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=("mpc", "rule"), default="mpc",
                    help="the controller compared against no control (default mpc)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("lab", help="the simulated cabinet as separate processes on ptys, TCP, slcan and MQTT "
+                       "(docs/lab.md); arguments go to python -m tools.sim.lab", add_help=False)
+    p.add_argument("lab_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_lab)
 
     p = sub.add_parser("replay", help="re-run step on a recording")
     p.add_argument("recording")
@@ -289,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lab"]:                       # every option after `lab` is the lab's own
+        return cmd_lab(argparse.Namespace(lab_args=argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

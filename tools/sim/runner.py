@@ -5,8 +5,8 @@
 from __future__ import annotations
 
 import json
-import signal
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,34 +17,14 @@ from controller.loop import ScanLoop
 from controller.params import build_params
 from controller.core import layout as L
 from controller.replay import Recorder
-from tools.sim.devices import build_sim_devices, limit_to_profiles
+from controller.runtime.site import SiteRuntime
 from tools.sim.exogenous import Series
+from tools.sim.provider import SimClock, SimProvider  # noqa: F401  (SimClock re-exported for old callers)
 from tools.sim.scenario import Scenario
 from tools.sim.site import SimSite
 
 
-class SimClock:
-    """Simulated time: sleeping advances the site's physics; `speed` paces it against the wall clock."""
-
-    def __init__(self, site: SimSite, start_epoch_s: float, speed: float = 0.0):
-        self.site = site
-        self.start_epoch_s = start_epoch_s
-        self.speed = speed if speed > 0 else 1.0       # the overrun budget is period / speed
-        self._pace = speed > 0
-        self._wall0 = time.monotonic()
-
-    def monotonic(self) -> float:
-        return self.site.t_s
-
-    def utc_s(self) -> float:
-        return self.start_epoch_s + self.site.t_s
-
-    def sleep_until(self, t_mono: float) -> None:
-        self.site.advance_to(t_mono)
-        if self._pace:
-            delay = self._wall0 + t_mono / self.speed - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+EVENT_LOG_MAX = 200_000     # events kept for OUT/events.jsonl (a year is ~10^4; a flapping site is bounded)
 
 
 @dataclass
@@ -104,20 +84,12 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
     (tools/sim/devices.limit_to_profiles).
     """
     hours = float(hours if hours is not None else scn["scenario"]["hours"])
-    site = SimSite(scn, hours, seed, series)
     cfg = scn.site
+    provided = SimProvider(scn, hours, seed, speed=speed, wire=wire, wire_baud=wire_baud, as_profiles=as_profiles,
+                           series=series).provide(cfg)
+    site = provided.extra["site"]
     params = build_params(cfg, strategy, t_ref_s=scn.start.timestamp())
-    close_wire = None
-    if wire:
-        from tools.sim.wire import build_wire_devices
-        devices, close_wire = build_wire_devices(site, wire_baud)
-    else:
-        devices = build_sim_devices(site)
-        if as_profiles:
-            limit_to_profiles(site)
-    roles = {d["role"]: d["name"] for d in cfg["devices"]}
-    clock = SimClock(site, scn.start.timestamp(), speed)
-    state0 = L.new_state(clock.utc_s() - params[L.P_PERIOD_S])
+    state0 = L.new_state(provided.clock.utc_s() - params[L.P_PERIOD_S])
     recorder = None
     if out_dir is not None:
         out = Path(out_dir)
@@ -125,40 +97,38 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
         recorder = Recorder(out / "recording", params, state0, meta={
             "site": cfg.name, "gateway": cfg["site"]["gateway_id"], "scenario": scn.name, "seed": seed,
             "strategy": strategy or cfg["control"]["strategy"]}, flush_every=256)
-    event_log: list = []
-    carbon = None
-    if out_dir is not None and ledger:        # OUT/ledger + OUT/ledger.pub (controller/carbon)
-        from controller.carbon.hook import sim_carbon_hook
-        carbon = sim_carbon_hook(scn, site, Path(out_dir), seed=seed, hours=hours, on_record=ledger_on_record)
-        hooks = [*(hooks or []), carbon]
+    rt = SiteRuntime(cfg, provided, params=params, state0=state0, recorder=recorder)
+    event_log: deque = deque(maxlen=EVENT_LOG_MAX)
+    events_dropped = [0]
 
     def keep_events(loop, image, cmd, events, n):
+        if len(event_log) + n > EVENT_LOG_MAX:
+            events_dropped[0] += len(event_log) + n - EVENT_LOG_MAX
         for i in range(n):
             event_log.append((float(image["t_s"]), int(events[i, 0]), float(events[i, 1])))
 
-    loop = ScanLoop(params, devices, roles, cfg["limits"], clock, recorder, [keep_events, *(hooks or [])], state0)
+    rt.add("record", "events", keep_events)
+    if out_dir is not None and ledger:        # OUT/ledger + OUT/ledger.pub (controller/carbon)
+        from controller.carbon.hook import sim_carbon_hook
+        carbon = sim_carbon_hook(scn, site, Path(out_dir), seed=seed, hours=hours, on_record=ledger_on_record)
+        rt.add("ledger", "carbon", carbon, carbon.close)
+    for i, hook in enumerate(hooks or []):    # the caller's (uplink, IPC, watchdog...) after the ledger
+        rt.add("uplink", getattr(hook, "hook_name", f"extra{i}"), hook)
+    loop = rt.start()
     if install_signals:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: loop.stop())
+        rt.install_signals()
     cycles = int(round(hours * 3600.0 / loop.period_s))
     wall0 = time.perf_counter()
     chunk = max(1, int(600 / loop.period_s))        # report progress every 10 simulated minutes
-    done = 0
-    while done < cycles and not loop.stop_requested:
-        n = min(chunk, cycles - done)
-        before = loop.cycle_no
-        loop.run(n)
-        done += loop.cycle_no - before
-        if progress:
-            progress(done / cycles)
+    rt.run(cycles, progress=(lambda done: progress(done / cycles)) if progress else None, chunk=chunk)
     wall_s = time.perf_counter() - wall0
-    loop.close()
-    if carbon is not None:
-        carbon.close()
-    if close_wire is not None:
-        close_wire()
+    rt.close()
     kpis = kpis_of(site, loop, hours, wall_s)
     kpis["wire"] = bool(wire)                    # which I/O path produced these figures
+    if loop.health:                              # a part of the cycle raised or blocked: say so, never hide it
+        kpis["part_faults"] = {k: h.as_dict() for k, h in loop.health.items()}
+    if events_dropped[0]:
+        kpis["events_dropped"] = events_dropped[0]
     if out_dir is not None:
         out = Path(out_dir)
         (out / "kpis.json").write_text(json.dumps(kpis, indent=2) + "\n")
