@@ -1,4 +1,7 @@
 """Turn a validated site profile into the kernels' PARAMS vector."""
+import math
+from functools import lru_cache
+
 import numpy as np
 
 from controller.alarms import latch_mask
@@ -24,13 +27,78 @@ MPC_TERMINAL_FRAC = 1.0          # stored energy at the horizon's end is worth t
 MPC_OUTAGE_ASSUME_S = 3600.0     # an unannounced outage is assumed to last at least this long
 
 
-def _utc_offset_s(tz: str, t_ref_s: float | None) -> float:
-    """The site's UTC offset at t_ref_s (now if None): the TOU table is by local hour."""
-    import time
+@lru_cache(maxsize=4096)
+def _offset_at_hour(tz: str, hour: int) -> float:
     from datetime import datetime, timezone
     from zoneinfo import ZoneInfo
-    t = time.time() if t_ref_s is None else t_ref_s
-    return datetime.fromtimestamp(t, timezone.utc).astimezone(ZoneInfo(tz)).utcoffset().total_seconds()
+    return datetime.fromtimestamp(hour * 3600.0, timezone.utc).astimezone(ZoneInfo(tz)).utcoffset().total_seconds()
+
+
+def utc_offset_s(tz: str, t_utc_s: float) -> float:
+    """The site's UTC offset at t_utc_s: the TOU table is by local hour. Cached per UTC hour (every zone's
+    changes in use fall on a whole UTC hour or half hour; the half-hour ones are resolved exactly)."""
+    hour = int(t_utc_s // 3600.0)
+    off = _offset_at_hour(tz, hour)
+    if off != _offset_at_hour(tz, hour + 1):        # a change within this hour: look at the second
+        from datetime import datetime, timezone
+        from zoneinfo import ZoneInfo
+        return datetime.fromtimestamp(t_utc_s, timezone.utc).astimezone(ZoneInfo(tz)).utcoffset().total_seconds()
+    return off
+
+
+def tz_transitions(tz: str, t0_s: float, n: int = L.TZ_MAX_CHANGES, span_days: float = 3660.0):
+    """(offset at t0_s, [(utc_s, offset_after_s), ...]): the next n offset changes after t0_s within
+    span_days, each to the second. Why a table in PARAMS and not one offset: a gateway runs for months
+    and its MPC looks a day ahead, so both cross DST changes."""
+    changes = [c for c in _tz_changes(tz, int(t0_s // 86400.0), n + 1, span_days) if c[0] > t0_s]
+    return utc_offset_s(tz, t0_s), changes[:n]
+
+
+@lru_cache(maxsize=16)
+def _tz_changes(tz: str, day: int, n: int, span_days: float):
+    t0_s = day * 86400.0
+    out = []
+    cur = utc_offset_s(tz, t0_s)
+    lo = t0_s
+    end = t0_s + span_days * 86400.0
+    while lo < end and len(out) < n:                  # a scan by day (changes are months apart), then bisect
+        hi = lo + 86400.0
+        nxt = utc_offset_s(tz, hi)
+        if nxt == cur:
+            lo = hi
+            continue
+        while hi - lo > 1.0:
+            mid = math.floor((lo + hi) / 2.0)
+            if utc_offset_s(tz, mid) == cur:
+                lo = mid
+            else:
+                hi = mid
+        out.append((hi, nxt))
+        cur, lo = nxt, hi
+    return tuple(out)
+
+
+def _utc_offset_s(tz: str, t_ref_s: float | None) -> float:
+    """The site's UTC offset at t_ref_s (now if None)."""
+    import time
+    return utc_offset_s(tz, time.time() if t_ref_s is None else t_ref_s)
+
+
+def _put_tz(p: np.ndarray, tz: str, t_ref_s: float | None) -> None:
+    import time
+    t0 = time.time() if t_ref_s is None else t_ref_s
+    off0, changes = tz_transitions(tz, t0)
+    p[L.P_TZ_OFFSET_S] = off0
+    p[L.P_TZ_TABLE] = len(changes)
+    for i, (t, off) in enumerate(changes):
+        p[L.P_TZ_TABLE + 1 + 2 * i] = t
+        p[L.P_TZ_TABLE + 2 + 2 * i] = off
+
+
+def market_expected(cfg: SiteConfig) -> bool:
+    """A market feed is expected when [market] expected = true or a device has role "market"."""
+    return bool((cfg.get("market") or {}).get("expected", False)) or any(
+        d["role"] == "market" for d in cfg["devices"])
 
 
 def _put_mpc(p: np.ndarray, cfg: SiteConfig, t_ref_s: float | None) -> None:
@@ -39,7 +107,8 @@ def _put_mpc(p: np.ndarray, cfg: SiteConfig, t_ref_s: float | None) -> None:
     gen, pv = cfg.get("genset") or {}, cfg.get("pv") or {}
     p[L.P_MPC_HORIZON], p[L.P_MPC_DT_H] = MPC_HORIZON, MPC_DT_H
     p[L.P_MPC_REPLAN_S], p[L.P_MPC_GENSET_EVALS] = MPC_REPLAN_S, MPC_GENSET_EVALS
-    p[L.P_TZ_OFFSET_S] = _utc_offset_s(site["timezone"], t_ref_s)
+    _put_tz(p, site["timezone"], t_ref_s)
+    p[L.P_MARKET_EXPECTED] = 1.0 if market_expected(cfg) else 0.0
     p[L.P_TARIFF_SPOT] = 1.0 if tariff["kind"] == "spot" else 0.0
     p[L.P_EXPORT_PRICE] = tariff["export_price_per_kwh"]
     p[L.P_PEAK_PRICE] = tariff["peak_price_per_kw"]

@@ -232,6 +232,19 @@ def encode_defer(req: dict, t_s: float) -> bytes:
     return _dumps(out)
 
 
+MAX_JOBS = 256                     # jobs kept per book: a platform that announces without end cannot grow it
+
+
+def prune_jobs(jobs: dict, t_s: float, keep: int = MAX_JOBS // 2) -> None:
+    """Bound a dict of JobAnnouncements in place: drop the finished (done, cancelled, or ended) first,
+    the earliest-ending first, until at most `keep` remain; live jobs go last, latest-starting first."""
+    def rank(j):
+        over = j.state in ("done", "cancelled") or j.latest_end_s <= t_s
+        return (0, j.latest_end_s) if over else (1, -j.start_s)
+    for j in sorted(jobs.values(), key=rank)[:max(0, len(jobs) - keep)]:
+        del jobs[j.id]
+
+
 def next_job(jobs, t_s: float) -> JobAnnouncement | None:
     """The running or next announced job (earliest start among those not over, not done/cancelled)."""
     live = [j for j in jobs if j.state not in ("done", "cancelled") and j.end_s > t_s]
@@ -263,7 +276,9 @@ class ComputeTelemetry:
         self.errors = 0
         self.last_error = ""
 
-    def feed(self, kind: str, payload) -> bool:
+    def feed(self, kind: str, payload, recv_t_utc_s: float | None = None) -> bool:
+        """One inbound message; `recv_t_utc_s`: when it arrived (UTC), so its points carry that age even
+        when it waited in a queue (default: now)."""
         try:
             item = decode(kind, payload)
         except ComputePayloadError as exc:
@@ -273,13 +288,16 @@ class ComputeTelemetry:
             return False
         with self._lock:
             if isinstance(item, ITPower):
-                self.power, self.power_mono = item, self.mono()
+                age = 0.0 if recv_t_utc_s is None else max(0.0, self.utc() - recv_t_utc_s)
+                self.power, self.power_mono = item, self.mono() - age
             else:
                 old = self.jobs.get(item.id)
                 if old is not None and item.state in ("done", "cancelled"):
                     old.state = item.state
                 else:
                     self.jobs[item.id] = item
+                    if len(self.jobs) > MAX_JOBS:
+                        prune_jobs(self.jobs, self.utc())
         for listener in self.listeners:          # a copy each: a listener may move a deferred job's start
             (listener.measure_power if isinstance(item, ITPower) else listener.announce)(replace(item))
         return True

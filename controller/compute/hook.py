@@ -9,10 +9,11 @@ The forecasters are the controller's own kernels (controller/core/forecast.py: c
 x pushed weather warning for PV; the 96-slot load profile + announced jobs from the book for the
 loads), kept here in the hook's own state so the signal exists whatever the control strategy. The first
 forecast step is replaced by the measurement (PV available, loads), as the MPC does. `history` keeps
-(t_s, headroom dict, requests) for the simulator and tests.
+the last `history_max` (t_s, headroom dict, requests) for the simulator and tests (a week of minutes).
 """
 from __future__ import annotations
 
+from collections import deque
 from typing import Callable
 
 import numpy as np
@@ -34,7 +35,8 @@ _HAS_WX = None not in _WX
 class ComputeHook:
     def __init__(self, cfg: dict, book: JobBook, publish: Callable[[str, bytes, bool], None] | None = None,
                  period_s: float = 60.0, horizon_h: float = 24.0, dt_h: float = 0.25,
-                 clock_status: Callable[[], str] = lambda: "unknown", keep_history: bool = True):
+                 clock_status: Callable[[], str] = lambda: "unknown", keep_history: bool = True,
+                 history_max: int = 10_000):
         site, pv = cfg["site"], cfg.get("pv") or {}
         self.cfg, self.book, self.publish = cfg, book, publish
         self.period_s, self.dt_h = period_s, dt_h
@@ -47,7 +49,7 @@ class ComputeHook:
         self.load: np.ndarray | None = None     # made on the first fresh load reading (its prior level)
         self.jobs = book.forecast_arrays(0.0)
         self.next_t: float | None = None
-        self.history: list | None = [] if keep_history else None
+        self.history: deque | None = deque(maxlen=history_max) if keep_history else None   # bounded
         self.it_share = 1.0
         self.has_pv = pv.get("rated_kw", 0.0) > 0.0
         z = np.zeros(1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from drivers.compute import ITPower, JobAnnouncement
+from drivers.compute import MAX_JOBS, ITPower, JobAnnouncement, prune_jobs
 
 
 def _as_job(j) -> JobAnnouncement:
@@ -53,9 +53,17 @@ class JobBook:
             self.deferred.pop(job.id, None)
             return
         self.jobs[job.id] = job
+        if len(self.jobs) > MAX_JOBS:               # bounded: finished jobs go first
+            prune_jobs(self.jobs, job.start_s)
+            for d in (self.deferred, self.deferred_at):
+                for k in [k for k in d if k not in self.jobs]:
+                    del d[k]
 
     def measure(self, job: str, kw: float, t_s: float) -> None:
         self.measured[job] = (float(kw), float(t_s))
+        if len(self.measured) > MAX_JOBS:           # bounded: the oldest readings go first
+            for k, _ in sorted(self.measured.items(), key=lambda kv: kv[1][1])[:len(self.measured) - MAX_JOBS // 2]:
+                del self.measured[k]
 
     def measure_power(self, p: ITPower) -> None:
         self.last_power = p

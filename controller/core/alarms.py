@@ -13,16 +13,16 @@ from controller.core.events import emit
 from controller.core.layout import (
     EV_ALARM_ACKED, EV_ALARM_CLEARED, EV_ALARM_RAISED, A_BMS_ALARM, A_BMS_LOST, A_CELL_OVERVOLTAGE, A_CELL_UNDERVOLTAGE, A_FORCE_CHARGE, A_FUEL_LOW,
     A_GENSET_MAX_STARTS, A_GENSET_START_FAILED, A_GRID_LOST, A_LOOP_OVERRUN, A_METER_LOST, A_OVER_TEMPERATURE,
-    A_SOC_LOW, A_UNDER_TEMPERATURE, P_ALARM_CLEAR_S, P_ALARM_LATCH_MASK, P_CELL_V_MAX, P_CELL_V_MIN,
+    A_SOC_LOW, A_UNDER_TEMPERATURE, A_MARKET_STALE, ALARM_NAMES, P_ALARM_CLEAR_S, P_MARKET_EXPECTED, P_ALARM_LATCH_MASK, P_CELL_V_MAX, P_CELL_V_MIN,
     P_HOLD_HYSTERESIS_PCT, P_SOC_MIN_PCT, P_TEMP_MAX_C, P_TEMP_MIN_C, S_ALARM_ACTIVE, S_ALARM_CLEAR_S,
     S_ALARM_UNACKED,
 )
 from controller.points import (
-    BMS_ALARM_BITS, CELL_TEMP_MAX_C, CELL_TEMP_MIN_C, CELL_V_MAX, CELL_V_MIN, FUEL_PCT, OP_ACK_BITS, Q_OK,
-    SOC_PCT,
+    BMS_ALARM_BITS, CELL_TEMP_MAX_C, CELL_TEMP_MIN_C, CELL_V_MAX, CELL_V_MIN, FUEL_PCT, MKT_T1_S, OP_ACK_BITS,
+    Q_OK, SOC_PCT,
 )
 
-N_ALARMS = 14
+N_ALARMS = len(ALARM_NAMES)
 
 
 @njit(cache=True)
@@ -71,6 +71,11 @@ def alarm_conditions(params, value, quality, bms_safe, conservative, force, gen_
     if quality[FUEL_PCT] == Q_OK:
         raise_m = _bit(raise_m, value[FUEL_PCT] < 10.0, A_FUEL_LOW)
         present = _bit(present, value[FUEL_PCT] < 15.0, A_FUEL_LOW)
+    # a site that expects a market feed: its validity point goes stale at valid_until or with the message's
+    # age (controller/netinputs.py stamps it so); the MPC then plans with the profile's tariff
+    mkt_stale = params[P_MARKET_EXPECTED] > 0.5 and quality[MKT_T1_S] != Q_OK
+    raise_m = _bit(raise_m, mkt_stale, A_MARKET_STALE)
+    present = _bit(present, mkt_stale, A_MARKET_STALE)
     return raise_m, present
 
 

@@ -42,11 +42,16 @@ N_PARAMS = N_SCALAR_PARAMS + CURVE_SLOTS * len(CURVE_NAMES)
 MPC_PARAM_NAMES = (
     "mpc_horizon mpc_dt_h mpc_replan_s mpc_genset_evals tz_offset_s tariff_spot export_price peak_price "
     "carbon_price grid_co2 fuel_l_per_kwh fuel_l_per_h_on fuel_price diesel_co2_per_l gen_start_cost "
-    "wear_cost unserved_penalty reserve_penalty terminal_frac outage_assume_s storm_reserve_pct"
+    "wear_cost unserved_penalty reserve_penalty terminal_frac outage_assume_s storm_reserve_pct "
+    "market_expected"
 ).split()
 P_PV_VECTOR = _constants("P", MPC_PARAM_NAMES, N_PARAMS)
 P_TARIFF = P_PV_VECTOR + 14
-N_PARAMS = P_TARIFF + 24
+# The site's UTC offset changes (DST) from the run's start on: n, then (utc_s, offset_after_s) pairs, so
+# the TOU table's local hour is right across a change (controller/params.py tz_transitions).
+TZ_MAX_CHANGES = 16
+P_TZ_TABLE = P_TARIFF + 24
+N_PARAMS = P_TZ_TABLE + 1 + 2 * TZ_MAX_CHANGES
 
 STRATEGY_NONE, STRATEGY_RULE, STRATEGY_MPC = 0, 1, 2
 STRATEGY_CODES = {"none": STRATEGY_NONE, "rule": STRATEGY_RULE, "mpc": STRATEGY_MPC}
@@ -58,7 +63,7 @@ STATE_NAMES = (
     "last_t_s gen_on gen_on_s gen_off_s last_battery_kw bms_stale_n meter_stale_n safe_bms conservative "
     "trips limited load_kw grid_up gen_starts cycles "
     "charge_block_s discharge_block_s ceiling_hold ceiling_hold_s floor_hold floor_hold_s force_charge "
-    "force_charge_s alarm_active alarm_unacked gen_start_wait_s gen_failed loop_safe last_mode"
+    "force_charge_s alarm_active alarm_unacked gen_start_wait_s gen_failed loop_safe last_mode boot_ready"
 ).split()
 N_STATE_SCALARS = _constants("S", STATE_NAMES)
 S_ALARM_CLEAR_S = N_STATE_SCALARS            # 32 per-alarm "condition clear since" timers
@@ -94,7 +99,7 @@ _constants("R", LIMIT_REASONS)
 # --- alarms: bit positions; texts, severities and checks live in profiles/alarms.toml ------------
 ALARM_NAMES = ("bms_lost meter_lost cell_overvoltage cell_undervoltage over_temperature "
                "under_temperature soc_low bms_alarm force_charge genset_start_failed genset_max_starts "
-               "grid_lost loop_overrun fuel_low").split()
+               "grid_lost loop_overrun fuel_low market_stale").split()
 _constants("A", ALARM_NAMES)
 
 # --- events: (code, value) rows, at most MAX_EVENTS a cycle ----------------------------------------
@@ -102,7 +107,7 @@ MAX_EVENTS = 16
 EVENT_LIST = ("bms_stale bms_back meter_stale meter_back genset_start genset_stop battery_limited "
               "battery_unlimited grid_lost grid_back alarm_raised alarm_cleared alarm_acked "
               "force_charge_on force_charge_off hold_on hold_off genset_start_failed loop_safe_on "
-              "loop_safe_off mode_changed").split()
+              "loop_safe_off mode_changed startup_hold startup_ready black_start").split()
 _constants("EV", EVENT_LIST, start=1)
 EVENT_NAMES = {
     EV_BMS_STALE: "bms_stale: BMS data too old, battery to safe state (0 kW)",  # noqa: F821
@@ -126,6 +131,9 @@ EVENT_NAMES = {
     EV_LOOP_SAFE_ON: "loop_safe_on: the scan cycle missed its period too often, safe state",  # noqa: F821
     EV_LOOP_SAFE_OFF: "loop_safe_off: the scan cycle keeps its period again",  # noqa: F821
     EV_MODE_CHANGED: "mode_changed (value: new mode code)",  # noqa: F821
+    EV_STARTUP_HOLD: "startup_hold: not every point a decision needs is fresh yet; PCS 0 kW, no genset start",  # noqa: F821
+    EV_STARTUP_READY: "startup_ready: SOC, cell limits and grid state fresh; control released (value: cycles held)",  # noqa: F821
+    EV_BLACK_START: "black_start: site dark before the battery was known; genset started to restore supply",  # noqa: F821
 }
 
 

@@ -14,9 +14,11 @@ Inputs the planner sees (all from the image or learned in the state; none from a
 - load: forecast.load_forecast (a 96-slot daily profile + decaying recent bias) + the announced job;
   the first step is the load measured now (persistence beats any profile over 15 minutes);
 - PV: clear sky for the site x derate learned from measurement x the pushed weather warning;
-- price: the site's TOU table by local hour (tariff_spot = 0), else a learned daily profile of the
-  received spot price; grid CO2: a learned profile of the received intensity (the profile's factor as
-  a prior);
+- price: the site's TOU table by local hour (tariff_spot = 0; the local hour follows the PARAMS table
+  of the zone's DST changes), else a learned daily profile of the received spot price; grid CO2: a
+  learned profile of the received intensity (the profile's factor as a prior). A fresh market feed in
+  the image (mkt_* points, controller/netinputs.py) overrides price, export price and CO2 for every
+  step its validity covers, slot by slot; where it does not, the above is the fallback;
 - grid import cap: the feeder's, 0 across an announced outage, and 0 for `outage_assume_s` from now
   when the grid is down without notice; the reserve SOC is a soft floor except where the grid is
   expected down (that is what the reserve is for);
@@ -38,6 +40,7 @@ from controller.core.layout import (
     P_GEN_RATED_KW, P_GEN_START_COST, P_GRID_CO2, P_GRID_IMPORT_MAX_KW, P_GRID_MARGIN_KW, P_HAS_GENSET, P_MPC_DT_H, P_MPC_GENSET_EVALS, P_MPC_HORIZON,
     P_MPC_REPLAN_S, P_OUTAGE_ASSUME_S, P_PEAK_PRICE, P_PV_RATED_KW, P_PV_VECTOR, P_RESERVE_PENALTY,
     P_SOC_MAX_PCT, P_SOC_MIN_PCT, P_STORM_RESERVE_PCT, P_TARIFF, P_TARIFF_SPOT, P_TERMINAL_FRAC, P_TZ_OFFSET_S,
+    P_TZ_TABLE,
     P_UNSERVED_PENALTY, P_WEAR_COST, S_CO2F, S_DERATE, S_GEN_FAILED, S_LOADF, S_MPC_READY, S_PEAK_KW,
     S_PEAK_WIN, S_PEAK_WIN_KWH, S_PLAN_BATTERY_KW, S_PLAN_COUNT, S_PLAN_DIESEL_KW, S_PLAN_DIESEL_ON,
     S_PLAN_EXPORT_KW, S_PLAN_GRID_KW, S_PLAN_KEY, S_PLAN_OBJECTIVE, S_PLAN_PEAK_KW, S_PLAN_SOC_END_PCT, S_PLAN_T_S,
@@ -45,8 +48,9 @@ from controller.core.layout import (
 )
 from controller.core.rule import running_set_kw
 from controller.points import (
-    GENSET_AVAILABLE, GRID_CO2, GRID_KW, GRID_PRICE, JOB_END_S, JOB_KW, JOB_START_S, OUTAGE_END_S,
-    OUTAGE_START_S, PV_AVAILABLE_KW, PV_KW, Q_OK, WX_END_S, WX_PV_CUT, WX_RAMP_S, WX_START_S,
+    GENSET_AVAILABLE, GRID_CO2, GRID_KW, GRID_PRICE, JOB_END_S, JOB_KW, JOB_START_S, MKT_CO2, MKT_EXPORT,
+    MKT_IMPORT, MKT_SERIES, MKT_SLOTS, MKT_STEP_S, MKT_T0_S, MKT_T1_S, OUTAGE_END_S, OUTAGE_START_S,
+    PV_AVAILABLE_KW, PV_KW, Q_OK, WX_END_S, WX_PV_CUT, WX_RAMP_S, WX_START_S,
 )
 
 PEAK_WINDOW_S = 900.0        # demand charges are billed on 15-minute average import
@@ -133,13 +137,50 @@ def _overlap(a, b, lo, hi):
 
 
 @njit(cache=True)
+def tz_offset_s(params, t_s):
+    """The site's UTC offset at t_s: the offset at the run's start, then each DST change in the table."""
+    off = params[P_TZ_OFFSET_S]
+    for i in range(int(params[P_TZ_TABLE])):
+        if t_s < params[P_TZ_TABLE + 1 + 2 * i]:
+            break
+        off = params[P_TZ_TABLE + 2 + 2 * i]
+    return off
+
+
+@njit(cache=True)
 def _tariff_mean(params, a_s, b_s):
     """Mean TOU price over [a_s, b_s) by the site's local hour (three samples per step)."""
     acc = 0.0
     for j in range(3):
-        t = a_s + (j + 0.5) * (b_s - a_s) / 3.0 + params[P_TZ_OFFSET_S]
+        t = a_s + (j + 0.5) * (b_s - a_s) / 3.0
+        t += tz_offset_s(params, t)
         h = int(((t % 86400.0) + 86400.0) % 86400.0 // 3600.0) % 24
         acc += params[P_TARIFF + h]
+    return acc / 3.0
+
+
+@njit(cache=True)
+def _market_ok(value, quality):
+    """The market feed is usable: its header points fresh (they go stale at valid_until) and sane."""
+    return (quality[MKT_T0_S] == Q_OK and quality[MKT_T1_S] == Q_OK and quality[MKT_STEP_S] == Q_OK
+            and quality[MKT_SERIES] == Q_OK and value[MKT_STEP_S] > 0.0 and value[MKT_T1_S] > value[MKT_T0_S])
+
+
+@njit(cache=True)
+def _market_mean(value, quality, first, bit, a_s, b_s, fallback):
+    """Mean of series `first` (mkt_import/export/co2) over [a_s, b_s), three samples like the tariff; a
+    sample outside the feed's slots or validity takes `fallback` (the profile's figure for this step)."""
+    if (int(value[MKT_SERIES]) & bit) == 0:
+        return fallback
+    t0, t1, step = value[MKT_T0_S], value[MKT_T1_S], value[MKT_STEP_S]
+    acc = 0.0
+    for j in range(3):
+        t = a_s + (j + 0.5) * (b_s - a_s) / 3.0
+        k = int(math.floor((t - t0) / step))
+        if t0 <= t < t1 and 0 <= k < MKT_SLOTS and quality[first + k] == Q_OK:
+            acc += value[first + k]
+        else:
+            acc += fallback
     return acc / 3.0
 
 
@@ -175,6 +216,13 @@ def build_instance(params, st, t_s, value, quality, soc_pct, load_kw, grid_up, g
     load_forecast(t_s, H, dt_h, st[S_CO2F:S_CO2F + N_LOAD_STATE], jk, js, jd, 0, co2)
     if quality[GRID_CO2] == Q_OK:
         co2[0] = value[GRID_CO2]
+    xprice = np.full(H, params[P_EXPORT_PRICE])
+    if _market_ok(value, quality):          # the market feed wins wherever it covers a step
+        for k in range(H):
+            a = t_s + k * step_s
+            price[k] = _market_mean(value, quality, MKT_IMPORT, 1, a, a + step_s, price[k])
+            xprice[k] = _market_mean(value, quality, MKT_EXPORT, 2, a, a + step_s, xprice[k])
+            co2[k] = _market_mean(value, quality, MKT_CO2, 4, a, a + step_s, co2[k])
     # grid availability: announced outage, or down now without notice
     o_s, o_e = 0.0, 0.0
     if quality[OUTAGE_START_S] == Q_OK and quality[OUTAGE_END_S] == Q_OK and value[OUTAGE_END_S] > value[OUTAGE_START_S]:
@@ -207,7 +255,7 @@ def build_instance(params, st, t_s, value, quality, soc_pct, load_kw, grid_up, g
         steps[M.S_FLOOR, k] = cap_kwh * (floor_pct if up_frac >= 1.0 else params[P_SOC_MIN_PCT]) / 100.0
         gcost = price[k] + params[P_CARBON_PRICE] * co2[k]
         steps[M.S_GCOST, k] = gcost
-        steps[M.S_XPRICE, k] = params[P_EXPORT_PRICE]
+        steps[M.S_XPRICE, k] = xprice[k]
         mean_cost += gcost / H
     # Storm watch (opt-in): a weather warning raises the soft floor around the event's start, and the
     # reserve's weight while the warning stands, so the plan goes into the event charged (with the
@@ -274,6 +322,8 @@ def _plan_key(value, quality, grid_up, gen_on, gen_ok):
         if quality[i] == Q_OK:
             ann += w * value[i]
         w += 2.0
+    if _market_ok(value, quality):          # a new market message (window or prices) re-plans at once
+        ann += w * (value[MKT_T0_S] - value[MKT_T1_S]) + value[MKT_IMPORT] + value[MKT_IMPORT + MKT_SLOTS - 1]
     return key + 8.0 * ann
 
 

@@ -43,9 +43,38 @@ from paho.mqtt.packettypes import PacketTypes
 from controller.uplink.priority import lower_this_thread, protect_scan_cycle
 from controller.uplink.drain import DrainPolicy, TokenBucket, encode_batch, publish_wire_bytes
 from controller.uplink.spool import Spool, iso_utc
-from controller.uplink.topics import RECORD_KINDS, TELEMETRY, Topics
+from controller.uplink.topics import INBOUND, INBOUND_QOS, RECORD_KINDS, TELEMETRY, Topics
 
 RC_NO_MATCHING_SUBSCRIBERS = 0x10
+INBOUND_MAX_BYTES = 64 * 1024      # drivers/market.py MAX_BYTES: a bigger inbound message is dropped here
+INBOUND_RATE_PER_S = 2.0           # per kind: compute/power comes every 10-60 s, a market message hourly
+INBOUND_BURST = 32                 # a reconnect's retained messages and a platform's batch of announcements
+
+
+class InboundGate:
+    """Bounds what inbound topics can cost the controller: per kind a token bucket (a flooding bridge
+    costs at most INBOUND_RATE_PER_S decodes a second in the controller's interpreter) and a size cap.
+    What is dropped is counted per kind, never queued."""
+
+    def __init__(self, rate_per_s: float = INBOUND_RATE_PER_S, burst: int = INBOUND_BURST,
+                 max_bytes: int = INBOUND_MAX_BYTES, clock=time.monotonic):
+        self.rate, self.burst, self.max_bytes, self.clock = rate_per_s, float(burst), max_bytes, clock
+        self._tokens = {k: float(burst) for k in INBOUND}
+        self._t = {k: clock() for k in INBOUND}
+        self.passed = {k: 0 for k in INBOUND}
+        self.dropped = {k: 0 for k in INBOUND}
+
+    def admit(self, kind: str, size: int) -> bool:
+        now = self.clock()
+        tokens = min(self.burst, self._tokens[kind] + (now - self._t[kind]) * self.rate)
+        self._t[kind] = now
+        if size > self.max_bytes or tokens < 1.0:
+            self._tokens[kind] = tokens
+            self.dropped[kind] += 1
+            return False
+        self._tokens[kind] = tokens - 1.0
+        self.passed[kind] += 1
+        return True
 
 
 def _int_option(q: dict, key: str, default: int) -> int:
@@ -121,11 +150,14 @@ class MqttUplink:
     def __init__(self, spool: Spool, topics: Topics, broker: BrokerConfig, *, drain: DrainPolicy | None = None,
                  client_id: str | None = None, on_command=None, require_subscriber: bool = True,
                  backoff_base_s: float = 0.5, backoff_cap_s: float = 60.0, nack_retry_s: float = 0.5,
-                 cloud_ack_timeout_s: float = 30.0):
+                 cloud_ack_timeout_s: float = 30.0, on_input=None):
         self.spool, self.topics, self.broker = spool, topics, broker
         self.drain = drain or DrainPolicy()
         self.client_id = client_id or f"edge-ems-{topics.gateway}"
         self.on_command = on_command
+        self.on_input = on_input         # on_input(kind, payload, recv_t_utc_s): controller/netinputs.py feed
+        self.inbound = InboundGate()
+        self._inbound_topics = {topics(k): k for k in INBOUND}
         self.require_subscriber = require_subscriber
         self.backoff_base_s, self.backoff_cap_s = backoff_base_s, backoff_cap_s
         self.nack_retry_s = nack_retry_s
@@ -258,6 +290,7 @@ class MqttUplink:
                   "boot_id": self.spool.boot_id, "t": iso_utc(time.time()), "protocol": self.stats.protocol}
         client.publish(self.topics.status, json.dumps(online), qos=1, retain=True)
         client.subscribe(self.topics.cmd, qos=1)
+        client.subscribe([(self.topics(k), INBOUND_QOS[k]) for k in INBOUND])
         if self.cloud_confirms:
             client.subscribe(self.topics.ack, qos=1)
         self.connected.set()
@@ -389,6 +422,14 @@ class MqttUplink:
                 self.on_command(bytes(msg.payload))
             except Exception as exc:             # a command must never take the uplink down
                 print(f"uplink: command handler failed: {exc!r}")
+        elif msg.topic in self._inbound_topics:
+            kind = self._inbound_topics[msg.topic]
+            if self.on_input is None or not self.inbound.admit(kind, len(msg.payload)):
+                return
+            try:
+                self.on_input(kind, bytes(msg.payload), time.time())
+            except Exception as exc:             # nor a network input
+                print(f"uplink: input handler for {kind} failed: {exc!r}")
 
     def _on_cloud_ack(self, raw: bytes) -> None:
         """``{"acks": [[kind, first_seq, last_seq], ...]}``; anything else is ignored (and said so)."""

@@ -205,23 +205,36 @@ class CommandVerifier:
             _only(a, {"alarm"}, {"alarm"})
             if not isinstance(a["alarm"], str) or not 0 < len(a["alarm"]) <= 64:
                 raise Refused("malformed: alarm must be a name")
-        elif kind == "weather_warning":
-            _only(a, {"kind", "from_s", "to_s", "severity"}, {"kind", "from_s", "to_s"})
+        elif kind == "weather_warning":      # -> controller/netinputs.py, the weather device's points
+            _only(a, {"kind", "from_s", "to_s", "severity", "pv_cut_frac", "ramp_s"}, {"kind", "from_s", "to_s"})
             if a["kind"] not in WARNINGS:
                 raise Refused(f"out of limits: warning kind not one of {WARNINGS}")
             f = _num(a, "from_s", now_s - 86400, now_s + 7 * 86400)
-            t = _num(a, "to_s", f, f + 7 * 86400)
+            _num(a, "to_s", f, f + 7 * 86400)
+            if a["to_s"] <= f:
+                raise Refused("out of limits: to_s must be after from_s")
             if "severity" in a:
                 _num(a, "severity", 1, 5)
-            del t
-        elif kind == "grid_update":
-            _only(a, {"co2_kg_per_kwh", "price_per_kwh", "valid_from_s", "valid_to_s"},
-                  {"co2_kg_per_kwh", "valid_from_s", "valid_to_s"})
-            _num(a, "co2_kg_per_kwh", 0.0, 2.0)
+            if "pv_cut_frac" in a:
+                _num(a, "pv_cut_frac", 0.0, 1.0)
+            if "ramp_s" in a:
+                _num(a, "ramp_s", 0.0, 86400.0)
+        elif kind == "grid_update":          # -> the grid device's price / intensity and announced outage
+            _only(a, {"co2_kg_per_kwh", "price_per_kwh", "valid_from_s", "valid_to_s", "outage_start_s",
+                      "outage_end_s"}, {"valid_from_s", "valid_to_s"})
+            if not {"co2_kg_per_kwh", "price_per_kwh", "outage_start_s"} & set(a):
+                raise Refused("malformed: grid_update needs co2_kg_per_kwh, price_per_kwh or an outage")
+            if "co2_kg_per_kwh" in a:
+                _num(a, "co2_kg_per_kwh", 0.0, 2.0)
             if "price_per_kwh" in a:
                 _num(a, "price_per_kwh", -10.0, 100.0)
             f = _num(a, "valid_from_s", now_s - 86400, now_s + 7 * 86400)
             _num(a, "valid_to_s", f, f + 7 * 86400)
+            if "outage_start_s" in a or "outage_end_s" in a:
+                o = _num(a, "outage_start_s", now_s - 86400, now_s + 7 * 86400)
+                _num(a, "outage_end_s", o, o + 7 * 86400)
+                if a["outage_end_s"] <= o:
+                    raise Refused("out of limits: outage_end_s must be after outage_start_s")
 
 
 # --- the cloud's side (tests, tools) ----------------------------------------------------------------

@@ -55,19 +55,41 @@ def _f(x):
     return round(x, 4) if math.isfinite(x) else None
 
 
+class BoundedList(list):
+    """A list that keeps its last `cap` items (trimmed in blocks, so an append stays O(1) amortised):
+    the verdicts and applied commands are for the status page and tests; the spool has them all."""
+
+    def __init__(self, cap: int = 256):
+        super().__init__()
+        self.cap = cap
+
+    def append(self, item) -> None:
+        super().append(item)
+        if len(self) > self.cap + self.cap // 4:
+            del self[:len(self) - self.cap]
+
+
 class Uplink:
     """What make_uplink_hook returns next to the hook: the spool, the MQTT side, the verifier, state."""
 
     def __init__(self, spool: Spool, mqtt: MqttUplink | None, verifier: CommandVerifier, topics: Topics):
         self.spool, self.mqtt, self.verifier, self.topics = spool, mqtt, verifier, topics
         self.now_s: float | None = None          # the controller's UTC (image t_s), for command expiry
-        self.accepted: deque = deque()           # verified commands waiting for the next cycle
-        self.applied: list[dict] = []
-        self.verdicts: list[dict] = []
+        self.accepted: deque = deque(maxlen=1024)   # verified commands waiting for the next cycle
+        self.applied: BoundedList = BoundedList()
+        self.verdicts: BoundedList = BoundedList()
+        self.inputs = None                       # controller/netinputs.py NetworkInputs (attach_inputs)
         self.active_alarms: dict[str, dict] = {}
         self.hook_s: deque = deque(maxlen=65536)
         self.schedule: dict | None = None        # accepted setpoint schedule being followed
         self._lock = threading.Lock()
+
+    def attach_inputs(self, inputs) -> None:
+        """Deliver the inbound topics (compute/power, compute/job, market) and the verified weather_warning
+        and grid_update commands to `inputs` (NetworkInputs: feed(kind, payload, recv_t_utc_s))."""
+        self.inputs = inputs
+        if self.mqtt is not None:
+            self.mqtt.on_input = inputs.feed
 
     def handle_command(self, raw: bytes) -> None:
         """Runs in the MQTT thread: verify, record the verdict, queue an accepted command."""
@@ -95,8 +117,9 @@ class Uplink:
 
     def apply(self, loop, t_s: float, cmd: dict) -> None:
         """Between cycles. Records the command as applied; an alarm ack marks the alarm acknowledged.
-        Setpoint schedules, modes, reserve, warnings and grid updates are handed over in ``applied`` for
-        the strategy to consume; nothing here writes a setpoint past the interlocks."""
+        Modes, reserve and schedules go to the operator inputs; warnings and grid updates to the network
+        inputs (attach_inputs): both reach the step as image points; nothing here writes a setpoint past
+        the interlocks."""
         op = loop.devices.get("operator") if loop is not None else None
         a, kind = cmd["args"], cmd["type"]
         if kind == "alarm_ack":
@@ -111,6 +134,8 @@ class Uplink:
             op.set_reserve_pct(a["reserve_pct"])
         elif kind == "setpoint_schedule":
             self.schedule = a
+        elif kind in ("weather_warning", "grid_update") and self.inputs is not None:
+            self.inputs.feed_command(cmd, t_s)   # into the image as the weather / grid device's points
         self.applied.append(cmd)
         self.spool.put(EVENT, t_s, {"event": "command_applied", "id": cmd["id"], "type": cmd["type"]})
 
@@ -154,7 +179,7 @@ def make_uplink_hook(cfg, broker_url: str | None, data_dir, *, public_key=None, 
                      quota_bytes: int = DEFAULT_QUOTA, min_free_bytes: int | None = None,
                      clock_status: str = "unknown", client_id: str | None = None, require_subscriber: bool = True,
                      start: bool = True, process: bool = True, telemetry_batch: int = TELEMETRY_BATCH,
-                     **broker_overrides):
+                     inputs=None, **broker_overrides):
     """Build the per-cycle hook and the uplink behind it. ``broker_url=None``: spool only (offline).
 
     The cloud's Ed25519 public key: ``public_key`` (PEM / path / raw / key object), else
@@ -164,7 +189,8 @@ def make_uplink_hook(cfg, broker_url: str | None, data_dir, *, public_key=None, 
     ``telemetry_batch``: 1-min summaries are held until this many wait and go out as one zlib batch
     (DrainPolicy.telemetry_batch_min; used when ``drain`` is None; 1 sends each as it closes).
     ``process=True`` (default): the MQTT side runs in a worker process (proc.py, worker.py), so reading
-    the spool, zlib and paho never take the scan cycle's GIL; ``False``: a thread of this process."""
+    the spool, zlib and paho never take the scan cycle's GIL; ``False``: a thread of this process.
+    ``inputs``: a controller/netinputs.py NetworkInputs to feed (same as ``uplink.attach_inputs(inputs)``)."""
     site, gateway = cfg["site"]["name"], cfg["site"]["gateway_id"]
     topics = Topics(site, gateway)
     if drain is None:
@@ -185,6 +211,9 @@ def make_uplink_hook(cfg, broker_url: str | None, data_dir, *, public_key=None, 
         cls = UplinkProcess if process else MqttUplink
         up.mqtt = cls(spool, topics, broker, drain=drain, client_id=client_id,
                       on_command=up.handle_command, require_subscriber=require_subscriber)
+    if inputs is not None:
+        up.attach_inputs(inputs)
+    if broker is not None:
         if start:
             up.mqtt.start()
     diesel_kg_per_kwh = 0.0

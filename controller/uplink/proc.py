@@ -8,7 +8,7 @@ A supervisor thread (nice +10) spawns the worker, reads its messages and restart
 exponential back-off (0.5 s doubling to 30 s, reset after a worker lived 10 s). Messages: ``cmd`` goes
 to ``on_command`` (verification and the verdict
 records stay in the controller, which holds the key's counter and applies accepted commands between
-cycles), ``stats`` mirrors the worker's counters and carries ``gone`` (rows the worker deleted since
+cycles), ``in`` to ``on_input`` (controller/netinputs.py NetworkInputs.feed), ``stats`` mirrors the worker's counters and carries ``gone`` (rows the worker deleted since
 its last report), which updates the spool's quota accounting. After a restart the spool recounts its rows, as a
 worker killed between a delete and its report leaves the counters too high.
 
@@ -40,11 +40,13 @@ ROOT = Path(__file__).resolve().parents[2]       # the folder holding the contro
 class UplinkProcess:
     def __init__(self, spool: Spool, topics: Topics, broker: BrokerConfig, *, drain: DrainPolicy | None = None,
                  client_id: str | None = None, on_command=None, require_subscriber: bool = True,
-                 restart_base_s: float = 0.5, restart_cap_s: float = 30.0, tuning: dict | None = None):
+                 restart_base_s: float = 0.5, restart_cap_s: float = 30.0, tuning: dict | None = None,
+                 on_input=None):
         self.spool, self.topics, self.broker = spool, topics, broker
         self.drain = drain or DrainPolicy()
         self.client_id = client_id
         self.on_command = on_command
+        self.on_input = on_input         # on_input(kind, payload, recv_t_utc_s): controller/netinputs.py feed
         self.require_subscriber = require_subscriber
         self.restart_base_s, self.restart_cap_s = restart_base_s, restart_cap_s
         self.tuning = tuning or {}
@@ -160,6 +162,8 @@ class UplinkProcess:
                     kind = msg["t"]
                     if kind == "cmd":
                         self._command(base64.b64decode(msg["raw"]))
+                    elif kind == "in":
+                        self._input(str(msg["kind"]), base64.b64decode(msg["raw"]), float(msg["recv"]))
                     elif kind == "stats":
                         if msg.get("gone"):
                             self.spool.gone(msg["gone"])
@@ -176,6 +180,14 @@ class UplinkProcess:
             self.on_command(raw)
         except Exception as exc:                      # a command must never take the uplink down
             print(f"uplink: command handler failed: {exc!r}", file=sys.stderr)
+
+    def _input(self, kind: str, raw: bytes, recv_t_utc_s: float) -> None:
+        if self.on_input is None:
+            return
+        try:
+            self.on_input(kind, raw, recv_t_utc_s)
+        except Exception as exc:                      # nor a network input
+            print(f"uplink: input handler for {kind} failed: {exc!r}", file=sys.stderr)
 
     def _mirror(self, msg: dict) -> None:
         self.worker_stats = msg

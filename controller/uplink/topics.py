@@ -1,8 +1,10 @@
 """MQTT topic names of the uplink: ``edge-ems/v1/{site}/{gateway}/{kind}``.
 
 Kinds published by the gateway: status (retained, last will "offline"), telemetry (1-min summaries),
-interval (15-min carbon intervals), alarm, event, cmd/result. Subscribed: cmd, and ack (the cloud's
-end-to-end receipts, used with ``confirm=cloud``, see client.py).
+interval (15-min carbon intervals), alarm, event, cmd/result. Subscribed: cmd, ack (the cloud's
+end-to-end receipts, used with ``confirm=cloud``, see client.py), and the network inputs (INBOUND:
+the compute platform's compute/power and compute/job, the cloud's market feed), handed to
+controller/netinputs.py.
 A backlog drained in batches goes to ``{kind}/batch`` (zlib-compressed JSON, see drain.py), so a cloud
 consumer subscribes ``.../{kind}/#`` to get both the live records and the batches (``#`` also matches
 the parent level).
@@ -16,6 +18,8 @@ STATUS, TELEMETRY, INTERVAL, ALARM, EVENT, CMD, CMD_RESULT, ACK = (
 RECORD_KINDS = (ALARM, CMD_RESULT, EVENT, INTERVAL, TELEMETRY)
 NEVER_DROPPED = (ALARM, CMD_RESULT, EVENT, INTERVAL)
 BATCH_SUFFIX = "/batch"
+INBOUND = ("compute/power", "compute/job", "market")    # drivers/compute.py INBOUND, drivers/market.py KIND
+INBOUND_QOS = {"compute/power": 0, "compute/job": 1, "market": 1}
 
 
 def _check_level(name: str, value: str) -> str:

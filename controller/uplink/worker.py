@@ -16,7 +16,8 @@ the controller's alone. It talks to the controller over one socket FD (JSON line
   holds new offers (the benchmark switches the drain on and off with it); ``{"t": "flush"}`` sends held
   telemetry now (the controller is stopping with a drain timeout).
 - worker -> controller: ``cmd`` (a command payload as received, base64: the controller verifies and
-  applies it) and ``stats`` (connection state, counters and ``gone``: the rows deleted per kind since
+  applies it), ``in`` (a network input: kind, payload base64, arrival UTC; bounded per kind by
+  client.InboundGate) and ``stats`` (connection state, counters and ``gone``: the rows deleted per kind since
   the last one, count and bytes, for the quota accounting; on every change of state and every 0.5 s).
 
 It dies with the controller: ``PR_SET_PDEATHSIG`` (Linux) kills it when the controller dies, even
@@ -159,6 +160,7 @@ def stats_message(up: MqttUplink, reader: SpoolReader, tally: "GoneTally") -> di
     p99 = round(1e3 * lat[int(0.99 * (len(lat) - 1))], 2) if lat else None
     return {"t": "stats", "gone": tally.take(), "connected": up.connected.is_set(), "protocol": s.protocol,
             "pid": os.getpid(), "deleted": reader.deleted, "latency_p99_ms": p99,
+            "inbound": {"passed": dict(up.inbound.passed), "dropped": dict(up.inbound.dropped)},
             **{k: getattr(s, k) for k in STAT_FIELDS}}
 
 
@@ -191,9 +193,13 @@ def serve(chan: Channel, cfg: dict) -> int:
     def on_command(raw: bytes) -> None:
         chan.send({"t": "cmd", "raw": base64.b64encode(raw[:CMD_CAP]).decode()})
 
+    def on_input(kind: str, raw: bytes, recv_t_utc_s: float) -> None:   # size and rate bounded by the gate
+        chan.send({"t": "in", "kind": kind, "raw": base64.b64encode(raw).decode(), "recv": recv_t_utc_s})
+
     up = MqttUplink(reader, Topics(cfg["site"], cfg["gateway"]), BrokerConfig(**cfg["broker"]),
                     drain=DrainPolicy(**cfg["drain"]), client_id=cfg.get("client_id"), on_command=on_command,
-                    require_subscriber=cfg.get("require_subscriber", True), **cfg.get("tuning", {}))
+                    require_subscriber=cfg.get("require_subscriber", True), on_input=on_input,
+                    **cfg.get("tuning", {}))
     up.start()
     stop = threading.Event()
 
