@@ -206,8 +206,16 @@ def cmd_plan(args) -> int:
 
 
 def cmd_read(args) -> int:
-    from drivers.commissioning import read_device
-    print(json.dumps(read_device(args.port, args.profile, args.unit, args.baud), indent=2))
+    """One line and exit 1 when the unit does not answer, exit 2 for a profile/unit/port that cannot be."""
+    from drivers.commissioning import BadInput, NotAnswering, read_device
+    try:
+        got = read_device(args.port, args.profile, args.unit, args.baud, timeout_s=args.timeout)
+    except BadInput as exc:
+        return _die_bad_input(f"read: {exc}")
+    except NotAnswering as exc:
+        print(f"edge-ems: read: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(got, indent=2))
     return EXIT_OK
 
 
@@ -217,8 +225,25 @@ def cmd_selftest(args) -> int:
 
 
 def cmd_scan(args) -> int:
-    from drivers.commissioning import scan_bus
-    print(json.dumps(scan_bus(args.port, args.baud)))
+    """The unit ids that answer with data, as JSON; exit 1 when none does, 2 for a bad port or range."""
+    from drivers.commissioning import BadInput, NotAnswering, scan_bus
+    try:
+        lo, _, hi = args.units.partition("-")
+        units = range(int(lo), int(hi or lo) + 1)
+    except ValueError:
+        return _die_bad_input(f"scan --units {args.units!r}: expected FIRST-LAST, like 1-247")
+    try:
+        found = scan_bus(args.port, args.baud, units=units, timeout_s=args.timeout)
+    except BadInput as exc:
+        return _die_bad_input(f"scan: {exc}")
+    except NotAnswering as exc:
+        print(f"edge-ems: scan: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(found))
+    if not found:
+        print(f"edge-ems: scan: no unit in {units.start}-{units.stop - 1} answered with data on {args.port}",
+              file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -301,15 +326,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("read", help="read one Modbus device's points (commissioning)")
-    p.add_argument("--port", required=True)
+    p.add_argument("--port", required=True, help="serial path, pyserial URL, or tcp://HOST[:PORT]")
     p.add_argument("--profile", required=True)
     p.add_argument("--unit", type=int, required=True)
-    p.add_argument("--baud", type=int, default=9600)
+    p.add_argument("--baud", type=int, default=None, help="default: the profile's")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per request (default: the profile's)")
     p.set_defaults(func=cmd_read)
 
-    p = sub.add_parser("scan", help="list Modbus unit ids that answer on a port")
-    p.add_argument("--port", required=True)
+    p = sub.add_parser("scan", help="list Modbus unit ids that answer with data on a port")
+    p.add_argument("--port", required=True, help="serial path, pyserial URL, or tcp://HOST[:PORT]")
     p.add_argument("--baud", type=int, default=9600)
+    p.add_argument("--units", default="1-247", help="FIRST-LAST (default 1-247)")
+    p.add_argument("--timeout", type=float, default=0.1, help="seconds per probe (default 0.1)")
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("selftest", help="is this gateway ready? profile, ports, clock, disk, keys, kernels")
