@@ -219,8 +219,15 @@ def _answers(lab, unit: int) -> bool:
 
 @pytest.mark.slow
 def test_restart_of_a_killed_segment_negative_market_and_clean_exit(tmp_path):
-    lp = LabProc(tmp_path / "d", "--market-negative", "--market-period", "0.05")
+    lp = LabProc(tmp_path / "d", "--market-negative", "--market-period", "0.05", "--fault", "bms=silent")
     try:
+        bms = minimalmodbus.Instrument(lp.info["rtu"]["rs485_3"]["port"], 1)
+        bms.serial.timeout = 0.3
+        bms.close_port_after_each_call = True
+        with pytest.raises(minimalmodbus.NoResponseError):      # silent from boot, before lab.json
+            bms.read_register(0x2103, functioncode=3)
+        assert lp.ctl("fault", "bms", "clear")["ok"]
+        assert abs(bms.read_register(0x2103, functioncode=3) - lp.state()["soc_pct"]) <= 1
         pid = lp.info["procs"]["rs485_1"]["pid"]
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: lp.state()["procs"]["rs485_1"]["state"] == "gone", 10, "the lab to see the segment gone")

@@ -3,6 +3,7 @@
     python -m tools.sim.lab --site profiles/sites/lab.toml [--scenario NAME] [--dir DIR]
                             [--mqtt mqtt://127.0.0.1:PORT] [--seed S] [--tcp-port P] [--market FILE]
                             [--market-negative] [--compute-period S] [--market-period MIN]
+                            [--fault DEVICE=KIND ...]
     python -m tools.sim.lab ctl [--dir DIR] fault DEVICE silent|no-writes|clear | clear | status |
                                 restart PROC | stop
 
@@ -240,6 +241,11 @@ class Lab:
                     raise RuntimeError(f"lab process {c.name} exited {c.proc.returncode} at start "
                                        f"(see {c.log_path}: {c.log_path.read_text()[-600:]})")
             self._receive(0.2)
+        for spec in self.args.fault or ():
+            dev, _, kind = spec.partition("=")
+            err = self._fault(ALIASES.get(dev, dev), None if kind == "clear" else kind)
+            if err:
+                raise ValueError(f"--fault {spec}: {err}")
         self._open_ctl()
         self._write_state()          # before lab.json: whoever waits on lab.json finds state.json too
         self._write_lab_json()
@@ -488,6 +494,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--market-period", type=float, default=15.0, help="min between market messages")
     p.add_argument("--market", default=None, metavar="FILE", help="publish these prices (JSON) instead of the series'")
     p.add_argument("--market-negative", action="store_true", help="make the 11-14 h local import prices negative")
+    p.add_argument("--fault", action="append", metavar="DEVICE=KIND",
+                   help="a fault in force from the start, before lab.json (e.g. bms=silent: boot with the BMS silent)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
