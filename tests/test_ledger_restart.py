@@ -16,6 +16,7 @@ from controller.carbon.ledger import verify
 from controller.cli import main
 from controller.runtime.datadir import DataDir
 from drivers.isotime import utc_epoch
+from smallfs import small_fs  # noqa: F401 (fixture)
 
 SPEED = 300.0             # simulated seconds per real second: an interval every 3 s
 T0 = 1767225600.0         # 2026-01-01T00:00:00Z
@@ -109,3 +110,41 @@ def test_sigkill_at_random_moments_one_ledger_no_interval_missing_or_twice(tmp_p
     # a restart takes ~0.5 s real = ~150 simulated s, shorter than an interval: no slot may lack its record
     assert res.missing_intervals == 0 and starts == [starts[0] + 900.0 * i for i in range(len(starts))]
     assert any(p["partial"] for p in ivs)                                         # the restarts show
+
+
+def test_ledger_on_a_full_disk_keeps_records_for_later_and_the_chain(small_fs):
+    """The disk fills while intervals close: no exception reaches the cycle, the refused intervals wait in
+    memory (degraded, counted), what was written stays byte for byte, the torn bytes of the failed write get
+    a recovery record when space returns, and every interval ends up in the ledger once, in order."""
+    from test_carbon_handcheck import CARBON, CFG, FakeLoop, image
+    from controller.carbon.hook import make_carbon_hook
+    from smallfs import fill
+    dd = DataDir(small_fs / "data").ensure()
+    sent = []
+    hook = make_carbon_hook(CFG, dd, carbon=CARBON, clock_status=lambda: "synchronised", on_record=sent.append,
+                            retry_s=300.0)
+    t = T0
+    for _ in range(3 * 15):                              # three intervals, 60 s images
+        hook(FakeLoop, image(t, soc=50.0), None, None, 0)
+        t += 60.0
+    assert hook.closed == 2 and not hook.degraded
+    written = dd.ledger.read_bytes()
+    filler = fill(small_fs, 0)                           # what is left is the ledger's last page: a write tears
+    for _ in range(3 * 15):
+        hook(FakeLoop, image(t, soc=50.0), None, None, 0)
+        t += 60.0
+    assert hook.degraded and hook.faults >= 1 and len(hook.pending) >= 2 and "No space left" in hook.last_error
+    assert dd.ledger.read_bytes().startswith(written)    # nothing before is touched
+    assert verify(dd.ledger).ok                          # a torn tail at most, reported not failed
+    filler.unlink()
+    for _ in range(15):
+        hook(FakeLoop, image(t, soc=50.0), None, None, 0)
+        t += 60.0
+    assert not hook.degraded and not hook.pending
+    hook.close()
+    res = verify(dd.ledger, keep=True)
+    assert res.ok and not res.torn_tail, res.message
+    assert res.recoveries <= 1 and res.missing_intervals == 0
+    starts = [p["t_start"] for p in res.payloads if p["kind"] == "interval"]
+    assert len(starts) == 6 and starts == sorted(set(starts))
+    assert [b["start_s"] for b in sent] == [utc_epoch(s) for s in starts]        # the uplink got each once

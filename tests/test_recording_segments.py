@@ -1,8 +1,5 @@
 """The gateway's recording as rotating segments: each replays alone, consecutive ones chain bit for bit,
 every start opens a new one, the directory stays bounded, and a full disk never raises into the cycle."""
-import os
-import subprocess
-
 import numpy as np
 import pytest
 
@@ -16,6 +13,7 @@ from controller.points import INDEX, N_POINTS, new_image
 from controller.replay import verify
 from controller.segments import SegmentRecorder, list_segments, segment_start_s, verify_dir
 from images import HEALTHY
+from smallfs import fill, small_fs  # noqa: F401 (fixture)
 
 PARAMS = build_params(load_site("inner-mongolia-mine"))
 T0 = 1767225600.0 + 3600.0          # 2026-01-01T01:00:00Z
@@ -149,32 +147,6 @@ def test_bounded_in_bytes_and_days(tmp_path):
     starts = [segment_start_s(p) for p in list_segments(d2)]
     assert rec.deleted > 0 and starts[1] >= cab.t - 600.0 - 0.5 * 86400.0
     assert verify(d2).ok
-
-
-@pytest.fixture
-def small_fs(tmp_path):
-    """A 1 MB tmpfs (root only): the disk that fills up."""
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.decode().strip()}): needs root")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(fs, leave):
-    """Fill the file system but `leave` bytes; returns the filler's path."""
-    filler = fs / "filler"
-    free = os.statvfs(fs).f_bavail * os.statvfs(fs).f_frsize
-    with open(filler, "wb") as f:
-        try:
-            f.write(b"\0" * max(0, free - leave))
-        except OSError:
-            pass
-    return filler
 
 
 def test_disk_full_drops_and_counts_keeps_what_is_stored_and_resumes(small_fs):
