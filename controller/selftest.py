@@ -1,7 +1,8 @@
 """`edge-ems selftest`: is this gateway ready to control the site? A verdict a technician can act on.
 
-Checks, in order: the site profile; every bus it names (port present and openable, CAN interface up, or
-'simulated'); the clock (a sane year, NTP sync from timedatectl where there is one); free space and write
+Checks, in order: the site profile; every bus it names (port present and openable, CAN interface up, TCP
+server reachable, or 'simulated'); every field device polled once through the field factory (OK with what
+it read, or FAIL with why: port, no answer, exception replies, no CAN frame); the clock (a sane year, NTP sync from timedatectl where there is one); free space and write
 access in the data dir; the keys dir; the numba kernels (compiled or loaded from the cache); one `step` on a
 synthetic image, whose commands must be finite and within the profile's limits.
 Exit 0 when nothing FAILed (WARN lines are worth a look but do not stop the gateway), else 1.
@@ -76,6 +77,62 @@ class SelfTest:
                 self.add(*self._serial_result(label, bus, field))
             elif bus["kind"] == "can":
                 self.add(*self._can_result(label, bus, field))
+            elif bus["kind"] == "modbus_tcp":
+                self.add(*self._tcp_result(label, bus, field))
+            elif bus["kind"] == "network":
+                self.add(INFO, label, f"network inputs over MQTT ({', '.join(d['name'] for d in devs)})")
+
+    def _tcp_result(self, label: str, bus: dict, field: list[str]) -> tuple[str, str, str]:
+        import socket
+        where = f"{bus['host']}:{bus['port']}"
+        try:
+            socket.create_connection((bus["host"], bus["port"]), timeout=self.timeout_s).close()
+        except OSError as exc:
+            return FAIL, label, f"tcp {where}: cannot connect: {exc} ({', '.join(field)})"
+        return OK, label, f"tcp {where} accepts connections ({', '.join(field)})"
+
+    # --- devices -------------------------------------------------------------------------------------------
+    def check_devices(self) -> None:
+        """Each field device polled once, as the running controller would build and poll it."""
+        if self.cfg is None or self.cfg.all_simulated:
+            return
+        from drivers.factory import build_field_devices
+        try:
+            field = build_field_devices(self.cfg)
+        except ValueError as exc:                       # a profile that does not exist or fit (ProfileError)
+            self.add(FAIL, "devices", str(exc))
+            return
+        try:
+            for name, dev in field.devices.items():
+                self.add(*self._poll_device(name, dev))
+        finally:
+            field.close()
+
+    def _poll_device(self, name: str, dev) -> tuple[str, str, str]:
+        from drivers.base import QUALITY_OK
+        label = f"device {name}"
+        got: dict = {}
+
+        def sink(_dev, point, value, _t, quality):
+            got[point] = (value, quality)
+        now = time.monotonic()
+        dev.acquire(now, sink)
+        if getattr(dev, "kind", "") == "bms" and hasattr(dev, "drain"):      # CAN: frames come on their own
+            deadline = now + max(self.timeout_s, 2.0)
+            while time.monotonic() < deadline and not any(q == QUALITY_OK for _v, q in got.values()):
+                time.sleep(0.05)                                             # frames every ~1 s, nothing to await
+                dev.acquire(time.monotonic(), sink)
+        fresh = {p: v for p, (v, q) in got.items() if q == QUALITY_OK}
+        where = getattr(dev, "url", "") or getattr(getattr(dev, "bus", None), "url", "")
+        unit = f" unit {dev.unit}" if hasattr(dev, "unit") else ""
+        if fresh:
+            shown = ", ".join(f"{p}={v:g}" for p, v in list(fresh.items())[:3])
+            return OK, label, f"{where}{unit}: {len(fresh)}/{len(got)} points ({shown})"
+        reason = (getattr(dev, "open_error", "") or getattr(getattr(dev, "bus", None), "open_error", "")
+                  or getattr(dev, "last_error", "") or ("no CAN frame within "
+                                                        f"{max(self.timeout_s, 2.0):.0f} s" if hasattr(dev, "drain")
+                                                        else "no point read"))
+        return FAIL, label, f"{where}{unit}: {reason}"
 
     def _serial_result(self, label: str, bus: dict, field: list[str]) -> tuple[str, str, str]:
         port = bus.get("port", "")
@@ -260,8 +317,8 @@ class SelfTest:
 
     # --- all -----------------------------------------------------------------------------------------------
     def run(self) -> int:
-        for check in (self.check_profile, self.check_buses, self.check_clock, self.check_data_dir,
-                      self.check_keys, self.check_kernels, self.check_step):
+        for check in (self.check_profile, self.check_buses, self.check_devices, self.check_clock,
+                      self.check_data_dir, self.check_keys, self.check_kernels, self.check_step):
             try:
                 check()
             except Exception as exc:                       # a check must never hide the others

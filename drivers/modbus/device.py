@@ -65,6 +65,7 @@ class ModbusDevice:
         self._written: dict[str, tuple[float, float]] = {}  # command -> (value, t written)
         self._specs = {c.name: c for c in profile.commands}
         self.supported_commands: frozenset[str] = frozenset(self._specs)
+        self.last_error = ""                              # why the last read failed ("" after a good one)
         self.writes_deferred = 0                          # flushes skipped because the unit is backed off
         self._refused: set[str] = set()                   # commands the unit answered with an exception
         lacking = [c for c in CANONICAL_COMMANDS.get(self.kind, ()) + CANONICAL_COMMANDS.get(f"{self.kind}_kw", ())
@@ -111,6 +112,7 @@ class ModbusDevice:
                 self._discover()
             except FIELD_FAULTS as exc:
                 log.info("%s: discovery failed: %s", self.name, exc)
+                self.last_error = f"SunSpec discovery failed: {exc}"
                 self._failed = {p.name for p in self.profile.points}
                 self.backoff.failed(now_s)
                 return
@@ -124,15 +126,19 @@ class ModbusDevice:
                 regs = self.bus.read(self.unit, block.function, block.start, block.count, self.timeout_s, retries)
             except DEVICE_ANSWERED as exc:  # alive but refuses this block: the profile does not fit
                 log.warning("%s: block %s@%d refused: %s", self.name, block.function, block.start, exc)
+                self.last_error = f"block FC{block.function}@{block.start} refused: {exc}"
                 self._failed.update(p.name for p in block.points)
                 continue
             except FIELD_FAULTS as exc:
                 log.info("%s: read failed: %s", self.name, exc)
+                self.last_error = str(exc) or type(exc).__name__
                 for b in due[due.index(block):]:
                     self._failed.update(p.name for p in b.points)
                 self.backoff.failed(now_s)
                 return
             self._store(block, regs, now_s)
+        if not self._failed:
+            self.last_error = ""
         self.backoff.succeeded()
 
     def _store(self, block: Block, regs: list[int], now_s: float) -> None:
