@@ -327,38 +327,3 @@ def make_carbon_hook(cfg: dict, ledger_path, key_path=None, **kw) -> CarbonHook:
     if key_path is None:
         raise TypeError("make_carbon_hook: key_path is required unless a DataDir is given")
     return CarbonHook(cfg, ledger_path, key_path, **kw)
-
-
-def sim_jobs(scn, series, seed: int | None = None, hours: float | None = None) -> JobBook:
-    """The simulated compute platform's jobs as a JobBook: the scenario's announced jobs (job1, job2...,
-    tools/sim/exogenous.py Series.jobs) and, given seed and hours, the random training jobs the simulator
-    adds to the IT load (train1, train2...), which a Kepler bridge would report per job."""
-    t0 = scn.start.timestamp()
-    jobs = []
-    for i, ev in enumerate(series.jobs, start=1):
-        start = t0 + ev["start_h"] * 3600.0
-        jobs.append({"id": f"job{i}", "kw": ev["kw"], "start_s": start, "end_s": start + ev["duration_min"] * 60.0,
-                     "label": ev.get("note", "")})
-    if seed is not None and hours is not None and scn["load"]["training_kw"] > 0.0:
-        from tools.sim.exogenous import _training_jobs
-        for i, (start_h, dur_h) in enumerate(_training_jobs(seed, scn["load"], hours), start=1):
-            start = t0 + start_h * 3600.0
-            jobs.append({"id": f"train{i}", "kw": scn["load"]["training_kw"], "start_s": start,
-                         "end_s": start + dur_h * 3600.0, "label": "training batch (simulated, unannounced)"})
-    return JobBook(jobs)
-
-
-def sim_carbon_hook(scn, site, out_dir: Path, carbon: dict | None = None, seed: int | None = None,
-                    hours: float | None = None, on_record: Callable[[dict], None] | None = None) -> CarbonHook:
-    """`edge-ems sim`: a FRESH OUT/ledger signed with OUT/gateway.key (the simulated gateway's key, created
-    on first use), the public key in OUT/ledger.pub, clock status 'simulated'. Each simulation run is a new
-    simulated gateway whose clock restarts at the scenario's start, so a ledger left in OUT by an earlier
-    run is deleted and replaced. Never use this for a real gateway: `make_carbon_hook(cfg, DataDir(...))`
-    appends to the gateway's one ledger."""
-    ledger = Path(out_dir) / "ledger"
-    for stale in (ledger, ledger.with_name("ledger.pub")):
-        if stale.exists():
-            stale.unlink()
-    return make_carbon_hook(scn.site, ledger, Path(out_dir) / "gateway.key",
-                            jobs=sim_jobs(scn, site.series, seed, hours), clock_status=lambda: "simulated",
-                            carbon=carbon, on_record=on_record)

@@ -109,7 +109,7 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
 
     rt.add("record", "events", keep_events)
     if out_dir is not None and ledger:        # OUT/ledger + OUT/ledger.pub (controller/carbon)
-        from controller.carbon.hook import sim_carbon_hook
+        from tools.sim.carbon import sim_carbon_hook
         carbon = sim_carbon_hook(scn, site, Path(out_dir), seed=seed, hours=hours, on_record=ledger_on_record)
         rt.add("ledger", "carbon", carbon, carbon.close)
     for i, hook in enumerate(hooks or []):    # the caller's (uplink, IPC, watchdog...) after the ledger
