@@ -4,7 +4,8 @@ The compute platform (Kubernetes with a Kepler exporter, DCGM for GPUs, a Slurm/
 runs a small bridge that turns its exporters' counters into the JSON below; the cabinet never scrapes
 Prometheus itself. This module only turns bytes into checked data and back: the MQTT connection is the
 uplink's (controller/uplink), which subscribes the two inbound topics and hands each message's payload
-to `decode(kind, payload)`, and publishes what `encode_headroom` / `encode_defer` return.
+to controller/netinputs.py (`ComputeTelemetry.feed` -> `decode(kind, payload)`), and publishes what
+`encode_headroom` / `encode_defer` return.
 
 Topics (levels after the uplink's ``edge-ems/v1/{site}/{gateway}/``; ``topic(topics, KIND)``):
 

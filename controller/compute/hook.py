@@ -1,7 +1,7 @@
 """The scan loop's compute hook: learns PV and load forecasts from the images, and every `period_s` computes
 the green headroom and the defer/resume requests and hands them to `publish` (the uplink's MQTT side).
 
-    book = JobBook(); device = drivers.compute.ComputeTelemetry(listeners=[book])     # fed by the uplink
+    book = JobBook(); inputs = controller.netinputs.NetworkInputs(cfg, listeners=[book])   # fed by the uplink
     hook = ComputeHook(cfg, book, publish=lambda kind, payload, retain: ...)
     ScanLoop(..., hooks=[hook])
 
