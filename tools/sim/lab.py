@@ -223,7 +223,7 @@ class Lab:
             self.mqtt_url = a.mqtt
         else:
             port = _free_port() if a.mqtt_port == 0 else a.mqtt_port
-            self.helpers["mosquitto"] = start_mosquitto(self.dir / "procs", port)
+            self.helpers["mosquitto"] = start_mosquitto(self.dir / "procs", port, preexec_fn=_die_with_parent)
             self.mqtt_url = f"mqtt://127.0.0.1:{port}"
         for name in ("compute", "market"):
             self.children[name] = Child(name, name, "tools.sim.lab_mqtt", {"name": name, "url": self.mqtt_url},

@@ -9,6 +9,7 @@ Payloads are built by the physics process (tools/sim/lab_physics.py); this proce
 """
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import os
@@ -43,16 +44,19 @@ def accepting(host: str, port: int) -> bool:
         return False
 
 
-def start_mosquitto(workdir: Path, port: int, timeout_s: float = 15.0) -> subprocess.Popen:
-    """Mosquitto on 127.0.0.1:port, no persistence, anonymous (a lab broker; never on another interface)."""
+def start_mosquitto(workdir: Path, port: int, timeout_s: float = 15.0, preexec_fn=None) -> subprocess.Popen:
+    """Mosquitto on 127.0.0.1:port, no persistence, anonymous (a lab broker; never on another interface).
+    ``preexec_fn``: the lab's, so the broker ends with the lab even when the lab is SIGKILLed."""
     if not os.path.exists(MOSQUITTO):
         raise RuntimeError(f"{MOSQUITTO} not found: install the mosquitto package (`make install` does)")
     if accepting("127.0.0.1", port):
         raise RuntimeError(f"port 127.0.0.1:{port} is already in use: stop that broker, or give --mqtt URL to use it")
     conf = workdir / "mosquitto.conf"
-    conf.write_text(f"persistence false\nlog_dest file {workdir / 'mosquitto.log'}\nlog_type error\n"
+    # `user`: as root, mosquitto would switch to the mosquitto user, which clears the parent-death signal
+    conf.write_text(f"persistence false\nuser {getpass.getuser()}\nlog_dest file {workdir / 'mosquitto.log'}\nlog_type error\n"
                     f"log_type warning\nlistener {port} 127.0.0.1\nallow_anonymous true\n")
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=preexec_fn)
     deadline = time.monotonic() + timeout_s
     while not accepting("127.0.0.1", port):
         if proc.poll() is not None:
