@@ -43,38 +43,34 @@ def field_provider(cfg, job_listeners=()) -> tuple[Provided, object]:
 
 
 class StateKeeper:
-    """Watchdog-slot part: the state file every STATE_SAVE_S and at close (billed peak, genset counters,
-    forecasters), and the health of the data directory's writers as host alarms."""
+    """Watchdog-slot part: the state file every STATE_SAVE_S and at close (billed peak, genset counters and
+    run hours, forecasters: controller/runtime/statefile.py), and the health of the data directory's
+    writers as host alarms."""
 
-    def __init__(self, rt: SiteRuntime, statefile, recorder, carbon, uplink):
-        self.rt, self.statefile, self.recorder, self.carbon, self.uplink = rt, statefile, recorder, carbon, uplink
-        self._next_save = time.monotonic() + STATE_SAVE_S
+    def __init__(self, rt: SiteRuntime, statefile, counters, recorder, carbon):
+        self.rt, self.statefile, self.counters, self.recorder, self.carbon = rt, statefile, counters, recorder, carbon
+        self.tz = rt.cfg["site"]["timezone"]
         self._n = 0
-        self.saves = 0
 
-    def save(self) -> None:
-        if self.statefile is None or self.rt.loop is None:
-            return
+    def save(self, force: bool = True) -> None:
         from controller.runtime.statefile import persisted_slots
-        ok = self.statefile.save(persisted_slots(self.rt.loop.state, self.rt.cfg, float(self.rt.loop.image["t_s"])))
-        self.saves += 1
-        self.rt.alarms.set("state_file_unwritable", ok is False, str(self.statefile.path))
+        loop = self.rt.loop
+        if loop is None or loop.cycle_no == 0:
+            return
+        content = persisted_slots(loop.state, float(loop.image["t_s"]), self.tz, self.counters.values)
+        self.statefile.save(content, force=force)
+        self.rt.alarms.set("state_file_unwritable", self.statefile.degraded, self.statefile.last_error)
 
     def __call__(self, loop, image, cmd, events, n) -> None:
+        self.counters.update(image)
         self._n += 1
         if self._n % HEALTH_EVERY == 0:
             rec = self.recorder
-            if rec is not None:
-                self.rt.alarms.set("recording_degraded", bool(getattr(rec, "degraded", False)),
-                                   getattr(rec, "last_error", ""))
+            self.rt.alarms.set("recording_degraded", bool(getattr(rec, "degraded", False)),
+                               getattr(rec, "last_error", ""))
             w = getattr(self.carbon, "writer", None)
-            if w is not None:
-                self.rt.alarms.set("ledger_degraded", bool(getattr(w, "broken", False)
-                                                           or getattr(self.carbon, "refused", None)),
-                                   str(getattr(w, "last_error", "")))
-        if time.monotonic() >= self._next_save:
-            self._next_save = time.monotonic() + STATE_SAVE_S
-            self.save()
+            self.rt.alarms.set("ledger_degraded", bool(getattr(w, "broken", False)), str(getattr(w, "last_error", "")))
+        self.save(force=False)                 # StateFile writes at most every min_interval_s
 
 
 def run_field(cfg, *, data_dir: str | None, mqtt: str | None = None, socket_arg: str | None = None,
@@ -97,19 +93,19 @@ def run_field(cfg, *, data_dir: str | None, mqtt: str | None = None, socket_arg:
     provided, inputs = field_provider(cfg, [book])
     params = build_params(cfg, strategy, t_ref_s=provided.t_start_utc_s)
     state0 = L.new_state(provided.clock.utc_s() - params[L.P_PERIOD_S])
-    statefile, restored = None, None
-    try:
-        from controller.runtime.statefile import StateFile, restore_slots
-        statefile = StateFile(dd.state_file)
-        saved = statefile.load()
-        if saved is not None:
-            restored = restore_slots(state0, saved, cfg, provided.clock.utc_s())
-    except ImportError:                       # pragma: no cover - the state file module is part of the install
-        log.warning("no state file support in this build")
+    from controller.runtime.statefile import RunCounters, StateFile, restore_slots
+    statefile = StateFile(dd.state_file, min_interval_s=STATE_SAVE_S)
+    saved = statefile.load()
+    if statefile.problem:
+        print(f"edge-ems run: state file ignored: {statefile.problem}", file=sys.stderr)
+    notes = restore_slots(state0, saved, provided.clock.utc_s(), cfg["site"]["timezone"])
+    counters = RunCounters(saved)
     site = cfg["site"]
     recorder = SegmentRecorder(dd.recording_dir, params, state0, meta={
         "site": cfg.name, "gateway": site["gateway_id"], "profile": str(cfg.path), "provider": "field"})
     rt = SiteRuntime(cfg, provided, params=params, state0=state0, recorder=recorder)
+    if statefile.problem:
+        rt.alarms.raise_("state_file_ignored", statefile.problem)
     from controller.uplink import make_uplink_hook
     try:                                      # the spool runs without a broker too: nothing is lost offline
         up_hook, uplink = make_uplink_hook(cfg, mqtt, dd.spool_dir, clock_status=provided.clock_status(),
@@ -136,14 +132,13 @@ def run_field(cfg, *, data_dir: str | None, mqtt: str | None = None, socket_arg:
         rt.add("ipc", "ipc", ipc.hook, ipc.close)
         ipc.attach_uplink(uplink)
     notifier = SystemdNotifier()
-    keeper = StateKeeper(rt, statefile, recorder, carbon, uplink)
+    keeper = StateKeeper(rt, statefile, counters, recorder, carbon)
     rt.add("watchdog", "state", keeper, keeper.save)
     rt.add("watchdog", "systemd", notifier.hook, notifier.stopping)
     rt.start()
     rt.install_signals()
     print(f"edge-ems run: site {cfg.name} (gateway {site['gateway_id']}), {len(provided.devices)} devices, "
-          f"period {cfg['control']['period_s']} s, data {dd.root}"
-          + (f", state restored ({', '.join(sorted(restored))})" if restored else ""), flush=True)
+          f"period {cfg['control']['period_s']} s, data {dd.root}; state: {'; '.join(notes)}", flush=True)
     for problem in provided.problems:
         print(f"edge-ems run: {problem}", file=sys.stderr, flush=True)
     try:
@@ -152,6 +147,7 @@ def run_field(cfg, *, data_dir: str | None, mqtt: str | None = None, socket_arg:
         rt.close()
     stats = rt.stats()
     stats["recording"] = {"records": recorder.records, "dropped": recorder.dropped, "faults": recorder.faults}
+    stats["state_file"] = {"saves": statefile.saves, "faults": statefile.faults, "counters": counters.values}
     stats["inputs"] = inputs.stats()
     # the gateway promise: no simulator module in the controller process (pvlib, pandas, tools.sim)
     stats["simulator_modules_loaded"] = sorted(m for m in sys.modules if m.split(".")[0] in ("pvlib", "pandas", "tools"))
