@@ -160,6 +160,8 @@ def step(params, state, t_s, value, quality):
 
     if quality[GRID_AVAILABLE] == Q_OK:
         grid_up = value[GRID_AVAILABLE] > 0.5
+    elif quality[GRID_V] == Q_OK:                     # no grid contact (a field site): the meter's voltage
+        grid_up = value[GRID_V] >= BLACK_V
     else:
         grid_up = quality[GRID_KW] == Q_OK and abs(value[GRID_KW]) > 0.1
     n = _flag_edge(state, st, S_GRID_UP, grid_up, events, n, EV_GRID_BACK, EV_GRID_LOST, 0.0)

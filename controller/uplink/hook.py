@@ -171,7 +171,11 @@ class Uplink:
                                                       "resends", "wire_bytes", "payload_bytes", "raw_bytes",
                                                       "protocol")}
             if isinstance(self.mqtt, UplinkProcess):
-                out["mqtt"].update(worker_pid=self.mqtt.pid, worker_restarts=self.mqtt.restarts)
+                out["mqtt"].update(worker_pid=self.mqtt.pid, worker_restarts=self.mqtt.restarts,
+                                   inbound=self.mqtt.worker_stats.get("inbound"))
+            else:
+                out["mqtt"]["inbound"] = {"passed": dict(self.mqtt.inbound.passed),
+                                          "dropped": dict(self.mqtt.inbound.dropped)}
         return out
 
 
