@@ -114,20 +114,18 @@ class LedgerWriter:
         self.prev = GENESIS_PREV
         self.last: dict | None = None          # last payload written or found
         self.last_interval: dict | None = None
-        existing = self.path.read_bytes() if self.path.exists() else b""
-        good_end = self._scan(existing) if existing else 0
-        if existing and self.n < 0:             # nothing usable (torn genesis): keep it aside, start over
+        size, good_end, frag = self._scan_tail()
+        if size and self.n < 0:                 # nothing usable (torn genesis): keep it aside, start over
             self.path.rename(self.path.with_name(self.path.name + f".torn-{int(time.time())}"))
-            existing, good_end = b"", 0
+            size, good_end, frag = 0, 0, b""
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self.broken = None
         try:
-            if not existing:
+            if not size:
                 _fsync_dir(self.path.parent)
                 self.append("genesis", {**self.genesis, "pubkey": public_b64(self.pub),
                                         "key_fingerprint": fingerprint(self.pub), "format": FORMAT})
-            elif good_end < len(existing):
-                frag = existing[good_end:]
+            elif frag:
                 if frag.endswith(b"\n"):
                     body = frag[:-1]
                 else:
@@ -141,24 +139,50 @@ class LedgerWriter:
             self._break(exc)
             raise
 
-    def _scan(self, data: bytes) -> int:
-        """Walk the existing file; remember the last good record. Returns the byte offset after it."""
-        good_end = 0
-        for off, line, has_nl in _lines(data):
-            if not has_nl:
-                break
-            try:
-                payload, head, sig = parse_line(line)
-                self.pub.verify(sig, head)
-            except (LineError, InvalidSignature):
-                continue                        # a documented old tear, or the torn tail itself
-            if payload.get("n") != self.n + 1 or payload.get("prev") != self.prev:
-                continue
+    TAIL_BYTES = 1 << 20
+
+    def _scan_tail(self) -> tuple[int, int, bytes]:
+        """Find the last record that parses and verifies with our key, reading from the end of the file
+        (a year of intervals is ~100 MB: re-verifying all of it at every start would take minutes on a
+        gateway; `ledger verify` is the full check). Sets n / prev / last / last_interval.
+        Returns (file size, byte offset after that record, the bytes after it: a torn fragment)."""
+        try:
+            f = open(self.path, "rb")
+        except FileNotFoundError:
+            return 0, 0, b""
+        with f:
+            size = f.seek(0, os.SEEK_END)
+            start = max(0, size - self.TAIL_BYTES)
+            while True:
+                f.seek(start)
+                data = f.read(size - start)
+                lines = list(_lines(data))
+                if start > 0:
+                    lines = lines[1:]           # it may begin mid-line
+                found, last_iv = None, None
+                for off, line, has_nl in reversed(lines):
+                    if not has_nl:
+                        continue                # the torn tail itself
+                    try:
+                        payload, head, sig = parse_line(line)
+                        self.pub.verify(sig, head)
+                    except (LineError, InvalidSignature):
+                        continue                # a documented old tear, or the torn tail
+                    if found is None:
+                        found = (start + off + len(line) + 1, line, payload)
+                    if payload.get("kind") == "interval":
+                        last_iv = payload
+                        break
+                if (found is not None and last_iv is not None) or start == 0:
+                    break
+                start = max(0, start - 8 * self.TAIL_BYTES)
+            if found is None:
+                return size, 0, b""
+            good_end, line, payload = found
             self.n, self.prev, self.last = payload["n"], line_hash(line), payload
-            if payload.get("kind") == "interval":
-                self.last_interval = payload
-            good_end = off + len(line) + 1
-        return good_end
+            self.last_interval = last_iv
+            f.seek(good_end)
+            return size, good_end, f.read()
 
     def _break(self, exc: OSError) -> None:
         self.broken = exc
