@@ -205,7 +205,7 @@ def battery(hello, snap, hist, ascii: bool, ui: dict | None = None) -> Text:
     left = [Text("BMS", style="bold"),
             Text.assemble("SOC          ", pv(snap, "soc_pct"), " %"),
             Text.assemble("SOH          ", pv(snap, "soh_pct"), " %"),
-            Text.assemble("Pack         ", pv(snap, "battery_v"), " V"),
+            Text.assemble("Pack         ", pv(snap, "battery_v") if val(snap, "battery_v")[1] else "     --", " V"),
             Text.assemble("Current      ", pv(snap, "battery_a"), " A"),
             Text.assemble("Power        ", pv(snap, "battery_kw"), " kW"),
             Text.assemble("Temp         ", pv(snap, "battery_temp_c"), " °C"),
