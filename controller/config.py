@@ -324,7 +324,7 @@ def _bus_checks(cfg: dict, v: Validator) -> None:
         elif kind == "can" and not bus["channel"].strip():
             v.problem(f"{key}.channel", f"can ({bus['interface']}): empty; expected an interface name (\"can0\") "
                       "or, for slcan, the adapter's serial path or URL")
-        bus["port"] = port
+        bus["port"] = "" if port is None else port         # can / network / sim: "" as before
 
 
 def _device_checks(cfg: dict, v: Validator) -> None:

@@ -290,7 +290,7 @@ def devices(hello, snap, hist, ascii: bool, ui: dict | None = None) -> Text:
                                  f"{d['ok']:>4}/{d['points']:<3}{d['error_cycles']:>5}{d['stale_cycles']:>6} ",
                                  ((stale + (" " + counters if counters else ""))[:18], style)))
     buses = hello.get("buses", {})
-    out.append(Text("BUSES  " + "  ".join(f"{k}:{b['kind']}{(' ' + b['port']) if b['port'] else ''}"
+    out.append(Text("BUSES  " + "  ".join(f"{k}:{b['kind']}{(' ' + str(b['port'])) if b['port'] else ''}"
                                           for k, b in buses.items())[:72]))
     field = (ui or {}).get("field")
     if field is None:
