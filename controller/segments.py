@@ -82,6 +82,8 @@ class SegmentRecorder:
     the state0 of a segment that starts at this record. Without it (the old 4-argument call) the recorder
     cannot start a segment after the first, so it neither rotates nor resumes after a disk error."""
 
+    takes_state = True           # ScanLoop passes the state that went into step (controller/loop.py)
+
     def __init__(self, directory: str | Path, params: np.ndarray, state0: np.ndarray, meta: dict | None = None,
                  max_segment_bytes: int = 32 << 20, max_total_bytes: int = 1 << 30, max_age_days: float = 30.0,
                  flush_every: int = 1, retry_every: int = 30, min_free_bytes: int = 1 << 20,
