@@ -57,7 +57,9 @@ def _pack_voltage_range(cfg) -> tuple[float, float]:
 def _open_modbus_bus(name: str, spec: dict):
     if spec["kind"] == "modbus_rtu":
         return get_bus(spec["port"], spec["baud"], parity=spec["parity"], lazy=True)
-    bus = get_tcp_bus(spec["host"], spec["port"] if isinstance(spec["port"], int) else 502)
+    # a LAN connect takes milliseconds; an unreachable host must not stall the cycle for long per attempt
+    bus = get_tcp_bus(spec["host"], spec["port"] if isinstance(spec["port"], int) else 502,
+                      connect_timeout_s=0.5)
     bus.connect()
     return bus
 
