@@ -196,6 +196,10 @@ class CanBms:
         for point, (value, t, quality) in self.readings(now_mono_s).items():
             sink(self.name, point, value, t, quality)
 
+    def comm_stats(self) -> dict:
+        return {"frames": self.frames, "bad_frames": self.bad_frames,
+                "open_error": str(getattr(self, "open_error", "") or "")}
+
     def actuate(self, commands: dict[str, float], now_mono_s: float) -> None:
         """A BMS takes no commands from the EMS; its limits flow the other way."""
 

@@ -68,6 +68,10 @@ class StateKeeper:
             rec = self.recorder
             self.rt.alarms.set("recording_degraded", bool(getattr(rec, "degraded", False)),
                                getattr(rec, "last_error", ""))
+            for name, dev in self.rt.provided.devices.items():
+                err = getattr(dev, "last_error", None)
+                if err is not None:                # a field device that stopped answering (or refuses a block)
+                    self.rt.alarms.set(f"device_comm:{name}", bool(err), err)
             w = getattr(self.carbon, "writer", None)
             self.rt.alarms.set("ledger_degraded", bool(getattr(w, "broken", False)), str(getattr(w, "last_error", "")))
         self.save(force=False)                 # StateFile writes at most every min_interval_s
@@ -149,6 +153,7 @@ def run_field(cfg, *, data_dir: str | None, mqtt: str | None = None, socket_arg:
     stats["recording"] = {"records": recorder.records, "dropped": recorder.dropped, "faults": recorder.faults}
     stats["state_file"] = {"saves": statefile.saves, "faults": statefile.faults, "counters": counters.values}
     stats["inputs"] = inputs.stats()
+    stats["devices"] = {name: dev.comm_stats() for name, dev in provided.devices.items() if hasattr(dev, "comm_stats")}
     # the gateway promise: no simulator module in the controller process (pvlib, pandas, tools.sim)
     stats["simulator_modules_loaded"] = sorted(m for m in sys.modules if m.split(".")[0] in ("pvlib", "pandas", "tools"))
     print(json.dumps(stats, default=str))

@@ -67,6 +67,8 @@ class ModbusDevice:
         self.supported_commands: frozenset[str] = frozenset(self._specs)
         self.last_error = ""                              # why the last read failed ("" after a good one)
         self.writes_deferred = 0                          # flushes skipped because the unit is backed off
+        # bus cycles: reads due (not backed off), all blocks read, some failed, skipped while backed off
+        self.polls_due = self.polls_ok = self.polls_failed = self.polls_skipped = 0
         self._refused: set[str] = set()                   # commands the unit answered with an exception
         lacking = [c for c in CANONICAL_COMMANDS.get(self.kind, ()) + CANONICAL_COMMANDS.get(f"{self.kind}_kw", ())
                    if c not in self.supported_commands]
@@ -105,7 +107,9 @@ class ModbusDevice:
         """Run this cycle's reads: all fast blocks and the next slow block, unless backed off."""
         self._failed = set()
         if not self.backoff.ready(now_s):
+            self.polls_skipped += 1
             return
+        self.polls_due += 1
         probing = self.backoff.active
         if not self.placed:
             try:
@@ -115,6 +119,7 @@ class ModbusDevice:
                 self.last_error = f"SunSpec discovery failed: {exc}"
                 self._failed = {p.name for p in self.profile.points}
                 self.backoff.failed(now_s)
+                self.polls_failed += 1
                 return
         due = list(self._fast)
         if self._slow:
@@ -135,11 +140,20 @@ class ModbusDevice:
                 for b in due[due.index(block):]:
                     self._failed.update(p.name for p in b.points)
                 self.backoff.failed(now_s)
+                self.polls_failed += 1
                 return
             self._store(block, regs, now_s)
         if not self._failed:
             self.last_error = ""
+            self.polls_ok += 1
+        else:
+            self.polls_failed += 1
         self.backoff.succeeded()
+
+    def comm_stats(self) -> dict:
+        return {"polls_due": self.polls_due, "polls_ok": self.polls_ok, "polls_failed": self.polls_failed,
+                "polls_skipped": self.polls_skipped, "writes_deferred": self.writes_deferred,
+                "backed_off": self.backoff.active, "last_error": self.last_error}
 
     def _store(self, block: Block, regs: list[int], now_s: float) -> None:
         bo, wo = self.profile.byte_order, self.profile.word_order
