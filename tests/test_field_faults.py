@@ -27,6 +27,7 @@ pytestmark = pytest.mark.skipif(not (os.path.exists("/usr/bin/socat") and os.pat
                                 reason="the lab needs socat and mosquitto (make install)")
 GRID_KW, SOC = INDEX["grid_kw"], INDEX["soc_pct"]
 READY_RECORDS = 6            # records before a fault: past the start-up hold, every device read
+BOOT_S = 600               # to the first records: a changed controller/core recompiles the numba kernels first
 
 
 def records(data: Path) -> list:
@@ -119,7 +120,7 @@ def test_meter_gone_goes_stale_within_max_age_alarms_and_recovers(clean, tmp_pat
     run = Run(lab, tmp_path / "data", 60)
     try:
         rec = run.wait_records(lambda r: len(r) >= READY_RECORDS and int(r[-1].image["quality"][GRID_KW]) == 0,
-                               120, "a fresh grid meter")
+                               BOOT_S, "a fresh grid meter")
         assert lab.ctl("fault", "meter", "silent")["ok"]
         t_fault = time.time()
         rec = run.wait_records(lambda r: any(c[0] == L.EV_METER_STALE for x in r for c in codes(x)), 60, "meter_stale")
@@ -147,7 +148,7 @@ def test_pcs_ignoring_writes_keeps_the_period(clean, tmp_path):
     lab = clean
     run = Run(lab, tmp_path / "data", READY_RECORDS + 12)
     try:
-        run.wait_records(lambda r: len(r) >= READY_RECORDS, 120, f"{READY_RECORDS} records")
+        run.wait_records(lambda r: len(r) >= READY_RECORDS, BOOT_S, f"{READY_RECORDS} records")
         assert lab.ctl("fault", "pcs", "no-writes")["ok"]
         stats = run.finish()
     finally:
@@ -165,7 +166,7 @@ def test_bms_silent_mid_run_battery_to_zero_within_bms_stale_cycles(clean, tmp_p
     lab = clean
     run = Run(lab, tmp_path / "data", 30)
     try:
-        run.wait_records(lambda r: len(r) >= READY_RECORDS and int(r[-1].image["quality"][SOC]) == 0, 120,
+        run.wait_records(lambda r: len(r) >= READY_RECORDS and int(r[-1].image["quality"][SOC]) == 0, BOOT_S,
                          "a fresh BMS")
         assert lab.ctl("fault", "bms", "silent")["ok"]
         run.wait_records(lambda r: any(c[0] == L.EV_BMS_STALE for x in r for c in codes(x)), 60, "bms_stale")
@@ -195,7 +196,7 @@ def test_data_dir_on_a_full_tmpfs(clean, tmp_path):
         data = mnt / "D"
         run = Run(lab, data, 40, logs=tmp_path)           # the logs off the small file system
         try:
-            before = run.wait_records(lambda r: len(r) >= READY_RECORDS, 120, f"{READY_RECORDS} records")
+            before = run.wait_records(lambda r: len(r) >= READY_RECORDS, BOOT_S, f"{READY_RECORDS} records")
             st = os.statvfs(mnt)
             with open(mnt / "filler", "wb") as f:           # the disk fills up under the running controller
                 try:
