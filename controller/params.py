@@ -95,6 +95,30 @@ def _put_tz(p: np.ndarray, tz: str, t_ref_s: float | None) -> None:
         p[L.P_TZ_TABLE + 2 + 2 * i] = off
 
 
+def month_starts(tz: str, t0_s: float, n: int = L.MONTH_MAX_STARTS) -> list[float]:
+    """The next n starts of a calendar month in the site's zone after t0_s (UTC epoch s, local midnight
+    of the 1st). Why in PARAMS: the demand charge bills the month's peak, the kernel reads no clock, and a
+    gateway runs across the 1st. A midnight that a DST change skips resolves (fold=0) to the change
+    itself, a repeated one to its first occurrence: the month begins there in either case."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+    zone = ZoneInfo(tz)
+    local = datetime.fromtimestamp(t0_s, zone)
+    y, m = local.year, local.month
+    out = []
+    while len(out) < n:
+        y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+        out.append(datetime(y, m, 1, tzinfo=zone).timestamp())
+    return out
+
+
+def _put_months(p: np.ndarray, tz: str, t_ref_s: float | None) -> None:
+    import time
+    starts = month_starts(tz, time.time() if t_ref_s is None else t_ref_s)
+    p[L.P_MONTH_TABLE] = len(starts)
+    p[L.P_MONTH_TABLE + 1:L.P_MONTH_TABLE + 1 + len(starts)] = starts
+
+
 def market_expected(cfg: SiteConfig) -> bool:
     """A market feed is expected when [market] expected = true or a device has role "market"."""
     return bool((cfg.get("market") or {}).get("expected", False)) or any(
@@ -108,6 +132,7 @@ def _put_mpc(p: np.ndarray, cfg: SiteConfig, t_ref_s: float | None) -> None:
     p[L.P_MPC_HORIZON], p[L.P_MPC_DT_H] = MPC_HORIZON, MPC_DT_H
     p[L.P_MPC_REPLAN_S], p[L.P_MPC_GENSET_EVALS] = MPC_REPLAN_S, MPC_GENSET_EVALS
     _put_tz(p, site["timezone"], t_ref_s)
+    _put_months(p, site["timezone"], t_ref_s)
     p[L.P_MARKET_EXPECTED] = 1.0 if market_expected(cfg) else 0.0
     p[L.P_TARIFF_SPOT] = 1.0 if tariff["kind"] == "spot" else 0.0
     p[L.P_EXPORT_PRICE] = tariff["export_price_per_kwh"]

@@ -116,3 +116,64 @@ def test_peak_already_billed_is_free():
     out_b, obj_b, _ = M.plan_kernel(steps, billed, M.PEAK_EVALS, M.GENSET_EVALS)
     energy_b = obj_b - prm[M.P_PEAK] * out_b[0, :H].max()
     assert energy_b == pytest.approx(obj_f, rel=1e-6, abs=1e-6)
+
+
+def _shanghai_month_site():
+    from controller.config import load_site
+    cfg = load_site("inner-mongolia-mine")
+    assert cfg["site"]["timezone"] == "Asia/Shanghai"
+    return cfg
+
+
+def test_month_starts_are_local_midnights_of_the_first():
+    """PARAMS carries the billing months' starts in the site's zone: 1 Feb 00:00 +08:00 is 31 Jan 16:00 UTC."""
+    from datetime import datetime, timezone
+    from zoneinfo import ZoneInfo
+    from controller.params import build_params, month_starts
+    t0 = datetime(2026, 1, 31, 12, 0, tzinfo=timezone.utc).timestamp()
+    p = build_params(_shanghai_month_site(), "mpc", t_ref_s=t0)
+    n = int(p[L.P_MONTH_TABLE])
+    assert n == L.MONTH_MAX_STARTS
+    starts = p[L.P_MONTH_TABLE + 1:L.P_MONTH_TABLE + 1 + n]
+    assert starts[0] == datetime(2026, 1, 31, 16, 0, tzinfo=timezone.utc).timestamp()
+    assert all(datetime.fromtimestamp(s, ZoneInfo("Asia/Shanghai")).timetuple()[2:6] == (1, 0, 0, 0)
+               for s in starts)
+    assert list(starts) == sorted(starts) and len(set(starts)) == n
+    # a zone whose DST change falls at midnight: the month starts at the change itself
+    santiago = month_starts("America/Santiago", datetime(2022, 8, 15, tzinfo=timezone.utc).timestamp(), 2)
+    assert datetime.fromtimestamp(santiago[0], ZoneInfo("America/Santiago")).isoformat() == "2022-09-01T00:00:00-04:00"
+
+
+def test_billed_peak_resets_at_the_site_month_start():
+    """The kernel (mpc_learn) across 1 Feb 00:00 Asia/Shanghai: January's peak (80 kW) stands until the
+    month starts, the window that closes at midnight still counts for January, and February's peak is
+    February's own (30 kW), not January's. Without the PARAMS table, peak_kw stays at 80."""
+    import numpy as np
+    from datetime import datetime, timezone
+    from controller.core.mpc_strategy import month_index, mpc_learn
+    from controller.params import build_params
+    from controller.points import GRID_KW, N_POINTS
+    month = datetime(2026, 1, 31, 16, 0, tzinfo=timezone.utc).timestamp()
+    t0 = month - 3600.0
+    p = build_params(_shanghai_month_site(), "mpc", t_ref_s=t0)
+    assert month_index(p, month - 1.0) == 0 and month_index(p, month) == 1
+    value, quality = np.zeros(N_POINTS), np.full(N_POINTS, Q_OK, dtype=np.uint8)
+
+    def run(params):
+        st = L.new_state(t0 - 10.0)
+        seen = {}
+        for t in np.arange(t0, month + 1800.0 + 1.0, 10.0):
+            value[GRID_KW] = 80.0 if t < month else 30.0
+            mpc_learn(params, st, float(t), 10.0, value, quality, 50.0, True, 0.0)
+            seen[float(t)] = float(st[L.S_PEAK_KW])
+        return seen
+
+    seen = run(p)
+    assert seen[month - 10.0] == pytest.approx(80.0)           # January's windows of 80 kW
+    assert seen[month] == 0.0                                  # the 1st: a new billing period
+    assert seen[month + 890.0] == 0.0                          # no full February window yet
+    assert seen[month + 900.0] == pytest.approx(30.0)          # February's first window
+    assert seen[month + 1800.0] == pytest.approx(30.0)
+    frozen = p.copy()
+    frozen[L.P_MONTH_TABLE] = 0                                # the old kernel's view: no month starts
+    assert run(frozen)[month + 1800.0] == pytest.approx(80.0)

@@ -52,6 +52,12 @@ P_TARIFF = P_PV_VECTOR + 14
 TZ_MAX_CHANGES = 16
 P_TZ_TABLE = P_TARIFF + 24
 N_PARAMS = P_TZ_TABLE + 1 + 2 * TZ_MAX_CHANGES
+# The billing months' starts in the site's time zone from the run's start on (UTC epoch s): n, then the
+# instants, so the billed peak resets at a month start in a continuous run without the kernel reading a
+# clock or a zone (controller/params.py month_starts; ten years, like the DST table's span).
+MONTH_MAX_STARTS = 120
+P_MONTH_TABLE = N_PARAMS
+N_PARAMS = P_MONTH_TABLE + 1 + MONTH_MAX_STARTS
 
 STRATEGY_NONE, STRATEGY_RULE, STRATEGY_MPC = 0, 1, 2
 STRATEGY_CODES = {"none": STRATEGY_NONE, "rule": STRATEGY_RULE, "mpc": STRATEGY_MPC}

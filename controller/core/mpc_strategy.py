@@ -23,6 +23,8 @@ Inputs the planner sees (all from the image or learned in the state; none from a
   when the grid is down without notice; the reserve SOC is a soft floor except where the grid is
   expected down (that is what the reserve is for);
 - the demand peak already billed (the running 15-min maximum): import up to it is free of the peak term.
+  It resets at each start of a month in the site's zone (a PARAMS table of the instants, as for DST), the
+  window that closed before the 1st counting for the old month; a plan is made at once when it resets.
 """
 import math
 
@@ -40,7 +42,7 @@ from controller.core.layout import (
     P_GEN_RATED_KW, P_GEN_START_COST, P_GRID_CO2, P_GRID_IMPORT_MAX_KW, P_GRID_MARGIN_KW, P_HAS_GENSET, P_MPC_DT_H, P_MPC_GENSET_EVALS, P_MPC_HORIZON,
     P_MPC_REPLAN_S, P_OUTAGE_ASSUME_S, P_PEAK_PRICE, P_PV_RATED_KW, P_PV_VECTOR, P_RESERVE_PENALTY,
     P_SOC_MAX_PCT, P_SOC_MIN_PCT, P_STORM_RESERVE_PCT, P_TARIFF, P_TARIFF_SPOT, P_TERMINAL_FRAC, P_TZ_OFFSET_S,
-    P_TZ_TABLE,
+    P_TZ_TABLE, P_MONTH_TABLE,
     P_UNSERVED_PENALTY, P_WEAR_COST, S_CO2F, S_DERATE, S_GEN_FAILED, S_LOADF, S_MPC_READY, S_PEAK_KW,
     S_PEAK_WIN, S_PEAK_WIN_KWH, S_PLAN_BATTERY_KW, S_PLAN_COUNT, S_PLAN_DIESEL_KW, S_PLAN_DIESEL_ON,
     S_PLAN_EXPORT_KW, S_PLAN_GRID_KW, S_PLAN_KEY, S_PLAN_OBJECTIVE, S_PLAN_PEAK_KW, S_PLAN_SOC_END_PCT, S_PLAN_T_S,
@@ -125,6 +127,9 @@ def mpc_learn(params, st, t_s, dt_s, value, quality, load_kw, meters_fresh, pv_k
     if win != st[S_PEAK_WIN]:
         if st[S_PEAK_WIN] >= 0.0:
             st[S_PEAK_KW] = max(st[S_PEAK_KW], st[S_PEAK_WIN_KWH] / (PEAK_WINDOW_S / 3600.0))
+            # a new billing month: the window just closed belonged to the old one, the new one starts at 0
+            if month_index(params, t_s) != month_index(params, st[S_PEAK_WIN] * PEAK_WINDOW_S):
+                st[S_PEAK_KW] = 0.0
         st[S_PEAK_WIN] = win
         st[S_PEAK_WIN_KWH] = 0.0
     if quality[GRID_KW] == Q_OK:
@@ -145,6 +150,18 @@ def tz_offset_s(params, t_s):
             break
         off = params[P_TZ_TABLE + 2 + 2 * i]
     return off
+
+
+@njit(cache=True)
+def month_index(params, t_s):
+    """How many billing-month starts of the PARAMS table lie at or before t_s (0: the run's first month).
+    Local month starts fall on whole quarter hours in every zone, so a 15-min window is in one month."""
+    n = 0
+    for i in range(int(params[P_MONTH_TABLE])):
+        if t_s < params[P_MONTH_TABLE + 1 + i]:
+            break
+        n += 1
+    return n
 
 
 @njit(cache=True)
@@ -335,8 +352,9 @@ def mpc_plan(params, state, st, t_s, value, quality, soc_pct, load_kw, grid_up, 
     gen_ok = params[P_HAS_GENSET] > 0.5 and state[S_GEN_FAILED] < 0.5 and not (
         quality[GENSET_AVAILABLE] == Q_OK and value[GENSET_AVAILABLE] < 0.5)
     key = _plan_key(value, quality, grid_up, gen_on, gen_ok)
+    # the billed peak only falls at a month start (mpc_learn): the plan's free import level falls with it
     if state[S_PLAN_COUNT] > 0.0 and t_s - state[S_PLAN_T_S] < params[P_MPC_REPLAN_S] \
-            and key == state[S_PLAN_KEY]:
+            and key == state[S_PLAN_KEY] and st[S_PEAK_KW] >= state[S_PEAK_KW]:
         return False
     steps, prm = build_instance(params, st, t_s, value, quality, soc_pct, load_kw, grid_up, gen_on, gen_ok,
                                 export_max_kw, reserve_pct)
