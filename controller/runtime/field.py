@@ -72,6 +72,9 @@ class StateKeeper:
                 err = getattr(dev, "last_error", None)
                 if err is not None:                # a field device that stopped answering (or refuses a block)
                     self.rt.alarms.set(f"device_comm:{name}", bool(err), err)
+                werr = getattr(dev, "last_write_error", None)
+                if werr is not None:               # answers reads, not writes: the setpoint is not arriving
+                    self.rt.alarms.set(f"device_writes:{name}", bool(werr), werr)
             w = getattr(self.carbon, "writer", None)
             self.rt.alarms.set("ledger_degraded", bool(getattr(w, "broken", False)), str(getattr(w, "last_error", "")))
         self.save(force=False)                 # StateFile writes at most every min_interval_s

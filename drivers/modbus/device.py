@@ -52,6 +52,11 @@ class ModbusDevice:
         self.fast_max_age_s = profile.fast_max_age_s if fast_max_age_s is None else fast_max_age_s
         self.slow_max_age_s = profile.slow_max_age_s if slow_max_age_s is None else slow_max_age_s
         self.backoff = backoff or Backoff()
+        # writes: their own backoff, threshold 1 (the first unanswered write already waits), so a unit that
+        # answers reads and not writes does not cost a timeout every cycle
+        self.write_backoff = Backoff(threshold=1)
+        self.write_failures = 0
+        self.last_write_error = ""
         self.emit_extras = emit_extras
         self.refresh_s = refresh_s
         self.models: dict[int, int] = {}
@@ -153,7 +158,8 @@ class ModbusDevice:
     def comm_stats(self) -> dict:
         return {"polls_due": self.polls_due, "polls_ok": self.polls_ok, "polls_failed": self.polls_failed,
                 "polls_skipped": self.polls_skipped, "writes_deferred": self.writes_deferred,
-                "backed_off": self.backoff.active, "last_error": self.last_error}
+                "backed_off": self.backoff.active, "last_error": self.last_error,
+                "write_failures": self.write_failures, "last_write_error": self.last_write_error}
 
     def _store(self, block: Block, regs: list[int], now_s: float) -> None:
         bo, wo = self.profile.byte_order, self.profile.word_order
@@ -173,14 +179,18 @@ class ModbusDevice:
         """
         if not self._pending:
             return
-        if self.backoff.active:         # the last read or write got no answer: wait for a probe read to
-            self.writes_deferred += 1   # succeed (poll resets the backoff), keeping the latest values
+        if self.backoff.active or not self.write_backoff.ready(now_s):
+            # the last read got no answer (wait for a probe read), or the unit answers reads but not writes
+            # (its own backoff, which a good read does not reset): keep the latest values, try later
+            self.writes_deferred += 1
             return
         for name in list(self._pending):
             value = self._pending[name]
             try:
                 for start, words in self._command_writes(name, value):
-                    self.bus.write(self.unit, start, words, self.timeout_s, self.retries)
+                    # no retry inside the cycle: a write that times out costs one timeout, and the next
+                    # attempt waits for the write backoff (a retry here doubled the stall every time)
+                    self.bus.write(self.unit, start, words, self.timeout_s, 0)
             except DEVICE_ANSWERED as exc:
                 if name not in self._refused:
                     self._refused.add(name)
@@ -190,9 +200,13 @@ class ModbusDevice:
             except FIELD_FAULTS as exc:
                 log.info("%s: write %s=%s failed: %s", self.name, name, value, exc)
                 if not isinstance(exc, ValueError):     # ValueError: not expressible yet, not the wire
-                    self.backoff.failed(now_s)
+                    self.write_backoff.failed(now_s)
+                    self.write_failures += 1
+                    self.last_write_error = str(exc) or type(exc).__name__
                     return
                 continue
+            self.write_backoff.succeeded()
+            self.last_write_error = ""
             self._refused.discard(name)
             del self._pending[name]
             self._written[name] = (value, now_s)
