@@ -43,12 +43,13 @@ from paho.mqtt.packettypes import PacketTypes
 from controller.uplink.priority import lower_this_thread, protect_scan_cycle
 from controller.uplink.drain import DrainPolicy, TokenBucket, encode_batch, publish_wire_bytes
 from controller.uplink.spool import Spool, iso_utc
-from controller.uplink.topics import INBOUND, INBOUND_QOS, RECORD_KINDS, TELEMETRY, Topics
+from controller.uplink.topics import INBOUND, INBOUND_QOS, LIVE, LIVE_MAX_BYTES, RECORD_KINDS, TELEMETRY, Topics
 
 RC_NO_MATCHING_SUBSCRIBERS = 0x10
 INBOUND_MAX_BYTES = 64 * 1024      # drivers/market.py MAX_BYTES: a bigger inbound message is dropped here
 INBOUND_RATE_PER_S = 2.0           # per kind: compute/power comes every 10-60 s, a market message hourly
 INBOUND_BURST = 32                 # a reconnect's retained messages and a platform's batch of announcements
+LIVE_QUEUE = 16                    # live signals waiting for the connection thread (one headroom a minute)
 
 
 class InboundGate:
@@ -141,6 +142,8 @@ class UplinkStats:
     payload_bytes: int = 0
     raw_bytes: int = 0                # records' JSON before compression
     protocol: str = ""
+    live_sent: int = 0                # publish_live: handed to paho while connected
+    live_dropped: int = 0             # publish_live: offline, queue full, unknown kind or too big (never stored)
     latency_s: deque = field(default_factory=lambda: deque(maxlen=1000))   # commit->PUBACK, live records
 
 
@@ -171,6 +174,8 @@ class MqttUplink:
         self._v5 = broker.protocol in ("auto", "5")
         self._bucket = TokenBucket(self.drain.rate_bytes_s, self.drain.burst_bytes)
         self._thread: threading.Thread | None = None
+        self._live: deque = deque()      # (topic, payload, qos, retain) for the connection thread, bounded
+        self._live_lock = threading.Lock()
         self._reset_session()
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -193,6 +198,38 @@ class MqttUplink:
         if self._thread is not None:
             self._thread.join(15.0)
         return empty
+
+    def publish_live(self, kind: str, payload: bytes, retain: bool | None = None) -> bool:
+        """Publish a live signal (topics.LIVE: compute/headroom retained, compute/defer) with its documented
+        QoS and retain flag (``retain`` is the caller's view of it; the table wins). Never blocks: while
+        connected it is queued (at most LIVE_QUEUE; the oldest goes when full) for the connection thread;
+        offline it is dropped and counted, not spooled (a stale headroom is wrong, not late). True if queued."""
+        spec = LIVE.get(kind)
+        if spec is None or not self.connected.is_set() or len(payload) > LIVE_MAX_BYTES:
+            self.stats.live_dropped += 1
+            return False
+        with self._live_lock:
+            if len(self._live) >= LIVE_QUEUE:
+                self._live.popleft()
+                self.stats.live_dropped += 1
+            self._live.append((self.topics(kind), bytes(payload), spec[0], spec[1]))
+        return True
+
+    def _send_live(self, client: mqtt.Client) -> None:
+        while True:
+            with self._live_lock:
+                if not self._live:
+                    return
+                topic, payload, qos, retain = self._live.popleft()
+            if client.publish(topic, payload, qos=qos, retain=retain).rc == mqtt.MQTT_ERR_SUCCESS:
+                self.stats.live_sent += 1
+            else:
+                self.stats.live_dropped += 1
+
+    def _drop_live(self) -> None:
+        with self._live_lock:
+            self.stats.live_dropped += len(self._live)
+            self._live.clear()
 
     def request_flush(self) -> None:
         """Send held telemetry now (and from now on hold none)."""
@@ -293,10 +330,13 @@ class MqttUplink:
         client.subscribe([(self.topics(k), INBOUND_QOS[k]) for k in INBOUND])
         if self.cloud_confirms:
             client.subscribe(self.topics.ack, qos=1)
+        self._drop_live()                                # one that raced the last disconnect is stale
         self.connected.set()
         apply_acks = getattr(self.spool, "apply_acks", None)     # the worker's spool reader deletes in batches
         try:
             while not self._stop.is_set() and self.connected.is_set():
+                if self._live:
+                    self._send_live(client)
                 if not self.paused:
                     self._offer(client)
                 rc = client.loop(timeout=0.02)
@@ -314,6 +354,7 @@ class MqttUplink:
                         break
         finally:
             self.connected.clear()
+            self._drop_live()                            # what the lost connection did not take is stale
             self.stats.disconnects += 1
 
     def _rewind_unconfirmed(self, now: float) -> None:

@@ -82,6 +82,7 @@ class Uplink:
         self.active_alarms: dict[str, dict] = {}
         self.hook_s: deque = deque(maxlen=65536)
         self.schedule: dict | None = None        # accepted setpoint schedule being followed
+        self.live_dropped = 0                    # publish_live signals not handed to the MQTT side
         self._lock = threading.Lock()
 
     def attach_inputs(self, inputs) -> None:
@@ -152,6 +153,18 @@ class Uplink:
         elif k >= 0 and op is not None:
             op.set_battery_kw(float(sch["battery_kw"][k]))
 
+    def publish_live(self, kind: str, payload: bytes, retain: bool = False) -> bool:
+        """ComputeHook's ``publish``: compute/headroom (retained) and compute/defer go to the broker now, with
+        their documented QoS and retain (topics.LIVE), never into the spool; without a broker, offline or
+        when LIVE_QUEUE already wait they are dropped and counted. Never blocks, never raises."""
+        try:
+            if self.mqtt is not None and self.mqtt.publish_live(kind, payload, retain):
+                return True
+        except Exception as exc:                 # the cycle calls this: nothing raises into it
+            print(f"uplink: publish_live({kind}) failed: {exc!r}")
+        self.live_dropped += 1
+        return False
+
     def close(self, drain_timeout_s: float = 0.0) -> bool:
         """Stop the MQTT side (after up to drain_timeout_s of draining) and close the spool."""
         empty = self.mqtt.stop(drain_timeout_s) if self.mqtt is not None else False
@@ -159,7 +172,7 @@ class Uplink:
         return empty
 
     def stats(self) -> dict:
-        out = {"spool": self.spool.stats()}
+        out = {"spool": self.spool.stats(), "live_dropped": self.live_dropped}
         hs = sorted(self.hook_s)
         if hs:
             out["hook_p99_us"] = round(1e6 * hs[min(len(hs) - 1, int(0.99 * len(hs)))], 1)
@@ -169,7 +182,7 @@ class Uplink:
             out["mqtt"] = {k: getattr(s, k) for k in ("connects", "connect_failures", "messages", "batches",
                                                       "records_sent", "records_acked", "nacks", "cloud_acks",
                                                       "resends", "wire_bytes", "payload_bytes", "raw_bytes",
-                                                      "protocol")}
+                                                      "live_sent", "live_dropped", "protocol")}
             if isinstance(self.mqtt, UplinkProcess):
                 out["mqtt"].update(worker_pid=self.mqtt.pid, worker_restarts=self.mqtt.restarts,
                                    inbound=self.mqtt.worker_stats.get("inbound"))

@@ -10,7 +10,10 @@ to ``on_command`` (verification and the verdict
 records stay in the controller, which holds the key's counter and applies accepted commands between
 cycles), ``in`` to ``on_input`` (controller/netinputs.py NetworkInputs.feed), ``stats`` mirrors the worker's counters and carries ``gone`` (rows the worker deleted since
 its last report), which updates the spool's quota accounting. After a restart the spool recounts its rows, as a
-worker killed between a delete and its report leaves the counters too high.
+worker killed between a delete and its report leaves the counters too high. ``publish_live``
+(compute/headroom, compute/defer) goes to the worker through a bounded queue and a sender thread of its
+own, so the scan cycle never waits on the socket; offline or with the queue full a signal is dropped and
+counted (``live_dropped_local``).
 
 The worker is spawned by the supervisor thread, which lives as long as the worker: the worker's
 ``PR_SET_PDEATHSIG`` fires when that thread (or the whole controller, SIGKILL included) ends.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import queue
 import socket
 import subprocess
 import sys
@@ -27,11 +31,11 @@ import threading
 import time
 from pathlib import Path
 
-from controller.uplink.client import BrokerConfig, UplinkStats
+from controller.uplink.client import LIVE_QUEUE, BrokerConfig, UplinkStats
 from controller.uplink.drain import DrainPolicy
 from controller.uplink.priority import lower_this_thread
 from controller.uplink.spool import Spool
-from controller.uplink.topics import Topics
+from controller.uplink.topics import LIVE, LIVE_MAX_BYTES, Topics
 from controller.uplink.worker import STAT_FIELDS, config_message
 
 ROOT = Path(__file__).resolve().parents[2]       # the folder holding the controller package
@@ -61,33 +65,71 @@ class UplinkProcess:
         self._sock: socket.socket | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._live: queue.Queue = queue.Queue(maxsize=LIVE_QUEUE)
+        self._live_thread: threading.Thread | None = None
+        self._send_lock = threading.Lock()   # the socket has several writers: one JSON line at a time
+        self.live_dropped_local = 0
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> "UplinkProcess":
         self._thread = threading.Thread(target=self._supervise, name="uplink-supervisor", daemon=True)
         self._thread.start()
+        self._live_thread = threading.Thread(target=self._send_live, name="uplink-live", daemon=True)
+        self._live_thread.start()
         return self
+
+    def publish_live(self, kind: str, payload: bytes, retain: bool | None = None) -> bool:
+        """A live signal for the broker (topics.LIVE, with its documented QoS and retain), never spooled.
+        Called from the scan cycle: never blocks. Dropped and counted when the worker is not connected,
+        the kind is not a live one, the payload is too big or LIVE_QUEUE signals already wait. True if
+        handed on (the worker counts what it published: stats.live_sent / live_dropped)."""
+        if kind not in LIVE or len(payload) > LIVE_MAX_BYTES or not self.connected.is_set():
+            self.live_dropped_local += 1
+            return False
+        try:
+            self._live.put_nowait((kind, bytes(payload), bool(retain)))
+        except queue.Full:
+            self.live_dropped_local += 1
+            return False
+        return True
+
+    def _send_live(self) -> None:
+        lower_this_thread()
+        while not self._stop.is_set():
+            try:
+                kind, payload, retain = self._live.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            msg = {"t": "live", "kind": kind, "raw": base64.b64encode(payload).decode(), "retain": retain}
+            if not self._write(json.dumps(msg).encode() + b"\n"):
+                self.live_dropped_local += 1
+
+    def _write(self, data: bytes) -> bool:
+        sock = self._sock
+        if sock is None:
+            return False
+        if not self._send_lock.acquire(timeout=2.0):   # a writer stuck on a worker that stopped reading
+            return False
+        try:
+            sock.sendall(data)
+            return True
+        except OSError:
+            return False
+        finally:
+            self._send_lock.release()
 
     def stop(self, drain_timeout_s: float = 0.0) -> bool:
         """Stop; first wait up to drain_timeout_s for the spool to empty. True if it was empty."""
         deadline = time.monotonic() + drain_timeout_s
-        sock = self._sock
-        if drain_timeout_s > 0 and sock is not None:
-            try:
-                sock.sendall(b'{"t":"flush"}\n')     # held telemetry goes now
-            except OSError:
-                pass
+        if drain_timeout_s > 0:
+            self._write(b'{"t":"flush"}\n')          # held telemetry goes now
         self.spool.flush(max(1.0, drain_timeout_s))
         while self.spool.pending_rows > 0 and time.monotonic() < deadline:
             self.spool.wait_new(0.1)
         empty = self.spool.pending_rows == 0
         self._stop.set()
-        sock, proc = self._sock, self._proc
-        if sock is not None:
-            try:
-                sock.sendall(b'{"t":"stop"}\n')
-            except OSError:
-                pass
+        proc = self._proc
+        self._write(b'{"t":"stop"}\n')
         if proc is not None:
             try:
                 proc.wait(10.0)
@@ -95,17 +137,14 @@ class UplinkProcess:
                 proc.kill()
         if self._thread is not None:
             self._thread.join(15.0)
+        if self._live_thread is not None:
+            self._live_thread.join(2.0)
         return empty
 
     def pause(self, on: bool) -> None:
         """Hold (or resume) new offers in the worker; acks are still taken (MqttUplink.paused)."""
         self.paused = bool(on)
-        sock = self._sock
-        if sock is not None:
-            try:
-                sock.sendall(json.dumps({"t": "pause", "on": self.paused}).encode() + b"\n")
-            except OSError:
-                pass
+        self._write(json.dumps({"t": "pause", "on": self.paused}).encode() + b"\n")
 
     def _spawn(self) -> tuple[subprocess.Popen, socket.socket]:
         ours, theirs = socket.socketpair()

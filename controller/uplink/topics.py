@@ -1,7 +1,8 @@
 """MQTT topic names of the uplink: ``edge-ems/v1/{site}/{gateway}/{kind}``.
 
 Kinds published by the gateway: status (retained, last will "offline"), telemetry (1-min summaries),
-interval (15-min carbon intervals), alarm, event, cmd/result. Subscribed: cmd, ack (the cloud's
+interval (15-min carbon intervals), alarm, event, cmd/result, and the live compute signals (LIVE:
+compute/headroom retained, compute/defer; MqttUplink.publish_live, not spooled). Subscribed: cmd, ack (the cloud's
 end-to-end receipts, used with ``confirm=cloud``, see client.py), and the network inputs (INBOUND:
 the compute platform's compute/power and compute/job, the cloud's market feed), handed to
 controller/netinputs.py.
@@ -20,6 +21,10 @@ NEVER_DROPPED = (ALARM, CMD_RESULT, EVENT, INTERVAL)
 BATCH_SUFFIX = "/batch"
 INBOUND = ("compute/power", "compute/job", "market")    # drivers/compute.py INBOUND, drivers/market.py KIND
 INBOUND_QOS = {"compute/power": 0, "compute/job": 1, "market": 1}
+# Live outbound signals (drivers/compute.py OUTBOUND): published as they come while connected, never spooled
+# (a green headroom an hour old is wrong, not late); kind -> (qos, retained).
+LIVE = {"compute/headroom": (1, True), "compute/defer": (1, False)}
+LIVE_MAX_BYTES = 64 * 1024
 
 
 def _check_level(name: str, value: str) -> str:

@@ -14,7 +14,8 @@ the controller's alone. It talks to the controller over one socket FD (JSON line
 - controller -> worker: first line the configuration (the broker password never sits in argv), then
   ``{"t": "stop"}`` for a clean stop (retained ``offline``, then exit); ``{"t": "pause", "on": bool}``
   holds new offers (the benchmark switches the drain on and off with it); ``{"t": "flush"}`` sends held
-  telemetry now (the controller is stopping with a drain timeout).
+  telemetry now (the controller is stopping with a drain timeout); ``{"t": "live", "kind", "raw", "retain"}``
+  a live signal to publish now (MqttUplink.publish_live: dropped and counted when offline).
 - worker -> controller: ``cmd`` (a command payload as received, base64: the controller verifies and
   applies it), ``in`` (a network input: kind, payload base64, arrival UTC; bounded per kind by
   client.InboundGate) and ``stats`` (connection state, counters and ``gone``: the rows deleted per kind since
@@ -46,7 +47,8 @@ STATS_EVERY_S = 0.5
 CMD_CAP = 64 * 1024        # bytes of a command passed on: above commands.MAX_BYTES, so an oversize one is
                            # still refused with its reason (without importing cryptography here)
 STAT_FIELDS = ("connects", "connect_failures", "disconnects", "messages", "batches", "records_sent",
-               "records_acked", "nacks", "cloud_acks", "resends", "wire_bytes", "payload_bytes", "raw_bytes")
+               "records_acked", "nacks", "cloud_acks", "resends", "wire_bytes", "payload_bytes", "raw_bytes",
+               "live_sent", "live_dropped")
 
 
 class SpoolReader:
@@ -212,6 +214,11 @@ def serve(chan: Channel, cfg: dict) -> int:
                     up.paused = bool(msg.get("on"))
                 elif msg.get("t") == "flush":
                     up.request_flush()
+                elif msg.get("t") == "live":
+                    try:
+                        up.publish_live(str(msg["kind"]), base64.b64decode(msg["raw"]), bool(msg.get("retain")))
+                    except (KeyError, TypeError, ValueError):      # one bad line is one dropped signal
+                        up.stats.live_dropped += 1
         except (OSError, ValueError):
             pass
         stop.set()
