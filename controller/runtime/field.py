@@ -130,7 +130,7 @@ def run_field(cfg, *, data_dir: str | None, mqtt: str | None = None, socket_arg:
     for name, a in rt.alarms.snapshot().items():       # raised before the listener existed (start-up problems)
         uplink.raise_alarm(time.time(), name, a["detail"])
     from controller.compute.hook import ComputeHook
-    compute = ComputeHook(cfg, book, publish=None, clock_status=provided.clock_status, keep_history=False)
+    compute = ComputeHook(cfg, book, publish=uplink.publish_live, clock_status=provided.clock_status, keep_history=False)
     rt.add("compute", "headroom", compute)
     from types import SimpleNamespace
     from controller.ipc import start_ipc_for_run
