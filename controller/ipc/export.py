@@ -18,8 +18,8 @@ class Exports:
     """Mixed into :class:`controller.ipc.server.IpcServer`."""
 
     def export(self, hours: float) -> list[Path]:
-        """The last `hours` of the recording (or, without one, the 10-s in-memory ring) as CSV, plus the
-        audit log as JSONL, into the export directory."""
+        """The last `hours` of the recording (a file, or a gateway's directory of segments; without one, the
+        10-s in-memory ring) as CSV, plus the audit log as JSONL, into the export directory."""
         self.export_dir.mkdir(parents=True, exist_ok=True)
         pub = self._pub
         t_end = pub[2] if pub else time.time()
@@ -36,15 +36,21 @@ class Exports:
             w = csv.writer(f)
             w.writerow(header)
             if self.recording_path is not None and self.recording_path.exists():
-                from controller.replay import iter_records
-                for r in iter_records(self.recording_path):
-                    t = float(r.image["t_s"])
-                    last_t = t
-                    if t < t_from:
-                        continue
-                    w.writerow([_iso(t), f"{t:.3f}", *(f"{x:.6g}" for x in r.image["value"]),
-                                *(int(q) for q in r.image["quality"]), *(f"{x:.6g}" for x in r.commands)])
-                    rows += 1
+                from controller.replay import RecordingError, iter_records
+                for path in self._recording_files(t_from):
+                    try:
+                        for r in iter_records(path):
+                            t = float(r.image["t_s"])
+                            last_t = t
+                            if t < t_from:
+                                continue
+                            w.writerow([_iso(t), f"{t:.3f}", *(f"{x:.6g}" for x in r.image["value"]),
+                                        *(int(q) for q in r.image["quality"]), *(f"{x:.6g}" for x in r.commands)])
+                            rows += 1
+                    except (OSError, RecordingError):
+                        if path == self.recording_path:
+                            raise                   # the one file of `run --out`: say why the export failed
+                        # a segment rotated away or still without its header: the others are still worth having
             ring = self._ring
             if ring is not None:                 # the in-memory rows the recording does not hold yet
                 size = len(ring)
@@ -76,6 +82,23 @@ class Exports:
                     f.write(json.dumps({"event_seq": s, "t_s": t, "code": c, "event": L.EVENT_NAMES.get(c, str(c)),
                                         "value": v}) + "\n")
         return [*files, audit_path]
+
+    def _recording_files(self, t_from: float) -> list[Path]:
+        """The recording file, or for a segment directory (a gateway's DATA_DIR/recording) the segments that can
+        hold rows at or after t_from, oldest first: reading only those keeps a short export short on a disk
+        holding weeks of segments. A segment ends where the next one starts (names carry the start, to 1 s)."""
+        path = self.recording_path
+        if not path.is_dir():
+            return [path]
+        from controller.segments import list_segments, segment_start_s
+        segs = list_segments(path)
+        keep = []
+        for i, seg in enumerate(segs):
+            nxt = segment_start_s(segs[i + 1]) if i + 1 < len(segs) else None
+            if nxt is not None and nxt + 1.0 <= t_from:
+                continue
+            keep.append(seg)
+        return keep
 
     def _ledger_path(self) -> Path | None:
         for hook in list(getattr(self.loop, "hooks", [])):
