@@ -14,6 +14,16 @@ from controller.ipc.common import HISTORY_FIELDS, HISTORY_N, HISTORY_STEP_S, PLA
 from controller.points import CATALOGUE, INDEX, Q_OK
 
 
+def _bus_where(bus: dict) -> str:
+    """What a technician recognises a bus by: the serial port, host:port of a Modbus TCP device, the CAN channel."""
+    kind = bus["kind"]
+    if kind == "modbus_tcp":
+        return f"{bus.get('host', '')}:{bus['port']}"
+    if kind == "can":
+        return f"{bus.get('interface', '')} {bus.get('channel', '')}".strip()
+    return str(bus.get("port", ""))
+
+
 class Snapshots:
     """Mixed into :class:`controller.ipc.server.IpcServer`."""
 
@@ -46,7 +56,7 @@ class Snapshots:
             "alarms": alarms,
             "devices": [{"name": d["name"], "role": d["role"], "bus": d["bus"], "profile": d["profile"],
                          "simulated": d["simulated"]} for d in cfg["devices"]],
-            "buses": {k: {"kind": b["kind"], "port": b["port"], "baud": b["baud"]} for k, b in cfg["buses"].items()},
+            "buses": {k: {"kind": b["kind"], "port": _bus_where(b), "baud": b["baud"]} for k, b in cfg["buses"].items()},
             "pin": {"configured": bool(self.pin_hash), "lockout_after": self.lockout_after,
                     "lockout_s": self.lockout_s, "session_s": self.session_s},
             "publish_hz": self.publish_hz,
