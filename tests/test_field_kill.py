@@ -49,6 +49,8 @@ def _started(data, n_boots):
 @pytest.mark.slow
 def test_sigkill_three_times_loses_nothing(tmp_path):
     rng = random.Random(14)
+    # kernels compiled first, as install.sh does on a gateway: a restart then takes seconds, not a compile
+    subprocess.run([sys.executable, "-m", "controller.warmup"], cwd=ROOT, check=True, timeout=1200)
     lab = LabProc(tmp_path / "lab")
     port = int(lab.info["mqtt"]["url"].rsplit(":", 1)[1])
     sub = CloudSubscriber(port, topic="edge-ems/v1/+/imm-lab-01/#", client_id="cloud-kill")
@@ -59,7 +61,7 @@ def test_sigkill_three_times_loses_nothing(tmp_path):
     try:
         proc = _start(lab, data, log)
         for boot, at in enumerate(kills, start=1):
-            wait_for(lambda: _started(data, boot), 180, f"boot {boot} recording")
+            wait_for(lambda: _started(data, boot), 300, f"boot {boot} recording")
             while time.monotonic() - t0 < at:
                 assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
                 time.sleep(min(1.0, at - (time.monotonic() - t0)) if at > time.monotonic() - t0 else 0)
