@@ -125,8 +125,13 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
     rt.close()
     kpis = kpis_of(site, loop, hours, wall_s)
     kpis["wire"] = bool(wire)                    # which I/O path produced these figures
-    if loop.health:                              # a part of the cycle raised or blocked: say so, never hide it
-        kpis["part_faults"] = {k: h.as_dict() for k, h in loop.health.items()}
+    # a part of the cycle that raised or blocked: say so, never hide it (slow: a call over loop.SLOW_PART_S)
+    failed = {k: h.as_dict() for k, h in loop.health.items() if h.failures}
+    slow = {k: h.as_dict() for k, h in loop.health.items() if h.slow and not h.failures}
+    if failed:
+        kpis["part_faults"] = failed
+    if slow:
+        kpis["slow_parts"] = slow
     if events_dropped[0]:
         kpis["events_dropped"] = events_dropped[0]
     if out_dir is not None:
