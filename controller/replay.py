@@ -190,7 +190,12 @@ def open_recording(path: str | Path) -> Recording:
     path = Path(path)
     with open(path, "rb") as f:
         header = _read_header(f, path)
-    return Recording(path, header, _unb64(header["params"]), _unb64(header["state0"]))
+    params, state0 = _unb64(header["params"]), _unb64(header["state0"])
+    if len(params) != L.N_PARAMS or len(state0) != L.N_STATE:    # the kernels would read past the arrays
+        raise RecordingError(f"{path}: recorded with another params/state layout ({len(params)} params, "
+                             f"{len(state0)} state slots; this version has {L.N_PARAMS} and {L.N_STATE}); "
+                             "replay with that version")
+    return Recording(path, header, params, state0)
 
 
 @dataclass
