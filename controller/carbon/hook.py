@@ -34,7 +34,8 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
-from controller.carbon.intervals import INTERVAL_S, Constants, Interval, Pool, interval_start, settle
+from controller.carbon.account import EnergyAccount
+from controller.carbon.intervals import INTERVAL_S, Constants, Interval, Pool, settle
 from controller.carbon.keys import load_or_create_key, public_pem
 from controller.carbon.ledger import LedgerWriter
 from controller.compute.jobs import JobBook  # noqa: F401  (re-exported: the hook's jobs= argument)
@@ -88,7 +89,8 @@ class CarbonHook:
     def __init__(self, cfg: dict, ledger_path, key_path, jobs: JobBook | None = None,
                  clock_status: Callable[[], str] | None = None, carbon: dict | None = None,
                  pub_path=None, on_record: Callable[[dict], None] | None = None,
-                 checkpoint_path=None, checkpoint_every_s: float = 60.0, retry_s: float = 60.0):
+                 checkpoint_path=None, checkpoint_every_s: float = 60.0, retry_s: float = 60.0,
+                 account: EnergyAccount | None = None):
         self.k = Constants.from_site(cfg, carbon)
         self.jobs = jobs
         self.on_record = on_record
@@ -124,15 +126,32 @@ class CarbonHook:
         self.remaining = {c["name"]: c["volume_kwh"] for c in self.k.carbon["contracts"] if c["kind"] == "certificate"}
         if last:
             self.remaining.update(last["market"]["certificates_left_kwh"])
-        self.iv: Interval | None = None
-        self.prev_t: float | None = None
-        self.pending_jumps = 0
         self.closed = 0
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.checkpoint_every_s = checkpoint_every_s
         self._next_ckpt = -1e18
         self.checkpoint_note = ""
-        self._resume: Interval | None = self._load_checkpoint()
+        # the integration itself is the energy account's, shared with the uplink and the TUI (account.py)
+        if account is None:
+            account = EnergyAccount(cfg, jobs=jobs, constants=self.k)
+        else:
+            account.bind(self.k, jobs)
+        self.account = account
+        account.closed_start = max(account.closed_start, self._last_start)
+        account.resume = self._load_checkpoint()
+        account.on_close = self._close
+
+    @property
+    def iv(self) -> Interval | None:
+        return self.account.iv
+
+    @property
+    def prev_t(self) -> float | None:
+        return self.account.prev_t
+
+    @property
+    def pending_jumps(self) -> int:
+        return self.account.pending_jumps
 
     @property
     def degraded(self) -> bool:
@@ -186,40 +205,13 @@ class CarbonHook:
         t = float(image["t_s"])
         if self.pending and t >= self._next_retry:
             self._flush_pending(t)
-        if self._resume is not None:
-            iv, self._resume = self._resume, None
-            if iv.t_start == interval_start(t):
-                self.iv = iv                      # a restart inside the interval: carry on integrating it
-            elif iv.t_start < interval_start(t):
-                self._close(iv, partial=True, t_now=t)
-        period = loop.period_s
-        prev, self.prev_t = self.prev_t, t
-        if prev is None:
-            return
-        dt = t - prev
-        if not 0.0 < dt <= max(10.0 * period, 60.0) or interval_start(prev) <= self._last_start:
-            # the wall clock stepped or the loop stood still: nothing is known about the gap, so nothing
-            # is integrated over it; the next interval written counts the jump (and its covered_s shows it).
-            # Time inside an interval already written (the clock stepped back) is never integrated again.
-            self.pending_jumps += 1
-            return
-        jump, self.pending_jumps = self.pending_jumps, 0
-        v = image["value"].tolist()
-        q = image["quality"].tolist()
-        jobs_kw = self.jobs.power_at(t - dt / 2.0) if self.jobs is not None else None   # mid-span
-        t0 = prev
-        while dt > 1e-9:
-            start = interval_start(t0)
-            if self.iv is None or self.iv.t_start != start:
-                if self.iv is not None:
-                    self._close(self.iv, t_now=t)
-                self.iv = Interval(start)
-            span = min(dt, start + INTERVAL_S - t0)
-            self.iv.add(v, q, t0, span, self.k, jobs_kw)
-            self.iv.clock_jumps += jump
-            jump = 0
-            t0 += span
-            dt -= span
+        # integrate (once per image, whoever of ledger / uplink / IPC asks first): a span over the gap rule
+        # (the clock stepped, the loop stood still) or inside an interval already written is not integrated
+        # and the next interval counts the jump; intervals that close come back through self._close
+        acc = self.account
+        acc.update(image, loop.period_s)
+        if acc.iv is None or acc.iv.last_t != t:
+            return                                # nothing integrated this cycle: no checkpoint either
         if t >= self._next_ckpt:
             self._next_ckpt = t + self.checkpoint_every_s
             self._save_checkpoint()
@@ -281,13 +273,14 @@ class CarbonHook:
     def close(self) -> None:
         """Stop: with a checkpoint file, the interval in progress goes there (a restart resumes it);
         without one it is written now, marked partial. Then the ledger is closed."""
-        if self._resume is not None and self.iv is None:
-            self.iv, self._resume = self._resume, None
+        acc = self.account
+        if acc.resume is not None and acc.iv is None:
+            acc.iv, acc.resume = acc.resume, None
         if self.checkpoint_path is not None:
             self._save_checkpoint()
-        elif self.iv is not None and self.iv.covered_s > 0.0:
-            self._close(self.iv)
-        self.iv = None
+        else:
+            acc.close_current()
+        acc.iv = None
         if self.pending:
             self._flush_pending(None)
         self.writer.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from datetime import datetime, timezone
 
 import numpy as np
 
@@ -33,7 +32,7 @@ class CycleSide:
         for i in range(n):
             self._event_seq += 1
             self._events.append((self._event_seq, t_s, int(events[i, 0]), float(events[i, 1])))
-        self._integrate(t_s, value, quality)
+        self._integrate(image, loop)
         if t_s >= self._hist_next_t:
             self._hist_next_t = t_s + HISTORY_STEP_S if self._hist_next_t == -math.inf else self._hist_next_t + HISTORY_STEP_S
             if self._hist_next_t < t_s:
@@ -80,57 +79,9 @@ class CycleSide:
         return float(value[INDEX["grid_kw"]] + value[INDEX["pv_kw"]] + value[INDEX["battery_kw"]]
                      + value[INDEX["genset_kw"]])
 
-    def _zero_today(self) -> dict:
-        return {"day": None, "pv_kwh": 0.0, "grid_import_kwh": 0.0, "grid_export_kwh": 0.0, "genset_kwh": 0.0,
-                "battery_charge_kwh": 0.0, "battery_discharge_kwh": 0.0, "load_kwh": 0.0, "it_kwh": 0.0,
-                "co2_grid_kg": 0.0, "diesel_l": 0.0, "co2_diesel_kg": 0.0, "covered_s": 0.0}
-
-    def _integrate(self, t_s: float, value, quality) -> None:
-        """Today's (local day) energy by source: a placeholder for the carbon screen until
-        controller/carbon exposes its own running interval."""
-        prev, self._prev_t = self._prev_t, t_s
-        if t_s >= self._tz_valid_until:
-            try:
-                from zoneinfo import ZoneInfo
-                tz = ZoneInfo(self.cfg["site"]["timezone"])
-                self._tz_offset_s = datetime.fromtimestamp(t_s, tz).utcoffset().total_seconds()
-            except Exception:
-                self._tz_offset_s = 0.0
-            self._tz_valid_until = t_s + 3600.0
-        day = int((t_s + self._tz_offset_s) // 86400)
-        if day != self._day:
-            self._day = day
-            self.today = self._zero_today()
-            self.today["day"] = datetime.fromtimestamp(day * 86400, timezone.utc).strftime("%Y-%m-%d")
-        if prev is None:
-            return
-        dt = t_s - prev
-        if not 0.0 < dt <= 60.0:
-            return
-        h = dt / 3600.0
-        d = self.today
-        ok = lambda name: quality[INDEX[name]] == Q_OK  # noqa: E731
-        v = lambda name: float(value[INDEX[name]])  # noqa: E731
-        if ok("pv_kw"):
-            d["pv_kwh"] += max(0.0, v("pv_kw")) * h
-        if ok("grid_kw"):
-            g = v("grid_kw")
-            d["grid_import_kwh"] += max(0.0, g) * h
-            d["grid_export_kwh"] += max(0.0, -g) * h
-            factor = v("grid_co2_kg_per_kwh") if ok("grid_co2_kg_per_kwh") else self.cfg["emissions"]["grid_kg_per_kwh"]
-            d["co2_grid_kg"] += max(0.0, g) * h * factor
-        if ok("battery_kw"):
-            b = v("battery_kw")
-            d["battery_discharge_kwh"] += max(0.0, b) * h
-            d["battery_charge_kwh"] += max(0.0, -b) * h
-        gen = self.cfg.get("genset")
-        if ok("genset_kw"):
-            d["genset_kwh"] += max(0.0, v("genset_kw")) * h
-            if gen and ok("genset_running") and v("genset_running") > 0.5:
-                litres = gen["fuel_l_per_kwh"] * max(0.0, v("genset_kw")) * h + gen["fuel_l_per_h_on"] * h
-                d["diesel_l"] += litres
-                d["co2_diesel_kg"] += litres * self.cfg["emissions"]["diesel_kg_per_l"]
-        if ok("it_kw"):
-            d["it_kwh"] += v("it_kw") * h
-        d["load_kwh"] += max(0.0, self._load_kw(value)) * h
-        d["covered_s"] += dt
+    def _integrate(self, image, loop) -> None:
+        """Today's (site-local day) energy: a view of the controller's energy account (controller/carbon/
+        account.py), the same integration and gap rule as the ledger's interval and the uplink's provisional
+        one; with the runtime's shared account this is a look-up, the image was integrated once already."""
+        self.account.update(image, loop.period_s)
+        self.today = self.account.today()

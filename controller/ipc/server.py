@@ -34,8 +34,12 @@ class IpcServer(CycleSide, Snapshots, Actions, FieldAccess, Exports, Audit):
     """Start with :meth:`start` (binds the socket, starts the thread); pass :attr:`hook` to the loop."""
 
     def __init__(self, cfg: dict, path: str | Path, *, publish_hz: float = 4.0, export_dir: str | Path | None = None,
-                 audit_path: str | Path | None = None, recording_path: str | Path | None = None):
+                 audit_path: str | Path | None = None, recording_path: str | Path | None = None, account=None):
         self.cfg = cfg
+        if account is None:                    # the runtime passes the one the ledger and the uplink read
+            from controller.carbon.account import EnergyAccount
+            account = EnergyAccount(cfg)
+        self.account = account
         self.path = Path(path)
         self.publish_hz = float(publish_hz)
         self.export_dir = Path(export_dir) if export_dir else self.path.parent / "exports"
@@ -66,11 +70,7 @@ class IpcServer(CycleSide, Snapshots, Actions, FieldAccess, Exports, Audit):
         self._ring_next_t = -math.inf
         self._err_cycles = None
         self._stale_cycles = None
-        self._prev_t = None
-        self._day = None
-        self._tz_offset_s = 0.0
-        self._tz_valid_until = -math.inf
-        self.today = self._zero_today()
+        self.today = account.today()
         self._sel = None
         self._listener = None
         self._wake_r = self._wake_w = -1

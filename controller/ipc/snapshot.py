@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from controller.core import layout as L
@@ -94,7 +94,8 @@ class Snapshots:
 
     def _carbon(self, today: dict) -> dict:
         out = {"today": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in today.items()},
-               "source": "ipc estimate from the meters (controller/carbon ledger below when attached)"}
+               "source": "energy account (controller/carbon/account.py: the ledger's integration; "
+                         "signed intervals below when the ledger is attached)"}
         supplied = today["pv_kwh"] + today["grid_import_kwh"] + today["genset_kwh"]
         out["today"]["renewable_share"] = round(today["pv_kwh"] / supplied, 4) if supplied > 0 else None
         co2 = today["co2_grid_kg"] + today["co2_diesel_kg"]
@@ -142,8 +143,7 @@ class Snapshots:
             t0 = datetime.fromisoformat(rec["t_start"].replace("Z", "+00:00")).timestamp()
         except (KeyError, ValueError, AttributeError):
             return
-        day_no = int((t0 + self._tz_offset_s) // 86400)
-        day = datetime.fromtimestamp(day_no * 86400, timezone.utc).strftime("%Y-%m-%d")
+        day = self.account.day_of(t0)              # the site-local day, as carbon.today's
         if day not in self._ledger_days:
             while len(self._ledger_days) >= 3:         # today and the two before are plenty
                 self._ledger_days.pop(min(self._ledger_days))

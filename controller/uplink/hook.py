@@ -24,7 +24,7 @@ from controller.uplink.proc import UplinkProcess
 from controller.uplink.commands import CommandVerifier, Limits, COUNTER_KEY, load_public_key
 from controller.uplink.drain import DrainPolicy
 from controller.uplink.spool import DEFAULT_QUOTA, Spool
-from controller.uplink.summary import IntervalTotals, MinuteSummary
+from controller.uplink.summary import MinuteSummary
 from controller.uplink.topics import ALARM, CMD_RESULT, EVENT, INTERVAL, TELEMETRY, Topics
 
 # the kernel's alarm events (value: alarm bit, names in layout.ALARM_NAMES) -> alarm record state
@@ -79,6 +79,7 @@ class Uplink:
         self.applied: BoundedList = BoundedList()
         self.verdicts: BoundedList = BoundedList()
         self.inputs = None                       # controller/netinputs.py NetworkInputs (attach_inputs)
+        self.account = None                      # controller/carbon/account.py EnergyAccount (its provisional interval)
         self.active_alarms: dict[str, dict] = {}
         self.hook_s: deque = deque(maxlen=65536)
         self.schedule: dict | None = None        # accepted setpoint schedule being followed
@@ -196,7 +197,7 @@ def make_uplink_hook(cfg, broker_url: str | None, data_dir, *, public_key=None, 
                      quota_bytes: int = DEFAULT_QUOTA, min_free_bytes: int | None = None,
                      clock_status: str = "unknown", client_id: str | None = None, require_subscriber: bool = True,
                      start: bool = True, process: bool = True, telemetry_batch: int = TELEMETRY_BATCH,
-                     inputs=None, **broker_overrides):
+                     inputs=None, account=None, **broker_overrides):
     """Build the per-cycle hook and the uplink behind it. ``broker_url=None``: spool only (offline).
 
     The cloud's Ed25519 public key: ``public_key`` (PEM / path / raw / key object), else
@@ -207,7 +208,10 @@ def make_uplink_hook(cfg, broker_url: str | None, data_dir, *, public_key=None, 
     (DrainPolicy.telemetry_batch_min; used when ``drain`` is None; 1 sends each as it closes).
     ``process=True`` (default): the MQTT side runs in a worker process (proc.py, worker.py), so reading
     the spool, zlib and paho never take the scan cycle's GIL; ``False``: a thread of this process.
-    ``inputs``: a controller/netinputs.py NetworkInputs to feed (same as ``uplink.attach_inputs(inputs)``)."""
+    ``inputs``: a controller/netinputs.py NetworkInputs to feed (same as ``uplink.attach_inputs(inputs)``).
+    ``account``: the controller's controller/carbon/account.py EnergyAccount (the one the carbon hook and the
+    IPC server read): the provisional 15-min interval is its interval, so it carries the ledger's figures;
+    without one the hook keeps its own account (the same integration and gap rule)."""
     site, gateway = cfg["site"]["name"], cfg["site"]["gateway_id"]
     topics = Topics(site, gateway)
     if drain is None:
@@ -233,14 +237,12 @@ def make_uplink_hook(cfg, broker_url: str | None, data_dir, *, public_key=None, 
     if broker is not None:
         if start:
             up.mqtt.start()
-    diesel_kg_per_kwh = 0.0
-    try:
-        diesel_kg_per_kwh = float(cfg["genset"]["fuel_l_per_kwh"]) * float(cfg["emissions"]["diesel_kg_per_l"])
-    except (KeyError, TypeError):
-        pass
+    if account is None:
+        from controller.carbon.account import EnergyAccount
+        account = EnergyAccount(cfg)
+    up.account = account
     minute = MinuteSummary()
-    quarter = IntervalTotals(diesel_kg_per_kwh)
-    last = {"spool_alarm": False}
+    last = {"spool_alarm": False, "interval_seq": account.closed_seq}
     spool.put(EVENT, time.time(), {"event": "uplink_boot", "boot_id": spool.boot_id})
 
     def hook(loop, image, cmd, events, n):
@@ -251,9 +253,11 @@ def make_uplink_hook(cfg, broker_url: str | None, data_dir, *, public_key=None, 
         body = minute.add(t, value, quality, cmd)
         if body is not None:
             spool.put(TELEMETRY, t, body)
-        body = quarter.add(t, value)
-        if body is not None:
-            spool.put(INTERVAL, t, body)
+        account.update(image, loop.period_s if loop is not None else 1.0)
+        if account.closed_seq != last["interval_seq"]:
+            for seq, iv in account.closed_since(last["interval_seq"]):
+                spool.put(INTERVAL, t, account.provisional(iv))
+            last["interval_seq"] = account.closed_seq
         for i in range(n):
             code, v = int(events[i, 0]), _f(events[i, 1])
             spool.put(EVENT, t, {"event": L.EVENT_NAMES.get(code, str(code)).split(":")[0].split(" ")[0],

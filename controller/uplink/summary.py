@@ -1,9 +1,10 @@
-"""1-minute telemetry summaries and 15-minute interval totals, accumulated from the process images.
+"""1-minute telemetry summaries, accumulated from the process images.
 
 Cheap per cycle (a handful of numpy element-wise ops on ~16 values); a record body is built only when
-a minute or a quarter hour closes (on the image's UTC time, so the same in simulation and in the field).
-The 15-minute interval here is the uplink's energy/carbon total from metered power; the auditable,
-hash-chained interval belongs to the carbon ledger (controller/carbon) and replaces it when it lands.
+a minute closes (on the image's UTC time, so the same in simulation and in the field).
+The uplink's provisional 15-minute interval is not integrated here: it is the controller's energy account's
+(controller/carbon/account.py, the ledger's integration and gap rule), so the signed interval that
+replaces it carries the same kWh.
 """
 from __future__ import annotations
 
@@ -71,55 +72,3 @@ class MinuteSummary:
         return {"start_s": start, "end_s": start + self.window_s, "cycles": self.cycles, "points": pts,
                 "battery_cmd_kw_mean": _r(self.battery_cmd_sum / max(1, self.cycles)),
                 "mode_worst": L.MODE_NAMES[min(self.mode_max, len(L.MODE_NAMES) - 1)]}
-
-
-class IntervalTotals:
-    """15-min energy by source (kWh, from power x elapsed time) and location-based CO2 (kg)."""
-
-    def __init__(self, diesel_kg_per_kwh: float = 0.0, window_s: int = 900):
-        self.window_s = window_s
-        self.diesel_kg_per_kwh = diesel_kg_per_kwh
-        self.window = None
-        self.last_t = None
-        self._zero()
-
-    def _zero(self):
-        self.e = dict.fromkeys(("grid_import_kwh", "grid_export_kwh", "pv_kwh", "genset_kwh",
-                                "battery_discharge_kwh", "battery_charge_kwh", "it_kwh", "load_kwh",
-                                "grid_co2_kg"), 0.0)
-        self.covered_s = 0.0
-
-    def add(self, t_s: float, value: np.ndarray) -> dict | None:
-        window = int(t_s // self.window_s)
-        out = None
-        if self.window is not None and window != self.window:
-            out = self.body()
-        if window != self.window:
-            self.window = window
-            self._zero()
-        dt = 0.0 if self.last_t is None else min(max(t_s - self.last_t, 0.0), 10.0)
-        self.last_t = t_s
-        h = dt / 3600.0
-        g, b = value[INDEX["grid_kw"]], value[INDEX["battery_kw"]]
-        e = self.e
-        e["grid_import_kwh"] += max(g, 0.0) * h
-        e["grid_export_kwh"] += max(-g, 0.0) * h
-        e["pv_kwh"] += max(value[INDEX["pv_kw"]], 0.0) * h
-        e["genset_kwh"] += max(value[INDEX["genset_kw"]], 0.0) * h
-        e["battery_discharge_kwh"] += max(b, 0.0) * h
-        e["battery_charge_kwh"] += max(-b, 0.0) * h
-        e["it_kwh"] += value[INDEX["it_kw"]] * h
-        e["load_kwh"] += (value[INDEX["it_kw"]] + value[INDEX["cooling_kw"]] + value[INDEX["aux_kw"]]) * h
-        e["grid_co2_kg"] += max(g, 0.0) * h * value[INDEX["grid_co2_kg_per_kwh"]]
-        self.covered_s += dt
-        return out
-
-    def body(self) -> dict:
-        start = self.window * self.window_s
-        e = {k: _r(v, 4) for k, v in self.e.items()}
-        diesel = self.e["genset_kwh"] * self.diesel_kg_per_kwh
-        supplied = self.e["grid_import_kwh"] + self.e["pv_kwh"] + self.e["genset_kwh"]
-        return {"start_s": start, "end_s": start + self.window_s, "covered_s": _r(self.covered_s, 1), **e,
-                "diesel_co2_kg": _r(diesel, 4), "co2_kg": _r(self.e["grid_co2_kg"] + diesel, 4),
-                "renewable_share": _r(self.e["pv_kwh"] / supplied, 4) if supplied > 0 else None,
-                "provisional": True}
