@@ -8,9 +8,10 @@ from controller.ipc.paths import default_socket_path
 from controller.ipc.server import IpcServer, start_ipc
 
 
-def start_ipc_for_run(cfg: dict, args) -> IpcServer | None:
+def start_ipc_for_run(cfg: dict, args, account=None) -> IpcServer | None:
     """`edge-ems run`: the socket from --socket (or the default), exports and the audit log next to --out.
-    A socket that cannot be bound is reported and the controller runs without it."""
+    A socket that cannot be bound is reported and the controller runs without it. ``account``: the
+    runtime's controller/carbon/account.py EnergyAccount (carbon.today), else the server keeps its own."""
     import sys
     spec = getattr(args, "socket", None)
     if spec == "none":
@@ -20,7 +21,7 @@ def start_ipc_for_run(cfg: dict, args) -> IpcServer | None:
     try:
         server = start_ipc(cfg, path, export_dir=(out / "exports") if out else None,
                            audit_path=(out / "audit.jsonl") if out else None,
-                           recording_path=(out / "recording") if out else None)
+                           recording_path=(out / "recording") if out else None, account=account)
     except OSError as exc:
         print(f"edge-ems run: no TUI socket ({exc}); the controller runs without it", file=sys.stderr)
         return None

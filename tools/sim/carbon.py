@@ -32,7 +32,8 @@ def sim_jobs(scn, series, seed: int | None = None, hours: float | None = None) -
 
 
 def sim_carbon_hook(scn, site, out_dir: Path, carbon: dict | None = None, seed: int | None = None,
-                    hours: float | None = None, on_record: Callable[[dict], None] | None = None) -> CarbonHook:
+                    hours: float | None = None, on_record: Callable[[dict], None] | None = None,
+                    account=None) -> CarbonHook:
     """`edge-ems sim`: a FRESH OUT/ledger signed with OUT/gateway.key (the simulated gateway's key, created
     on first use), the public key in OUT/ledger.pub, clock status 'simulated'. Each simulation run is a new
     simulated gateway whose clock restarts at the scenario's start, so a ledger left in OUT by an earlier
@@ -44,4 +45,4 @@ def sim_carbon_hook(scn, site, out_dir: Path, carbon: dict | None = None, seed: 
             stale.unlink()
     return make_carbon_hook(scn.site, ledger, Path(out_dir) / "gateway.key",
                             jobs=sim_jobs(scn, site.series, seed, hours), clock_status=lambda: "simulated",
-                            carbon=carbon, on_record=on_record)
+                            carbon=carbon, on_record=on_record, account=account)

@@ -73,7 +73,7 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
             progress: Callable[[float], None] | None = None, hooks: list | None = None,
             install_signals: bool = False, wire: bool = False, wire_baud: int | None = None,
             ledger: bool = True, ledger_on_record: Callable[[dict], None] | None = None,
-            series: Series | None = None, as_profiles: bool = False) -> SimResult:
+            series: Series | None = None, as_profiles: bool = False, account=None) -> SimResult:
     """Simulate `hours` of the scenario with the real scan loop; write kpis.json, recording, events.
 
     ``wire``: the Modbus devices and the BMS behind real ports read by the real drivers (tools/sim/wire.py);
@@ -81,7 +81,8 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
     already computed for (scn, hours, seed), e.g. in a child process so that this one never loads pvlib and
     pandas (`edge-ems run`, tools/sim/exogenous.start_series_apart); by default they are computed here.
     ``as_profiles``: the in-process devices offer only what their profiles carry, as on the wire
-    (tools/sim/devices.limit_to_profiles).
+    (tools/sim/devices.limit_to_profiles). ``account``: the controller/carbon/account.py EnergyAccount the
+    caller's uplink and IPC hooks read (the ledger integrates into it; one integration for all three).
     """
     hours = float(hours if hours is not None else scn["scenario"]["hours"])
     cfg = scn.site
@@ -110,7 +111,8 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
     rt.add("record", "events", keep_events)
     if out_dir is not None and ledger:        # OUT/ledger + OUT/ledger.pub (controller/carbon)
         from tools.sim.carbon import sim_carbon_hook
-        carbon = sim_carbon_hook(scn, site, Path(out_dir), seed=seed, hours=hours, on_record=ledger_on_record)
+        carbon = sim_carbon_hook(scn, site, Path(out_dir), seed=seed, hours=hours, on_record=ledger_on_record,
+                                 account=account)
         rt.add("ledger", "carbon", carbon, carbon.close)
     for i, hook in enumerate(hooks or []):    # the caller's (uplink, IPC, watchdog...) after the ledger
         rt.add("uplink", getattr(hook, "hook_name", f"extra{i}"), hook)
