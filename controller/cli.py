@@ -50,7 +50,7 @@ def cmd_check(args) -> int:
     return EXIT_OK
 
 
-def _start_uplink(cfg, args, clock_status: str):
+def _start_uplink(cfg, args, clock_status: str, account=None):
     """([hook], uplink) for `--mqtt URL` (spool in --data-dir, else OUT/uplink), or ([], None) without it.
     A bad URL exits with EXIT_BAD_INPUT and a message naming the command and the option."""
     if not args.mqtt:
@@ -58,7 +58,7 @@ def _start_uplink(cfg, args, clock_status: str):
     from controller.uplink import make_uplink_hook
     try:
         hook, uplink = make_uplink_hook(cfg, args.mqtt, args.data_dir or Path(args.out or ".") / "uplink",
-                                        clock_status=clock_status)
+                                        clock_status=clock_status, account=account)
     except ValueError as exc:
         raise SystemExit(_die_bad_input(f"{args.command} --mqtt: {exc}"))
     return [hook], uplink
@@ -120,9 +120,11 @@ def _run_simulated(cfg, args) -> int:
     from tools.sim.runner import run_sim
     from controller.watchdog import SystemdNotifier
     notifier = SystemdNotifier()
-    up_hooks, uplink = _start_uplink(cfg, args, "sim")          # the cloud, when --mqtt is given
+    from controller.carbon.account import EnergyAccount
+    account = EnergyAccount(cfg)              # one integration: ledger, uplink's provisional interval, TUI's today
+    up_hooks, uplink = _start_uplink(cfg, args, "sim", account)  # the cloud, when --mqtt is given
     from controller.ipc import start_ipc_for_run
-    ipc = start_ipc_for_run(cfg, args)        # the TUI's socket (None with --socket none or on failure)
+    ipc = start_ipc_for_run(cfg, args, account=account)   # the TUI's socket (None with --socket none or on failure)
     if ipc is not None and uplink is not None:
         ipc.attach_uplink(uplink)             # technicians' actions reach the cloud's audit trail
     try:
@@ -130,7 +132,8 @@ def _run_simulated(cfg, args) -> int:
                          speed=args.speed, install_signals=True,
                          hooks=[_release_llvm_after_first_cycle(), *([ipc.hook] if ipc else []), *up_hooks,
                                 notifier.hook],
-                         wire=args.wire, ledger_on_record=_ledger_to_uplink(uplink), series=series())
+                         wire=args.wire, ledger_on_record=_ledger_to_uplink(uplink), series=series(),
+                         account=account)
     finally:
         if ipc is not None:
             ipc.close()
@@ -150,13 +153,15 @@ def cmd_sim(args) -> int:
         from tools.sim.oracle import write_oracle
         print(json.dumps(write_oracle(scn, args.hours, args.seed, args.out), indent=2))
         return EXIT_OK
-    hooks, uplink = _start_uplink(scn.site, args, "sim")
+    from controller.carbon.account import EnergyAccount
+    account = EnergyAccount(scn.site)
+    hooks, uplink = _start_uplink(scn.site, args, "sim", account)
     with Progress(transient=True) as bar:
         task = bar.add_task(f"{scn.name} {args.strategy}", total=1.0)
         result = run_sim(scn, hours=args.hours, seed=args.seed, strategy=args.strategy, out_dir=args.out,
                          speed=args.speed, progress=lambda f: bar.update(task, completed=f), hooks=hooks,
                          wire=args.wire, wire_baud=args.wire_baud, ledger_on_record=_ledger_to_uplink(uplink),
-                         as_profiles=args.as_profiles)
+                         as_profiles=args.as_profiles, account=account)
     _close_uplink(uplink)
     print(json.dumps(result.kpis, indent=2))
     if args.out:

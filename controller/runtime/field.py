@@ -113,16 +113,19 @@ def run_field(cfg, *, data_dir: str | None, mqtt: str | None = None, socket_arg:
     rt = SiteRuntime(cfg, provided, params=params, state0=state0, recorder=recorder)
     if statefile.problem:
         rt.alarms.raise_("state_file_ignored", statefile.problem)
+    from controller.carbon.account import EnergyAccount
     from controller.uplink import make_uplink_hook
+    account = EnergyAccount(cfg)              # one integration for the ledger, the uplink and the TUI's today
     try:                                      # the spool runs without a broker too: nothing is lost offline
         up_hook, uplink = make_uplink_hook(cfg, mqtt, dd.spool_dir, clock_status=provided.clock_status(),
-                                           inputs=inputs)
+                                           inputs=inputs, account=account)
     except ValueError as exc:
         print(f"edge-ems run --mqtt: {exc}", file=sys.stderr)
         provided.close()
         return 2
     carbon = make_carbon_hook(cfg, dd, jobs=book, clock_status=provided.clock_status,
-                              on_record=lambda body: uplink.spool.put("interval", body["end_s"], body))
+                              on_record=lambda body: uplink.spool.put("interval", body["end_s"], body),
+                              account=account)
     rt.add("ledger", "carbon", carbon, carbon.close)
     rt.add("uplink", "uplink", up_hook, lambda: uplink.close(drain_timeout_s=10.0))
     rt.alarms.listeners.append(lambda state, name, detail: (
@@ -134,7 +137,8 @@ def run_field(cfg, *, data_dir: str | None, mqtt: str | None = None, socket_arg:
     rt.add("compute", "headroom", compute)
     from types import SimpleNamespace
     from controller.ipc import start_ipc_for_run
-    ipc = start_ipc_for_run(cfg, SimpleNamespace(socket=socket_arg, out=str(dd.root)))   # exports, audit in D
+    ipc = start_ipc_for_run(cfg, SimpleNamespace(socket=socket_arg, out=str(dd.root)),   # exports, audit in D
+                            account=account)
     if ipc is not None:
         rt.add("ipc", "ipc", ipc.hook, ipc.close)
         ipc.attach_uplink(uplink)
