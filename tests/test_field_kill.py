@@ -47,6 +47,7 @@ def _started(data, n_boots):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(RUN_S + 1800)          # the run itself, plus start-ups, the drain and the replay
 def test_sigkill_three_times_loses_nothing(tmp_path):
     rng = random.Random(14)
     # kernels compiled first, as install.sh does on a gateway: a restart then takes seconds, not a compile
