@@ -115,6 +115,7 @@ def edge_ems(*args, timeout=120):
                           timeout=timeout)
 
 
+@pytest.mark.slow                       # ~30-60 s each: make test-long
 def test_meter_gone_goes_stale_within_max_age_alarms_and_recovers(clean, tmp_path):
     lab = clean
     run = Run(lab, tmp_path / "data", 60)
@@ -144,6 +145,7 @@ def test_meter_gone_goes_stale_within_max_age_alarms_and_recovers(clean, tmp_pat
           f"{i_stale}, back at {i_back} (n_fault {n_fault}); overruns {stats['overruns']}, p99 {stats.get('p99_ms')} ms")
 
 
+@pytest.mark.slow                       # ~30-60 s each: make test-long
 def test_pcs_ignoring_writes_keeps_the_period(clean, tmp_path):
     lab = clean
     run = Run(lab, tmp_path / "data", READY_RECORDS + 12)
@@ -185,6 +187,7 @@ def test_bms_silent_mid_run_battery_to_zero_within_bms_stale_cycles(clean, tmp_p
     assert all(rec[i].commands[L.C_BATTERY_KW] == 0.0 for i in range(i_stale, i_stale + 1))
 
 
+@pytest.mark.slow                       # ~30-60 s each: make test-long
 def test_data_dir_on_a_full_tmpfs(clean, tmp_path):
     lab = clean
     mnt = tmp_path / "fs"
@@ -260,6 +263,7 @@ def market_run(lab, tmp_path: Path, name: str, cycles: int = 15) -> tuple[list, 
     return rec, states, stats
 
 
+@pytest.mark.slow                       # ~30-60 s each: make test-long
 def test_negative_market_prices_change_the_plan(lab, tmp_path):
     (tmp_path / "neglab").mkdir()
     neg = LabProc(tmp_path / "neglab" / "d", "--market-negative")
@@ -285,6 +289,7 @@ def test_negative_market_prices_change_the_plan(lab, tmp_path):
     assert not np.allclose(p_neg, p_ref), (p_neg, p_ref)
 
 
+@pytest.mark.slow                       # ~30-60 s each: make test-long
 def test_stale_market_feed_alarms_and_falls_back_to_the_tariff(tmp_path):
     (tmp_path / "stalelab").mkdir()
     silent = LabProc(tmp_path / "stalelab" / "d", "--fault", "market=silent")

@@ -41,7 +41,7 @@ def late_subscriber(port, topic, seen, lock):
 
 
 def test_compute_hook_publishes_retained_headroom_through_the_uplink_worker(tmp_path):
-    broker = Broker(tmp_path / "broker").start()
+    broker = Broker(tmp_path / "broker")                    # not started yet: the uplink cannot connect
     hook, up = make_uplink_hook(CFG, broker.url, tmp_path / "data", clock_status="test")
     sched = None
     try:
@@ -50,9 +50,11 @@ def test_compute_hook_publishes_retained_headroom_through_the_uplink_worker(tmp_
         compute = ComputeHook(CFG, JobBook(), publish=up.publish_live, keep_history=False)
         value, quality = image(soc_pct=55.0, aux_kw=2.0)
         frame = {"t_s": T0, "value": value, "quality": quality}
-        rows = up.spool.pending_rows
-        compute(None, frame, None, None, 0)                 # before the worker connected: dropped, counted
+        compute(None, frame, None, None, 0)                 # no broker: dropped, counted
         assert up.live_dropped == 1 and up.mqtt.live_dropped_local == 1
+        up.spool.flush()                                    # what the start-up put (boot event...) committed
+        rows = up.spool.pending_rows
+        broker.start()
         wait_for(up.mqtt.connected.is_set, 15, "worker connected")
         frame["t_s"] = T0 + compute.period_s                 # the hook's next period
         compute(None, frame, None, None, 0)
