@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from controller.diskio import write_all as _write_all
 from controller.replay import (RecordingError, VerifyResult, header_bytes, new_deflate, open_recording,
                                record_bytes, replay_file)
 
@@ -64,15 +65,6 @@ def list_segments(directory: str | Path) -> list[Path]:
     """The segment files of a recording directory, oldest first."""
     d = Path(directory)
     return sorted((p for p in d.iterdir() if SEG_RE.match(p.name)), key=lambda p: p.name)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        if n <= 0:
-            raise OSError(28, "short write")
-        view = view[n:]
 
 
 class SegmentRecorder:

@@ -34,6 +34,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from controller.diskio import write_all as _write_all
 from controller.carbon.keys import fingerprint, public_b64, public_from_b64
 from drivers.isotime import utc_epoch
 
@@ -221,16 +222,6 @@ class LedgerWriter:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """os.write until done: a disk that fills mid-record returns a short count first, then ENOSPC."""
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        if n <= 0:
-            raise OSError(28, "short write")
-        view = view[n:]
 
 
 def _fsync_dir(path: Path) -> None:
