@@ -37,6 +37,9 @@ from controller.uplink.topics import NEVER_DROPPED, RECORD_KINDS, TELEMETRY, EVE
 
 SPOOL_FILE = "uplink-spool.sqlite"
 ROW_OVERHEAD = 48                  # bytes counted per row on top of its payload (b-tree cell + index)
+# records held in memory while the database refuses writes (disk full): beyond this the oldest are dropped
+# and counted (retry_dropped) - about 10 MB of events and alarms, hours of a full disk
+MAX_RETRY_RECORDS = 20_000
 DEFAULT_QUOTA = 64 * 1024 * 1024   # a week offline measured 14.1 MB (tools/bench/uplink.py week; README)
 DEFAULT_MIN_FREE = 16 * 1024 * 1024
 LOW_WATER = 0.9                    # eviction frees down to this fraction of the quota
@@ -99,6 +102,7 @@ class Spool:
         self.write_error: str | None = None
         self.evicted = 0
         self.refused = 0
+        self.retry_dropped = 0
         self.commits = 0
         self.committed_rows = 0
         self.commit_s = deque(maxlen=4096)     # wall time of each commit (fsync included)
@@ -237,6 +241,11 @@ class Spool:
                 self.write_error = str(exc)
                 retry = [it for it in batch if not (it[0] == "rec" and it[1] == TELEMETRY)]
                 self.refused += sum(1 for it in batch if it[0] == "rec" and it[1] == TELEMETRY)
+                recs = [i for i, it in enumerate(retry) if it[0] == "rec"]
+                if len(recs) > MAX_RETRY_RECORDS:  # a disk full for hours: memory stays bounded, oldest go
+                    cut = set(recs[:len(recs) - MAX_RETRY_RECORDS])
+                    self.retry_dropped += len(cut)
+                    retry = [it for i, it in enumerate(retry) if i not in cut]
                 time.sleep(0.5)
                 if not stop:
                     continue
@@ -379,6 +388,7 @@ class Spool:
             return 1000.0 * v[min(len(v) - 1, int(p * len(v)))] if v else 0.0
         return {"last_seq": self.last_seq, "pending_rows": self.pending_rows, "bytes": self.total_bytes,
                 "quota_bytes": self.quota_bytes, "commits": self.commits, "committed_rows": self.committed_rows,
-                "evicted": self.evicted, "refused_telemetry": self.refused, "alarm": self.alarm,
+                "evicted": self.evicted, "refused_telemetry": self.refused, "retry_dropped": self.retry_dropped,
+                "alarm": self.alarm,
                 "put_p99_us": q(self.put_s, 0.99) * 1000.0, "put_max_us": q(self.put_s, 1.0) * 1000.0,
                 "commit_p50_ms": q(self.commit_s, 0.5), "commit_p99_ms": q(self.commit_s, 0.99)}
