@@ -165,3 +165,23 @@ def test_damaged_bundle_is_refused_before_any_change(bundles, root, tmp_path):
     assert proc.returncode != 0
     assert "damaged" in proc.stderr and whl.name in proc.stderr
     assert snapshot(root) == before
+
+
+def test_gateway_wheel_ships_no_simulator_and_the_lab_addon_does(bundles, tmp_path):
+    """The gateway's wheel has no tools/ (simulator, lab, benches); the lab add-on's own wheel carries them and
+    requires exactly this edge-ems and the sim extra."""
+    import importlib.util
+    import zipfile
+    old, _new = bundles
+    (gw,) = (old / "wheels").glob("edge_ems-*.whl")
+    names = zipfile.ZipFile(gw).namelist()
+    assert any(n.startswith("controller/runtime/") for n in names)
+    assert not [n for n in names if n.startswith("tools/")]
+    spec = importlib.util.spec_from_file_location("build_bundle", BUILD)
+    bb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bb)
+    sim = bb.build_sim_wheel(tmp_path, "0.1.0", ["pvlib>=0.10"])
+    z = zipfile.ZipFile(sim)
+    assert "tools/sim/lab.py" in z.namelist() and not [n for n in z.namelist() if n.startswith("controller/")]
+    meta = z.read(next(n for n in z.namelist() if n.endswith("METADATA"))).decode()
+    assert "Requires-Dist: edge-ems==0.1.0" in meta and "Requires-Dist: pvlib>=0.10" in meta

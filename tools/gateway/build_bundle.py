@@ -114,15 +114,20 @@ def project_version(pyproject: Path) -> str:
     return m.group(1)
 
 
+def _clean_copy(items, src: Path) -> None:
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.nbi", "*.nbc", "*.egg-info", "build")
+    src.mkdir()
+    for item in items:
+        p = REPO / item
+        (shutil.copytree(p, src / item, ignore=ignore) if p.is_dir() else shutil.copy2(p, src / item))
+
+
 def build_project_wheel(dest: Path, version: str | None) -> Path:
-    """The project's wheel, built from a clean copy of the sources (no stale build/ or __pycache__)."""
+    """The gateway's wheel, built from a clean copy of the sources (no stale build/ or __pycache__) without
+    tools/: the gateway does not ship the simulator (the lab add-on's own wheel carries it)."""
     with tempfile.TemporaryDirectory(prefix="edge-ems-src-") as tmp:
         src = Path(tmp) / "src"
-        ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.nbi", "*.nbc", "*.egg-info", "build")
-        src.mkdir()
-        for item in SOURCE_ITEMS:
-            p = REPO / item
-            (shutil.copytree(p, src / item, ignore=ignore) if p.is_dir() else shutil.copy2(p, src / item))
+        _clean_copy([i for i in SOURCE_ITEMS if i != "tools"], src)
         if version:
             pp = src / "pyproject.toml"
             pp.write_text(re.sub(r'^version\s*=\s*"[^"]+"', f'version = "{version}"', pp.read_text(), count=1,
@@ -131,6 +136,36 @@ def build_project_wheel(dest: Path, version: str | None) -> Path:
     wheels = sorted(dest.glob("edge_ems-*.whl"))
     if len(wheels) != 1:
         raise SystemExit(f"expected one edge_ems wheel in {dest}, found {wheels}")
+    return wheels[0]
+
+
+SIM_PYPROJECT = """[build-system]
+requires = ["setuptools>=68", "wheel"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "edge-ems-sim"
+version = "{version}"
+description = "edge-ems lab add-on: the site simulator, the lab and the benches (never on a production gateway)"
+requires-python = ">=3.10"
+dependencies = {deps}
+
+[tool.setuptools.packages.find]
+include = ["tools*"]
+"""
+
+
+def build_sim_wheel(dest: Path, version: str, sim_reqs: list[str]) -> Path:
+    """The lab add-on's wheel: tools/ (simulator, lab, benches) requiring this edge-ems and the sim extra."""
+    with tempfile.TemporaryDirectory(prefix="edge-ems-sim-src-") as tmp:
+        src = Path(tmp) / "src"
+        _clean_copy(["tools"], src)
+        deps = "[" + ", ".join(json.dumps(r) for r in [f"edge-ems=={version}", *sim_reqs]) + "]"
+        (src / "pyproject.toml").write_text(SIM_PYPROJECT.format(version=version, deps=deps))
+        _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", dest, src])
+    wheels = sorted(dest.glob("edge_ems_sim-*.whl"))
+    if len(wheels) != 1:
+        raise SystemExit(f"expected one edge_ems_sim wheel in {dest}, found {wheels}")
     return wheels[0]
 
 
@@ -261,8 +296,9 @@ def build(out: Path, site: str, version: str | None, sim_extra: bool, deps_from:
             for whl in (sim_dir / "wheels").glob("*.whl"):   # keep only what the gateway bundle lacks
                 if (wheels / whl.name).exists():
                     whl.unlink()
+            build_sim_wheel(sim_dir / "wheels", version, sim_reqs)
             check_wheels(sim_dir / "wheels", arch=arch)
-            (sim_dir / "requirements.txt").write_text("\n".join(sim_reqs) + "\n")
+            (sim_dir / "requirements.txt").write_text("\n".join([f"edge-ems-sim=={version}", *sim_reqs]) + "\n")
             write_manifest(sim_dir)
     site_path = resolve_site(site)
     shutil.copy2(site_path, bundle / "site.toml")

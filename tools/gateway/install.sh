@@ -172,7 +172,8 @@ else
 fi
 if [ -n "$SIM" ] && [ ! -f "$VDIR/.sim" ]; then
     say "adding the simulator add-on (lab use: edge-ems sim, simulated sites)"
-    offline_pip "$VDIR/venv/bin/python" "$VDIR/venv/bin/pip" "${REQUIREMENT/edge-ems/edge-ems[sim]}"
+    # the add-on's own wheel (tools/: simulator, lab) and the sim extra's wheels; the gateway wheel has no tools/
+    offline_pip "$VDIR/venv/bin/python" "$VDIR/venv/bin/pip" "${REQUIREMENT/edge-ems/edge-ems-sim}"
     touch "$VDIR/.sim"
     CHANGED=yes
 fi
