@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from pathlib import Path
 
@@ -28,18 +27,6 @@ def _need_sim():
         if find_spec(name) is None:
             raise SystemExit(_die_bad_input(f"simulated devices need the simulator extra ({name} is missing): "
                                             "pip install 'edge-ems[sim]'"))
-
-
-def _release_llvm_after_first_cycle():
-    """A hook: after the first cycle (every kernel loaded, params built) unmap numba's compiler pages
-    (controller/llvm_pages.py); a no-op from then on."""
-    from controller.llvm_pages import release_llvm_pages
-    done = []
-
-    def hook(loop, image, cmd, events, n):
-        if not done:
-            done.append(release_llvm_pages())
-    return hook
 
 
 def cmd_check(args) -> int:
@@ -118,6 +105,7 @@ def _run_simulated(cfg, args) -> int:
     compile_apart()                           # a cold numba cache compiles in a child, not in the controller
     warmup()
     from tools.sim.runner import run_sim
+    from controller.llvm_pages import release_after_first_cycle
     from controller.watchdog import SystemdNotifier
     notifier = SystemdNotifier()
     from controller.carbon.account import EnergyAccount
@@ -130,7 +118,7 @@ def _run_simulated(cfg, args) -> int:
     try:
         result = run_sim(scn, hours=hours, seed=args.seed, strategy=args.strategy, out_dir=args.out,
                          speed=args.speed, install_signals=True,
-                         hooks=[_release_llvm_after_first_cycle(), *([ipc.hook] if ipc else []), *up_hooks,
+                         hooks=[release_after_first_cycle(), *([ipc.hook] if ipc else []), *up_hooks,
                                 notifier.hook],
                          wire=args.wire, ledger_on_record=_ledger_to_uplink(uplink), series=series(),
                          account=account)

@@ -80,3 +80,14 @@ def release_llvm_pages() -> float:
         if libc.madvise(m.start, m.end - m.start, MADV_DONTNEED) == 0:
             released_kb += m.rss_kb
     return released_kb / 1024.0
+
+
+def release_after_first_cycle():
+    """A ScanLoop hook: after the first cycle (every kernel loaded, params built) release_llvm_pages(); a
+    no-op from then on. `run` adds it on field and simulated sites alike."""
+    done = []
+
+    def hook(loop, image, cmd, events, n):
+        if not done:
+            done.append(release_llvm_pages())
+    return hook

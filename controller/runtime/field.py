@@ -14,7 +14,6 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 
 from controller.core import layout as L
 from controller.loop import RealClock
@@ -144,6 +143,8 @@ def run_field(cfg, *, data_dir: str | None, mqtt: str | None = None, socket_arg:
         ipc.attach_uplink(uplink)
     notifier = SystemdNotifier()
     keeper = StateKeeper(rt, statefile, counters, recorder, carbon)
+    from controller.llvm_pages import release_after_first_cycle
+    rt.add("watchdog", "llvm", release_after_first_cycle())   # numba's compiler pages back to a 1 GB gateway
     rt.add("watchdog", "state", keeper, keeper.save)
     rt.add("watchdog", "systemd", notifier.hook, notifier.stopping)
     rt.start()
@@ -166,6 +167,3 @@ def run_field(cfg, *, data_dir: str | None, mqtt: str | None = None, socket_arg:
     print(json.dumps(stats, default=str))
     return 0
 
-
-def data_dir_default(value: str | None) -> Path:
-    return DataDir(value).root
