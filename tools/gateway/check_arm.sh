@@ -175,6 +175,12 @@ cp "$REPO/profiles/sites/lab.toml" "$ROOT/etc/edge-ems/lab.toml"
 LAB_PID=$!
 for _ in $(seq 1 120); do [ -f "$LABDIR/lab.json" ] && break; kill -0 "$LAB_PID" 2>/dev/null || break; sleep 1; done
 [ -f "$LABDIR/lab.json" ] || { tail -20 "$CACHE/lab.log"; die "the lab did not come up"; }
+# the lab's ptys as a gateway's serial ports are: group dialout, 0660 (the service user is in dialout)
+DIALOUT_GID="$(chroot "$ROOT" getent group dialout | cut -d: -f3)"
+for link in "$LABDIR"/rs485_* "$LABDIR"/can0; do
+    case "$link" in *.srv) continue ;; esac
+    dev="$(readlink -f "$link")"; chgrp "$DIALOUT_GID" "$dev" && chmod 0660 "$dev"
+done
 set +e
 chroot "$ROOT" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root EDGE_EMS_CACHE_DIR=/var/lib/edge-ems/cache \
     LANG=C.UTF-8 TERM=dumb /bin/bash -c "edge-ems run --site /etc/edge-ems/lab.toml --data-dir /tmp/labdata \
@@ -187,6 +193,16 @@ tail -4 "$CACHE/run-lab-aarch64.txt"
 [ "$LAB_RC" = 0 ] || die "edge-ems run against the lab failed on aarch64 (exit $LAB_RC)"
 grep -q '"setpoint_kw"' "$LABDIR/applied.jsonl" || die "no PCS setpoint reached the lab"
 grep -q '"simulator_modules_loaded": \[\]' "$CACHE/run-lab-aarch64.txt" || die "the controller loaded a simulator module"
+"$PY" - "$CACHE/run-lab-aarch64.txt" <<'PYEOF' || die "a field device was not read every cycle it was due"
+import json, sys
+stats = json.loads(next(l for l in open(sys.argv[1]) if l.startswith('{"cycles"')))
+bad = {n: d for n, d in stats["devices"].items() if "polls_due" in d and d["polls_ok"] < 0.9 * d["polls_due"]}
+bad.update({a: v for a, v in stats.get("host_alarms", {}).items() if a.startswith("device_")})
+print("devices:", {n: (d.get("polls_ok"), d.get("polls_due")) for n, d in stats["devices"].items()},
+      "overruns", stats["overruns"], "p50/p99 ms", round(stats["p50_ms"], 1), round(stats["p99_ms"], 1))
+print("not read / alarms:", bad) if bad else None
+sys.exit(1 if bad else 0)
+PYEOF
 umount -l "$ROOT/dev/pts"
 
 phase "install.sh again (must be harmless)"
