@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 
-from controller.core.layout import OP_AUTO, OP_MANUAL, OP_STANDBY
+from controller.core.layout import ALARM_NAMES, OP_AUTO, OP_MANUAL, OP_STANDBY
 from drivers.base import QUALITY_OK, Sink
 
 MODES = {"auto": OP_AUTO, "manual": OP_MANUAL, "standby": OP_STANDBY}
@@ -46,7 +46,12 @@ class OperatorInputs:
             self.reserve_pct = float(pct)
 
     def acknowledge(self, bits: int) -> None:
-        """Acknowledge alarms (a bit mask); delivered to the step in the next cycle only."""
+        """Acknowledge alarms (a bit mask); delivered to the step in the next cycle only. Checked here,
+        not in the cycle: a mask beyond the alarm bits would overflow the float the step reads."""
+        if type(bits) is not int or not 0 <= bits < 1 << len(ALARM_NAMES):
+            raise ValueError(f"bits must be an integer in 0..{(1 << len(ALARM_NAMES)) - 1} "
+                             f"(one bit per alarm), got " + (f"an integer of {bits.bit_length()} bits" if type(bits) is int
+                                                 else f"a {type(bits).__name__}"))
         with self._lock:
             self._ack_bits |= int(bits)
 

@@ -14,19 +14,37 @@ from controller.ipc.pin import check_pin
 
 
 def _units(spec) -> list[int]:
-    """"1-32" / "5" / [1, 2] -> unit ids within 1..247."""
-    try:
-        if isinstance(spec, (list, tuple)):
-            units = [int(u) for u in spec]
-        else:
-            a, _, b = str(spec).partition("-")
-            units = list(range(int(a), int(b or a) + 1))
-    except ValueError:
-        raise ValueError(f"units must look like 1-32 or 5, got {spec!r}") from None
-    if not units or units[0] < 1 or units[-1] > 247 or len(units) > 247:
-        raise ValueError(f"units must be within 1..247, got {spec!r}")
-    return units
+    """"1-32" / "5" / 5 / [1, 2] -> sorted unit ids within 1..247. The bounds are checked before a
+    range is expanded: "1-40000000" must be refused without building forty million ints."""
+    bad = ValueError(f"units must look like 1-32, 5 or a list of integers within 1..247, got {str(spec)[:40]!r}")
+    if isinstance(spec, (list, tuple)):
+        if not spec or len(spec) > 247 or any(type(u) is not int or not 1 <= u <= 247 for u in spec):
+            raise bad
+        return sorted(set(spec))
+    if type(spec) is int:
+        a = b = spec
+    elif isinstance(spec, str) and 0 < len(spec) <= 16:
+        lo, sep, hi = spec.strip().partition("-")
+        if not lo.strip().isdigit() or (sep and not hi.strip().isdigit()):
+            raise bad
+        a = int(lo)
+        b = int(hi) if sep else a
+    else:
+        raise bad
+    if not 1 <= a <= b <= 247:
+        raise bad
+    return list(range(a, b + 1))
 
+
+def _num(args: dict, key: str, lo: float, hi: float, default=None) -> float:
+    """A number argument typed exactly (an int or a float, never a bool or a string), finite, in range."""
+    v = args.get(key, default)
+    if type(v) not in (int, float) or not math.isfinite(v) or not lo <= v <= hi:
+        raise ValueError(f"{key} must be a finite number in [{lo:g}, {hi:g}], got {str(v)[:40]!r}")
+    return float(v)
+
+
+KINDS = ("login", "lockout", "logout", "ack", "mode", "battery_kw", "genset", "read", "scan", "export")
 
 
 class Actions:
@@ -60,6 +78,8 @@ class Actions:
 
     def _action(self, conn: _Conn, req: dict, reply: dict) -> None:
         name = req.get("action")
+        if not isinstance(name, str) or name not in KINDS:
+            name = "unknown"          # the audit keys its refusal counters by kind: a bounded set
         args = {k: v for k, v in req.items() if k not in ("op", "id", "action", "pin")}
         now = time.monotonic()
         if not (conn.session_until and now <= conn.session_until):
@@ -74,25 +94,28 @@ class Actions:
         try:
             if name == "ack":
                 if "bits" in args:
-                    bits = int(args["bits"])
+                    bits = args["bits"]
                 elif "alarm" in args:
-                    bits = 1 << L.ALARM_NAMES.index(str(args["alarm"]))
+                    if args["alarm"] not in L.ALARM_NAMES:
+                        raise ValueError(f"alarm must be one of {', '.join(L.ALARM_NAMES)}, "
+                                         f"got {str(args['alarm'])[:40]!r}")
+                    bits = 1 << L.ALARM_NAMES.index(args["alarm"])
                 else:
                     bits = int(self._pub[5][L.C_ALARMS_UNACKED]) if self._pub else 0
+                op.acknowledge(bits)                    # validates the mask (type, range) first
                 names = [n for i, n in enumerate(L.ALARM_NAMES) if bits >> i & 1]
-                op.acknowledge(bits)
                 msg = f"acknowledged {', '.join(names)}" if names else "nothing to acknowledge"
                 result = {"ok": True, "bits": bits, "message": msg}
             elif name == "mode":
-                mode = str(args.get("mode"))
+                mode = args.get("mode")
+                if not isinstance(mode, str) or mode not in ("auto", "manual", "standby"):
+                    raise ValueError(f"mode must be one of auto, manual, standby, got {str(mode)[:40]!r}")
                 if mode == "manual" and self._pub is not None:
                     op.set_battery_kw(float(self._pub[5][L.C_BATTERY_KW]))     # bumpless
                 op.set_mode(mode)
                 result = {"ok": True, "message": f"mode {mode} requested"}
             elif name == "battery_kw":
-                kw = float(args["kw"])
-                if not math.isfinite(kw):
-                    raise ValueError("kw must be a finite number")
+                kw = _num(args, "kw", -1e6, 1e6)
                 op.set_battery_kw(kw)
                 manual = op.mode == L.OP_MANUAL
                 result = {"ok": True, "kw": kw, **self._clamp_preview(kw)}
@@ -100,18 +123,23 @@ class Actions:
                                      + ("" if manual else " (applies in manual mode)"))
             elif name == "genset":
                 run = args.get("run")
-                op.set_genset(None if run is None else bool(run))
+                if run is not None and type(run) is not bool:       # "no" is a non-empty, truthy string
+                    raise ValueError(f"run must be true, false or null (automatic), got {str(run)[:40]!r}")
+                op.set_genset(run)
                 result = {"ok": True, "message": {None: "genset back to automatic", True: "genset start requested",
-                                                  False: "genset stop requested"}[None if run is None else bool(run)]}
+                                                  False: "genset stop requested"}[run]}
             elif name == "export":
-                hours = float(args.get("hours", 2.0))
-                if not 0 < hours <= 24 * 7:
+                hours = _num(args, "hours", 0.0, 24 * 7, default=2.0)
+                if hours <= 0:
                     raise ValueError("hours must be in (0, 168]")
                 self._audit_record(conn, "export", args, True, "started")
                 threading.Thread(target=self._export_worker, args=(conn, reply, hours), daemon=True).start()
                 return
             elif name in ("read", "scan"):
-                target = str(args.get("device" if name == "read" else "bus", ""))
+                target = args.get("device" if name == "read" else "bus", "")
+                if not isinstance(target, str) or len(target) > 64:
+                    raise ValueError(f"{'device' if name == 'read' else 'bus'} must be a name (a string "
+                                     f"of at most 64 characters), got {str(target)[:40]!r}")
                 units = _units(args.get("units", "1-32")) if name == "scan" else None
                 self._audit_record(conn, name, args, True, "started")
                 threading.Thread(target=self._field_worker, args=(conn, reply, name, target, units),

@@ -4,13 +4,38 @@ was done on site). A failing file or listener never stops the action it records.
 from __future__ import annotations
 
 import json
+import os
 import time
 
 from controller.ipc.common import _Conn, _iso
 
 
+AUDIT_MAX_BYTES = 1_000_000     # audit.jsonl rotates to audit.jsonl.1 (one kept) past this size
+ARG_MAX_CHARS = 200             # an accepted action's argument longer than this is cut
+ARGS_MAX = 8
+MESSAGE_MAX_CHARS = 300
+
+
+def _bounded_args(args: dict) -> dict:
+    """An accepted action's arguments, bounded: the client chose their number and size."""
+    out = {}
+    for k, v in list(args.items())[:ARGS_MAX]:
+        k = str(k)[:40]
+        if v is None or type(v) in (bool, int, float) and len(repr(v)) <= 40:
+            out[k] = v
+        elif isinstance(v, str) and len(v) <= ARG_MAX_CHARS:
+            out[k] = v
+        else:
+            out[k] = f"<{type(v).__name__} cut>"
+    return out
+
+
 class Audit:
-    """Mixed into :class:`controller.ipc.server.IpcServer`."""
+    """Mixed into :class:`controller.ipc.server.IpcServer`. A refusal is recorded by its kind and a
+    running count per kind, never with its arguments: anyone on the socket can send a refused action,
+    and what they send must not grow the log, the spool or the snapshots."""
+
+    audit_max_bytes = AUDIT_MAX_BYTES
 
     def attach_uplink(self, uplink) -> None:
         """Show the uplink on the uplink screen and forward every audit record (logins, lockouts,
@@ -30,15 +55,30 @@ class Audit:
     def _audit_record(self, conn: _Conn | None, action: str, args: dict, ok: bool, message: str) -> dict:
         self._audit_seq += 1
         pub = self._pub
+        action = str(action)[:40]
         rec = {"seq": self._audit_seq, "t_utc": _iso(time.time()), "t_s": pub[2] if pub else None,
-               "cycle": pub[1] if pub else None, "who": conn.who if conn else "ipc", "action": action,
-               "args": args, "ok": ok, "message": message}
+               "cycle": pub[1] if pub else None, "who": str(conn.who if conn else "ipc")[:80], "action": action,
+               "args": _bounded_args(args) if ok else {}, "ok": ok, "message": str(message)[:MESSAGE_MAX_CHARS]}
+        if not ok:
+            counts = self.__dict__.setdefault("audit_refused", {})
+            if action in counts or len(counts) < 32:        # kinds are a bounded set; the rest pool
+                counts[action] = counts.get(action, 0) + 1
+                rec["refused"] = counts[action]
+            else:
+                counts["other"] = counts.get("other", 0) + 1
+                rec["refused"] = counts["other"]
         self.audit.append(rec)
         if self.audit_path is not None:
             try:
+                line = json.dumps(rec) + "\n"
+                try:
+                    if os.path.getsize(self.audit_path) + len(line) > self.audit_max_bytes:
+                        os.replace(self.audit_path, str(self.audit_path) + ".1")
+                except FileNotFoundError:
+                    pass
                 with open(self.audit_path, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-            except OSError:
+                    f.write(line)
+            except (OSError, ValueError):
                 pass
         for fn in list(self.audit_listeners):
             try:
