@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 MAX_BYTES = 16 * 1024
 MAX_TTL_S = 24 * 3600.0
 CLOCK_SKEW_S = 300.0
+MAX_MAGNITUDE = 10 ** 15      # no command number is larger; an int beyond it is refused before float()
 COUNTER_KEY = "cmd_counter"
 TYPES = ("setpoint_schedule", "mode", "reserve_soc", "alarm_ack", "weather_warning", "grid_update")
 MODES = ("auto", "manual", "standby")      # controller/operator.py
@@ -71,12 +72,23 @@ class Limits:
                    min(float(b["charge_max_kw"]), rated), min(float(b["discharge_max_kw"]), rated))
 
 
+def _finite(v, key: str) -> None:
+    """An int or float, not a bool: JSON gives arbitrary-precision ints, and a 400-digit one makes
+    ``math.isfinite``/``float`` raise OverflowError, so ints are bounded exactly before any conversion."""
+    if isinstance(v, bool) or type(v) not in (int, float):
+        raise Refused(f"malformed: {key} must be a finite number")
+    if type(v) is int:
+        if not -MAX_MAGNITUDE <= v <= MAX_MAGNITUDE:
+            raise Refused(f"malformed: {key} magnitude beyond {MAX_MAGNITUDE:.0e}")
+    elif not math.isfinite(v):
+        raise Refused(f"malformed: {key} must be a finite number")
+
+
 def _num(args: dict, key: str, lo: float, hi: float, what: str = "out of limits") -> float:
     v = args.get(key)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise Refused(f"malformed: {key} must be a finite number")
+    _finite(v, key)
     if not lo <= v <= hi:
-        raise Refused(f"{what}: {key} {v} not in [{lo}, {hi}]")
+        raise Refused(f"{what}: {key} {str(v)[:32]} not in [{lo}, {hi}]")
     return float(v)
 
 
@@ -118,6 +130,9 @@ class CommandVerifier:
         except Refused as exc:
             v.reason = str(exc)
             v.command = None
+        except Exception as exc:        # a check this verifier lacks: still a verdict, never a raise
+            v.accepted, v.command = False, None
+            v.reason = f"malformed: unchecked input ({type(exc).__name__}: {str(exc)[:80]})"
         return v
 
     def _check(self, raw: bytes, now_s: float, v: Verdict) -> dict:
@@ -154,10 +169,12 @@ class CommandVerifier:
         v.counter = counter
         if v.id is None:
             raise Refused("malformed: id must be a string of at most 64 characters")
-        if cmd.get("v") != 1:
+        if type(cmd.get("v")) is not int or cmd["v"] != 1:        # true and 1.0 are not version 1
             raise Refused("malformed: unsupported version")
         issued = _num(cmd, "issued_s", 0, 1e11, "malformed")
         expires = _num(cmd, "expires_s", 0, 1e11, "malformed")
+        if expires <= issued:                           # else one in the skew window would pass every check
+            raise Refused(f"malformed: expires_s {expires:.0f} is not after issued_s {issued:.0f}")
         if v.type is None:
             raise Refused(f"malformed: unknown type {str(cmd.get('type'))[:40]!r}")
         if not isinstance(cmd.get("args"), dict):
@@ -173,7 +190,12 @@ class CommandVerifier:
         last = self.last_counter
         if counter <= last:
             raise Refused(f"replayed: counter {counter} <= last {last}")
-        self._set(str(counter))                         # authentic and fresh: burn the counter first
+        try:                                            # authentic and fresh: burn the counter first
+            written = self._set(str(counter))
+        except Exception as exc:
+            written = exc
+        if written is False or isinstance(written, Exception):  # unburnt, it could be replayed: refuse
+            raise Refused(f"not applied: the replay counter could not be written ({str(written)[:80]})")
         self._check_args(v.type, cmd["args"], now_s)
         return cmd
 
@@ -194,8 +216,7 @@ class CommandVerifier:
             if not isinstance(kw, list) or not 1 <= len(kw) <= 192:
                 raise Refused("malformed: battery_kw must be a list of 1..192 numbers")
             for i, x in enumerate(kw):
-                if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-                    raise Refused(f"malformed: battery_kw[{i}] not a finite number")
+                _finite(x, f"battery_kw[{i}]")
                 if not -lim.charge_max_kw <= x <= lim.discharge_max_kw:
                     raise Refused(f"out of limits: battery_kw[{i}] {x} not in "
                                   f"[{-lim.charge_max_kw}, {lim.discharge_max_kw}]")

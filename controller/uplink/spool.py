@@ -100,6 +100,8 @@ class Spool:
         self.refusing_telemetry = False
         self.disk_low = False
         self.write_error: str | None = None
+        self.writer_errors = 0                 # unexpected exceptions in the writer loop (it went on)
+        self.writer_error: str | None = None
         self.evicted = 0
         self.refused = 0
         self.retry_dropped = 0
@@ -214,7 +216,7 @@ class Spool:
                "kind": kind, "t": iso_utc(t_s), "t_s": round(t_s, 3), "clock": self.clock_status, "body": body}
         try:
             return json.dumps(rec, separators=(",", ":"), allow_nan=False, default=float).encode()
-        except (TypeError, ValueError) as exc:      # NaN or an odd type must not kill the writer
+        except Exception as exc:    # NaN, an odd type, deep nesting (RecursionError): must not kill the writer
             rec["body"] = {"unencodable": f"{type(exc).__name__}: {exc}"[:200]}
             return json.dumps(rec, separators=(",", ":")).encode()
 
@@ -249,6 +251,8 @@ class Spool:
                 time.sleep(0.5)
                 if not stop:
                     continue
+            except Exception as exc:               # a fault no handler knows: counted, the loop goes on
+                batch = self._commit_singly(batch, exc)
             for item in batch:
                 if item[0] in ("flush", "meta"):
                     item[-1].done.set()
@@ -257,6 +261,21 @@ class Spool:
             if stop:
                 self._db.close()
                 return
+
+    def _commit_singly(self, batch: list, exc: Exception) -> list:
+        """After an unexpected failure, commit item by item so one poison item costs only itself. Its
+        flush/meta marker is left unset (the caller's wait times out: not committed), never lost silently."""
+        self.writer_errors += 1
+        self.writer_error = f"{type(exc).__name__}: {exc}"[:200]
+        kept = []
+        for item in batch:
+            try:
+                self._commit([item])
+                kept.append(item)
+            except Exception as exc2:
+                self.writer_errors += 1
+                self.writer_error = f"{type(exc2).__name__}: {exc2}"[:200]
+        return kept
 
     def _check_disk(self) -> None:
         now = time.monotonic()
@@ -389,6 +408,7 @@ class Spool:
         return {"last_seq": self.last_seq, "pending_rows": self.pending_rows, "bytes": self.total_bytes,
                 "quota_bytes": self.quota_bytes, "commits": self.commits, "committed_rows": self.committed_rows,
                 "evicted": self.evicted, "refused_telemetry": self.refused, "retry_dropped": self.retry_dropped,
+                "writer_errors": self.writer_errors, "writer_error": self.writer_error,
                 "alarm": self.alarm,
                 "put_p99_us": q(self.put_s, 0.99) * 1000.0, "put_max_us": q(self.put_s, 1.0) * 1000.0,
                 "commit_p50_ms": q(self.commit_s, 0.5), "commit_p99_ms": q(self.commit_s, 0.99)}
