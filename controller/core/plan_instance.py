@@ -24,6 +24,16 @@ class InstanceError(ValueError):
     """A malformed planning instance; the message names the offending field."""
 
 
+# Bounds on what `edge-ems plan` reads (issue 15): one week of 5-minute steps is the longest horizon the
+# planner is built for (its solve time grows with H); the file bound follows from it (~12 arrays of H
+# numbers of at most ~25 characters, plus slack); an integer literal of more digits than any float
+# needs, or nesting deeper than the contract's 3 levels, is a crafted file, refused before it costs.
+MAX_HORIZON = 2016
+MAX_FILE_BYTES = 4 << 20
+MAX_INT_DIGITS = 40
+MAX_DEPTH = 8
+
+
 @dataclass(frozen=True)
 class Battery:
     capacity_kwh: float
@@ -111,9 +121,14 @@ class PlanArrays:
 
 
 def _number(value: Any, field: str) -> float:
+    if isinstance(value, _HugeInt):
+        raise InstanceError(f"{field}: expected a finite number, got an integer of {value.digits} digits")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InstanceError(f"{field}: expected a number, got {type(value).__name__}")
-    out = float(value)
+    try:
+        out = float(value)
+    except OverflowError:
+        raise InstanceError(f"{field}: expected a finite number, got an integer of {len(str(value))} digits") from None
     if not math.isfinite(out):
         raise InstanceError(f"{field}: expected a finite number, got {value!r}")
     return out
@@ -122,6 +137,9 @@ def _number(value: Any, field: str) -> float:
 def _array(value: Any, field: str, horizon: Optional[int]) -> np.ndarray:
     if not isinstance(value, list):
         raise InstanceError(f"{field}: expected an array of numbers, got {type(value).__name__}")
+    if len(value) > MAX_HORIZON:
+        raise InstanceError(f"{field}: expected at most {MAX_HORIZON} values (one week of 5-minute steps), "
+                            f"got {len(value)}")
     if horizon is not None and len(value) != horizon:
         raise InstanceError(f"{field}: expected {horizon} values (the length of load_kw), got {len(value)}")
     out = np.empty(len(value), dtype=np.float64)
@@ -213,13 +231,67 @@ def instance_from_dict(obj: Any) -> PlanInstance:
 def load_instance(path) -> PlanInstance:
     """Read and validate an instance JSON file (raises InstanceError naming the field)."""
     try:
-        with open(path, "r", encoding="utf-8") as fh:
-            obj = json.load(fh)
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise InstanceError(f"{path}: cannot read instance ({exc.strerror or exc})") from exc
+    if len(raw) > MAX_FILE_BYTES:
+        raise InstanceError(f"{path}: larger than {MAX_FILE_BYTES} bytes (an instance of {MAX_HORIZON} steps "
+                            "fits in far less)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InstanceError(f"{path}: not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 1]!r})") from None
+    depth = _max_depth(text)
+    if depth > MAX_DEPTH:
+        raise InstanceError(f"{path}: JSON nested {depth} levels deep, expected at most {MAX_DEPTH}")
+    try:
+        obj = json.loads(text, parse_int=_bounded_int)
     except json.JSONDecodeError as exc:
         raise InstanceError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    except (ValueError, RecursionError) as exc:     # the depth scan makes RecursionError moot; kept as a net
+        raise InstanceError(f"{path}: {exc}") from None
     return instance_from_dict(obj)
+
+
+class _HugeInt:
+    """An integer literal too long to be a sane value: kept unconverted so _number names its field."""
+
+    def __init__(self, digits: int):
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"an integer of {self.digits} digits"
+
+
+def _bounded_int(literal: str):
+    digits = len(literal.lstrip("-"))
+    return _HugeInt(digits) if digits > MAX_INT_DIGITS else int(literal)
+
+
+def _max_depth(text: str) -> int:
+    """The deepest [ / { nesting outside strings: checked before json.loads, which would recurse that deep."""
+    depth = best = 0
+    in_str = esc = False
+    for ch in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            if depth > best:
+                best = depth
+                if best > MAX_DEPTH:
+                    return best
+        elif ch in "]}":
+            depth -= 1
+    return best
 
 
 def instance_to_dict(inst: PlanInstance) -> dict:
