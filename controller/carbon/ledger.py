@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ def parse_line(line: bytes) -> tuple[dict, bytes, bytes]:
     try:
         payload = json.loads(head)
         sig = base64.b64decode(sig_b64, validate=True)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:   # RecursionError: a crafted deep nesting
         raise LineError(f"not a complete record ({type(exc).__name__})") from None
     if not isinstance(payload, dict) or len(sig) != 64:
         raise LineError("not a complete record (payload or signature malformed)")
@@ -312,7 +313,7 @@ def verify(path: str | Path | bytes, pubkey: Ed25519PublicKey | None = None, kee
         if payload.get("kind") == "recovery":
             res.recoveries += 1
         elif payload.get("kind") == "interval":
-            bad = _check_interval(payload, last_iv, res)
+            bad = interval_type_problem(payload) or _check_interval(payload, last_iv, res)
             if bad:
                 return _fail(res, n, lineno, f"{where}: {bad}")
             if bad is not None:
@@ -335,6 +336,55 @@ def verify(path: str | Path | bytes, pubkey: Ed25519PublicKey | None = None, kee
 
 
 INTERVAL_S = 900.0
+
+
+# The numeric fields of an interval record that `ledger report` sums: a signature proves who wrote a
+# record, not that it is well-formed, so such a field present with the wrong type is a bad record.
+# (Other fields may legitimately be null, e.g. energy_kwh.soc_delta without a measured SOC.)
+_NUMERIC_FIELDS = tuple(tuple(f.split(".")) for f in (
+    *(f"energy_kwh.sources.{k}" for k in ("pv", "pv_direct", "battery_discharge", "grid", "diesel")),
+    *(f"energy_kwh.sinks.{k}" for k in ("it", "cooling", "aux", "battery_charge", "export", "curtailment")),
+    "energy_kwh.e_dc", "energy_kwh.fuel", "energy_kwh.battery_loss_model", "energy_kwh.closure.residual_pct",
+    *(f"co2_kg.{k}" for k in ("scope1_diesel", "scope2_location", "scope2_market", "loads_location", "loads_market")),
+    *(f"cfe.{k}" for k in ("onsite_kwh", "contract_kwh", "grid_kwh", "load_kwh")),
+    "renewable_kwh", "diesel_l", "estimated_s", "covered_s"))
+
+
+def _bad_number(value, where: str) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        shown = repr(value) if isinstance(value, float) else type(value).__name__
+        return f"{where}: expected a finite number, got {shown}"
+    return None
+
+
+def interval_type_problem(p: dict) -> str | None:
+    """The first summed field of an interval record (and of its jobs) that is present but not a finite
+    number, as 'energy_kwh.sources.grid: expected a finite number, got str'; None when all are."""
+    for path in _NUMERIC_FIELDS:
+        node, ok = p, True
+        for i, key in enumerate(path):
+            if not isinstance(node, dict):
+                return f"{'.'.join(path[:i])}: expected an object, got {type(node).__name__}"
+            if key not in node:
+                ok = False
+                break
+            node = node[key]
+        if ok:
+            bad = _bad_number(node, ".".join(path))
+            if bad:
+                return bad
+    jobs = p.get("jobs")
+    if jobs is not None:
+        if not isinstance(jobs, dict):
+            return f"jobs: expected an object, got {type(jobs).__name__}"
+        for job, d in jobs.items():
+            if not isinstance(d, dict):
+                return f"jobs.{job}: expected an object, got {type(d).__name__}"
+            for k in ("it_kwh", "kwh", "kg_location", "kg_market"):
+                bad = _bad_number(d[k], f"jobs.{job}.{k}") if k in d else None
+                if bad:
+                    return bad
+    return None
 
 
 def _check_interval(p: dict, last: dict | None, res: VerifyResult) -> str | None:

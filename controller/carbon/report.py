@@ -124,26 +124,45 @@ class _Acc:
         }
 
 
+def _add_interval(p, t_from, t_to, total, months, years, jobs) -> None:
+    t0 = utc_epoch(p["t_start"])
+    if (t_from is not None and t0 < t_from) or (t_to is not None and t0 >= t_to):
+        return
+    staged = _Acc()                 # added to the totals only once the whole record has been read
+    staged.add(p)
+    rows = {}
+    for job, d in p["jobs"].items():
+        rows[job] = (str(d.get("label", "")), {k: float(d[k]) for k in ("it_kwh", "kwh", "kg_location", "kg_market")})
+    for acc in (total, months[p["t_start"][:7]], years[p["t_start"][:4]]):
+        acc.add(p)
+    for job, (label, vals) in rows.items():
+        j = jobs.setdefault(job, {"label": label, "it_kwh": 0.0, "kwh": 0.0,
+                                  "kg_location": 0.0, "kg_market": 0.0, "intervals": 0})
+        for k, v in vals.items():
+            j[k] += v
+        j["intervals"] += 1
+
+
 def build_report(payloads: list[dict], t_from: float | None = None, t_to: float | None = None,
                  verified: dict | None = None) -> dict:
+    """Raises ValueError naming the first interval record whose fields cannot be summed."""
+    from controller.carbon.ledger import interval_type_problem
     genesis = next((p for p in payloads if p.get("kind") == "genesis"), {})
     total, months, years = _Acc(), defaultdict(_Acc), defaultdict(_Acc)
     jobs: dict[str, dict] = {}
     for p in payloads:
         if p.get("kind") != "interval":
             continue
-        t0 = utc_epoch(p["t_start"])
-        if (t_from is not None and t0 < t_from) or (t_to is not None and t0 >= t_to):
-            continue
-        total.add(p)
-        months[p["t_start"][:7]].add(p)
-        years[p["t_start"][:4]].add(p)
-        for job, d in p["jobs"].items():
-            j = jobs.setdefault(job, {"label": d.get("label", ""), "it_kwh": 0.0, "kwh": 0.0,
-                                      "kg_location": 0.0, "kg_market": 0.0, "intervals": 0})
-            for k in ("it_kwh", "kwh", "kg_location", "kg_market"):
-                j[k] += d[k]
-            j["intervals"] += 1
+        bad = interval_type_problem(p)
+        if bad is None and not isinstance(p.get("t_start"), str):
+            bad = f"t_start: expected a UTC time string, got {type(p.get('t_start')).__name__}"
+        if bad is None:
+            try:
+                _add_interval(p, t_from, t_to, total, months, years, jobs)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:    # a missing or odd field
+                bad = f"{type(exc).__name__}: {exc}" if not isinstance(exc, KeyError) else f"{exc}: missing"
+        if bad:
+            raise ValueError(f"record n={p.get('n')!r}: {bad} (nothing reported)")
     tot = total.result()
     if jobs:      # the IT energy no job claimed (inference baseline, idle), so the job rows add up to the total
         rest = {"label": "IT not attributed to an announced or measured job", "intervals": total.intervals,
@@ -241,8 +260,12 @@ def ledger_report_main(args) -> int:
     if not res.ok:
         print(f"WARNING: the ledger does not verify ({res.message}); figures below are not evidence",
               file=sys.stderr)
-    rep = build_report(payloads, t_from, t_to, {"verified": res.ok, "verify": res.message,
-                                                "key_source": res.key_source})
+    try:
+        rep = build_report(payloads, t_from, t_to, {"verified": res.ok, "verify": res.message,
+                                                    "key_source": res.key_source})
+    except ValueError as exc:                 # a record whose fields cannot be summed
+        print(f"edge-ems: {args.file}: {exc}", file=sys.stderr)
+        return 2
     print(to_csv(rep) if args.format == "csv" else json.dumps(rep, indent=2), end="" if args.format == "csv" else "\n")
     return 0 if res.ok else 1
 
