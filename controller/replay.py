@@ -37,7 +37,7 @@ def _b64(array: np.ndarray) -> str:
 
 
 def _unb64(text: str) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(text), dtype="<f8").copy()
+    return np.frombuffer(base64.b64decode(text, validate=True), dtype="<f8").copy()
 
 
 def header_bytes(params: np.ndarray, state0: np.ndarray, meta: dict | None = None) -> bytes:
@@ -115,11 +115,17 @@ class Recording:
     state0: np.ndarray
     torn_bytes: int = 0            # bytes after the last whole record (0 for a cleanly closed file)
     torn_reason: str = ""
+    corrupt: str = ""              # a record that failed with whole records after it: verify fails
     records: list = field(default_factory=list)
 
 
 class RecordingError(Exception):
     """The file is not a recording at all (bad magic or header): nothing can be replayed."""
+
+
+MAX_HEADER_BYTES = 1 << 20         # a real header is a few KiB (names + base64 params/state)
+_SYNC = b"\x00\x00\xff\xff"        # what every Z_SYNC_FLUSH ends with: a record boundary in the file
+_SEGMENT_TYPES = {"boot": str, "seq": int, "prev": (str, type(None)), "gap_records": int, "state0_sha256": str}
 
 
 def _read_header(f, path: Path) -> dict:
@@ -130,59 +136,127 @@ def _read_header(f, path: Path) -> dict:
     if len(raw) < 4:
         raise RecordingError(f"{path}: header torn")
     (length,) = _U32.unpack(raw)
+    if length > MAX_HEADER_BYTES:
+        raise RecordingError(f"{path}: header length {length} bytes, expected at most {MAX_HEADER_BYTES}")
     blob = f.read(length)
     crc = f.read(4)
     if len(blob) < length or len(crc) < 4 or _U32.unpack(crc)[0] != zlib.crc32(blob):
         raise RecordingError(f"{path}: header torn or corrupt")
-    header = json.loads(blob)
+    try:                                    # a valid CRC proves no accident, not a well-formed header
+        header = json.loads(blob)
+    except (ValueError, RecursionError) as exc:
+        raise RecordingError(f"{path}: header is not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(header, dict):
+        raise RecordingError(f"{path}: header is not a JSON object (got {type(header).__name__})")
     if header.get("image_itemsize") != IMAGE_DTYPE.itemsize or header.get("points") != [p.name for p in CATALOGUE]:
         raise RecordingError(f"{path}: recorded with another point catalogue; replay with that version")
+    for key in ("params", "state0"):
+        if not isinstance(header.get(key), str):
+            raise RecordingError(f"{path}: header key {key!r} missing or not a base64 string")
+    seg = header.get("segment")
+    if seg is not None:
+        if not isinstance(seg, dict):
+            raise RecordingError(f"{path}: header key 'segment' is not an object")
+        for key, kind in _SEGMENT_TYPES.items():
+            if key in seg and (not isinstance(seg[key], kind) or isinstance(seg[key], bool)):
+                raise RecordingError(f"{path}: header key 'segment.{key}' has the wrong type "
+                                     f"({type(seg[key]).__name__})")
     return header
 
 
+def _flushed_pieces(f) -> Iterator[tuple[bytes, bool]]:
+    """The compressed stream cut after each sync-flush marker: (bytes, ends with a marker). A record's
+    bytes end at a marker, so a failure can be placed: before the last marker (whole records follow: the
+    file is corrupt) or after it (the tail of the last write: torn)."""
+    pending = b""
+    while True:
+        chunk = f.read(1 << 16)
+        if not chunk:
+            if pending:
+                yield pending, False
+            return
+        pending += chunk
+        start = 0
+        while True:
+            i = pending.find(_SYNC, start)
+            if i < 0:
+                break
+            yield pending[start:i + len(_SYNC)], True
+            start = i + len(_SYNC)
+        pending = pending[start:]
+
+
+def _record_from(payload: bytes, index: int, path: Path) -> Record:
+    image_size = IMAGE_DTYPE.itemsize
+    fixed = image_size + CMD_BYTES + _N_EVENTS.size
+    n = _N_EVENTS.unpack_from(payload, image_size + CMD_BYTES)[0] if len(payload) >= fixed else -1
+    if n < 0 or len(payload) != fixed + 16 * n:
+        raise RecordingError(f"{path}: record {index}: payload length {len(payload)} bytes, expected "
+                             f"{fixed} + 16 per event" + (f" ({fixed + 16 * n} for its {n} events)" if n >= 0 else ""))
+    image = np.frombuffer(payload, dtype=IMAGE_DTYPE, count=1, offset=0)[0]
+    commands = np.frombuffer(payload, dtype="<f8", count=L.N_COMMANDS, offset=image_size)
+    events = np.frombuffer(payload, dtype="<f8", count=2 * n, offset=fixed).reshape(n, 2)
+    return Record(index, image, commands, events)
+
+
 def iter_records(path: str | Path, info: Recording | None = None) -> Iterator[Record]:
-    """Yield whole records; on a torn or corrupt tail, stop and note it in `info`."""
+    """Yield whole records. A bad tail (the last write cut short) stops the iteration with a note in
+    `info.torn_reason`; a bad record with whole flushed records after it stops it with `info.corrupt`
+    (bit rot, tampering: the cycles after it cannot be checked); a record that passes its CRC but has
+    the wrong shape raises RecordingError."""
     path = Path(path)
     with open(path, "rb") as f:
         header = _read_header(f, path)
         if info is not None:
             info.header = header
+        pieces = _flushed_pieces(f)
         unzip = zlib.decompressobj(-15)
         buf = bytearray()
         index = 0
-        image_size = IMAGE_DTYPE.itemsize
-        while True:
-            chunk = f.read(1 << 16)
-            if chunk:
-                try:
-                    buf += unzip.decompress(chunk)
-                except zlib.error as exc:
-                    if info is not None:
-                        info.torn_reason = f"deflate stream corrupt: {exc}"
-                    chunk = b""
+        marked_since_good = 0               # marker-ended pieces fed since the last whole record
+
+        def fail(reason: str, marked_allowed: int) -> None:
+            """A torn tail only if at most `marked_allowed` flushed pieces were fed since the last whole
+            record (deflate output lags its input: a damaged record may show only in the next piece)
+            and no flushed piece is left unread."""
+            if info is None:
+                return
+            if marked_since_good > marked_allowed or any(marked for _, marked in pieces):
+                info.corrupt = f"{reason}, and whole records follow it: corrupt, not a torn tail"
+            else:
+                info.torn_reason = reason
+                info.torn_bytes = len(buf)
+
+        for piece, marked in pieces:
+            try:
+                buf += unzip.decompress(piece)
+            except zlib.error as exc:
+                marked_since_good += marked
+                fail(f"record {index}: deflate stream corrupt ({exc})", 1)
+                return
+            marked_since_good += marked
+            # a final block where none was written: what follows would be silently skipped
+            early_end = unzip.eof and bool(unzip.unused_data or any(True for _ in pieces))
             while len(buf) >= _REC_HEAD.size:
                 length, crc = _REC_HEAD.unpack_from(buf)
                 if len(buf) < _REC_HEAD.size + length:
                     break
                 payload = bytes(buf[_REC_HEAD.size:_REC_HEAD.size + length])
                 if zlib.crc32(payload) != crc:
-                    if info is not None:
-                        info.torn_reason = f"record {index}: CRC mismatch"
-                        info.torn_bytes = len(buf)
+                    fail(f"record {index}: CRC mismatch", 1)
                     return
                 del buf[:_REC_HEAD.size + length]
-                image = np.frombuffer(payload, dtype=IMAGE_DTYPE, count=1, offset=0)[0]
-                commands = np.frombuffer(payload, dtype="<f8", count=L.N_COMMANDS, offset=image_size)
-                (n,) = _N_EVENTS.unpack_from(payload, image_size + CMD_BYTES)
-                events = np.frombuffer(payload, dtype="<f8", count=2 * n,
-                                       offset=image_size + CMD_BYTES + 2).reshape(n, 2)
-                yield Record(index, image, commands, events)
+                yield _record_from(payload, index, path)
                 index += 1
-            if not chunk:
-                if info is not None and buf and not info.torn_reason:
-                    info.torn_reason = f"torn last record ({len(buf)} bytes)"
-                    info.torn_bytes = len(buf)
+                marked_since_good = 0
+            if early_end:
+                if info is not None:
+                    info.corrupt = f"record {index}: deflate stream ends early, the bytes after it unread"
                 return
+        if buf:
+            # the bytes of a torn last write hold no marker; a marker after the last whole record means
+            # a flushed record that never decoded (its length field damaged): corruption
+            fail(f"torn last record ({len(buf)} bytes)", 0)
 
 
 def open_recording(path: str | Path) -> Recording:
@@ -190,7 +264,10 @@ def open_recording(path: str | Path) -> Recording:
     path = Path(path)
     with open(path, "rb") as f:
         header = _read_header(f, path)
-    params, state0 = _unb64(header["params"]), _unb64(header["state0"])
+    try:
+        params, state0 = _unb64(header["params"]), _unb64(header["state0"])
+    except ValueError as exc:           # binascii.Error, or a length not a multiple of 8
+        raise RecordingError(f"{path}: header params/state0 are not base64 float64 arrays ({exc})") from None
     if len(params) != L.N_PARAMS or len(state0) != L.N_STATE:    # the kernels would read past the arrays
         raise RecordingError(f"{path}: recorded with another params/state layout ({len(params)} params, "
                              f"{len(state0)} state slots; this version has {L.N_PARAMS} and {L.N_STATE}); "
@@ -236,6 +313,8 @@ def replay_file(path: str | Path) -> tuple[VerifyResult, np.ndarray, Recording]:
             return VerifyResult(False, count, f"cycle {int(image['cycle'])} (record {r.index}): events differ: "
                                 f"recorded {r.events.tolist()}, replayed {events[:n].tolist()}"), state, rec
         count += 1
+    if rec.corrupt:
+        return VerifyResult(False, count, f"{rec.corrupt} ({count} cycles replayed before it)"), state, rec
     torn = rec.torn_reason
     return VerifyResult(True, count, f"{count} cycles replayed, every command and event identical",
                         torn), state, rec

@@ -105,7 +105,8 @@ def _good_header() -> dict:
     return json.loads(header_bytes(PARAMS, L.new_state(T0 - 1.0))[len(MAGIC) + 4:-4])
 
 
-@pytest.mark.parametrize("case", ["bad_json", "not_object", "missing_params", "bad_base64", "huge_length"])
+@pytest.mark.parametrize("case", ["bad_json", "not_object", "missing_params", "bad_base64", "huge_length",
+                                  "segment_seq_string"])
 def test_replay_corrupt_header_with_valid_crc_is_exit_2(tmp_path, capsys, case):
     h = _good_header()
     if case == "bad_json":
@@ -117,6 +118,9 @@ def test_replay_corrupt_header_with_valid_crc_is_exit_2(tmp_path, capsys, case):
         blob = json.dumps(h).encode()
     elif case == "bad_base64":
         h["state0"] = "!!!"
+        blob = json.dumps(h).encode()
+    elif case == "segment_seq_string":
+        h["segment"] = {"boot": "b", "seq": "1"}
         blob = json.dumps(h).encode()
     p = tmp_path / "r.rec"
     if case == "huge_length":
