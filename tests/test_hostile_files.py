@@ -16,9 +16,6 @@ from controller.points import INDEX, N_POINTS, new_image
 from controller.replay import MAGIC, Recorder, header_bytes, new_deflate, record_bytes
 from images import HEALTHY
 
-EXAMPLE_KEYS = None
-
-
 def _instance(h=4):
     return {
         "dt_h": 0.25, "load_kw": [10.0] * h, "pv_kw": [0.0] * h, "grid_price": [0.1] * h,
@@ -212,7 +209,7 @@ def test_ledger_deeply_nested_line_fails_verify_naming_the_line(tmp_path, capsys
 def test_ledger_numeric_field_holding_a_string_or_null(tmp_path, capsys, bad):
     iv = _interval()
     iv["energy_kwh"]["sources"]["grid"] = "12" if bad == "string" else None
-    p = _ledger(tmp_path, [_interval(), iv] if False else [iv])
+    p = _ledger(tmp_path, [iv])          # n=0 is the genesis, n=1 this interval
     code, out = _ledger_cmd(capsys, "verify", str(p))
     assert code == 1 and "n=1" in out and "energy_kwh.sources.grid" in out, out
     code, out = _ledger_cmd(capsys, "report", str(p))
