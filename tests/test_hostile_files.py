@@ -13,7 +13,7 @@ from controller.core import layout as L
 from controller.core.step import step
 from controller.params import build_params
 from controller.points import INDEX, N_POINTS, new_image
-from controller.replay import MAGIC, Recorder, header_bytes, new_deflate, record_bytes
+from controller.replay import MAGIC, Recorder, header_bytes, new_deflate
 from images import HEALTHY
 
 def _instance(h=4):
