@@ -9,6 +9,7 @@ from controller.config import load_site
 from controller.uplink.commands import CommandVerifier, Limits, sign_command
 from controller.uplink.spool import Spool
 from controller.uplink.topics import EVENT
+from test_uplink_commands import Counter
 
 SITE, GW_SPOOL = "inner-mongolia-mine", "imm-gw-01"
 CFG = load_site(SITE)
@@ -68,17 +69,6 @@ def test_unexpected_error_in_a_batch_is_counted_and_the_loop_goes_on(tmp_path):
 
 
 # --- the command verifier -----------------------------------------------------------------------------
-class Counter:
-    def __init__(self):
-        self.value = "0"
-
-    def get(self):
-        return self.value
-
-    def set(self, v):
-        self.value = v
-
-
 def verifier():
     c = Counter()
     return CommandVerifier(KEY.public_key(), GW, Limits.from_site(CFG), c.get, c.set)
