@@ -21,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 PEER = Path(__file__).resolve().parent / "modbus_peer.py"
 REPO = PEER.parents[1]
@@ -38,8 +37,7 @@ def _wait_for(cond, timeout_s: float, what: str) -> None:
 @contextlib.contextmanager
 def socat_pair(tmp_path: Path):
     """(device end, host end): two linked ptys made by socat, raw, no echo."""
-    if shutil.which("socat") is None:
-        pytest.skip("socat not installed")
+    assert shutil.which("socat"), "socat is missing: `make test` installs it (Makefile DEBS)"
     dev, host = tmp_path / "pty-device", tmp_path / "pty-host"
     proc = subprocess.Popen(["socat", f"pty,raw,echo=0,link={dev}", f"pty,raw,echo=0,link={host}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

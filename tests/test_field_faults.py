@@ -20,11 +20,10 @@ from controller.core import layout as L
 from controller.points import INDEX
 from controller.replay import iter_records, open_recording
 from controller.segments import recording_files
+from smallfs import tmpfs
 from test_lab import LabProc
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(not (os.path.exists("/usr/bin/socat") and os.path.exists("/usr/sbin/mosquitto")),
-                                reason="the lab needs socat and mosquitto (make install)")
 GRID_KW, SOC = INDEX["grid_kw"], INDEX["soc_pct"]
 READY_RECORDS = 6            # records before a fault: past the start-up hold, every device read
 BOOT_S = 600               # to the first records: a changed controller/core recompiles the numba kernels first
@@ -190,12 +189,7 @@ def test_bms_silent_mid_run_battery_to_zero_within_bms_stale_cycles(clean, tmp_p
 @pytest.mark.slow                       # ~30-60 s each: make test-long
 def test_data_dir_on_a_full_tmpfs(clean, tmp_path):
     lab = clean
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs ({r.stderr.decode().strip()}): needs root")
-    try:
+    with tmpfs(tmp_path / "fs", "2m") as mnt:
         data = mnt / "D"
         run = Run(lab, data, 40, logs=tmp_path)           # the logs off the small file system
         try:
@@ -221,8 +215,6 @@ def test_data_dir_on_a_full_tmpfs(clean, tmp_path):
         assert v.returncode == 0 or "torn" in (v.stdout + v.stderr), v.stdout + v.stderr
         led = edge_ems("ledger", "verify", str(data / "ledger" / "carbon.ledger"))
         assert led.returncode == 0, led.stdout + led.stderr
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def market_site(lab, tmp_path: Path, name: str) -> Path:
