@@ -50,6 +50,7 @@ class StateKeeper:
         self.rt, self.statefile, self.counters, self.recorder, self.carbon = rt, statefile, counters, recorder, carbon
         self.tz = rt.cfg["site"]["timezone"]
         self._n = 0
+        self._next_save = time.monotonic() + STATE_SAVE_S
 
     def save(self, force: bool = True) -> None:
         from controller.runtime.statefile import persisted_slots
@@ -76,7 +77,9 @@ class StateKeeper:
                     self.rt.alarms.set(f"device_writes:{name}", bool(werr), werr)
             w = getattr(self.carbon, "writer", None)
             self.rt.alarms.set("ledger_degraded", bool(getattr(w, "broken", False)), str(getattr(w, "last_error", "")))
-        self.save(force=False)                 # StateFile writes at most every min_interval_s
+        if time.monotonic() >= self._next_save:  # the slots are copied only when a save is due
+            self._next_save = time.monotonic() + STATE_SAVE_S
+            self.save(force=False)
 
 
 def run_field(cfg, *, data_dir: str | None, mqtt: str | None = None, socket_arg: str | None = None,
