@@ -175,7 +175,7 @@ cp "$REPO/profiles/sites/lab.toml" "$ROOT/etc/edge-ems/lab.toml"
 LAB_PID=$!
 for _ in $(seq 1 120); do [ -f "$LABDIR/lab.json" ] && break; kill -0 "$LAB_PID" 2>/dev/null || break; sleep 1; done
 [ -f "$LABDIR/lab.json" ] || { tail -20 "$CACHE/lab.log"; die "the lab did not come up"; }
-# the lab's ptys as a gateway's serial ports are: group dialout, 0660 (the service user is in dialout)
+# the lab makes its ptys group dialout, 0660, by the host's gid; pin the root's dialout gid in case they differ
 DIALOUT_GID="$(chroot "$ROOT" getent group dialout | cut -d: -f3)"
 for link in "$LABDIR"/rs485_* "$LABDIR"/can0; do
     case "$link" in *.srv) continue ;; esac

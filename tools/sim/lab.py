@@ -45,6 +45,15 @@ NAMED_PROCS = ("can", "compute", "market")      # faults by process name: the ad
 ALIASES = {"meter": "grid_meter"}
 
 
+def _has_group(name: str) -> bool:
+    import grp
+    try:
+        grp.getgrnam(name)
+        return True
+    except KeyError:
+        return False
+
+
 def _die_with_parent() -> None:
     """preexec_fn: SIGTERM this child when the lab dies, even by SIGKILL (Linux prctl PR_SET_PDEATHSIG)."""
     try:
@@ -185,7 +194,10 @@ class Lab:
         for p in (link, srv):
             if os.path.lexists(p):
                 os.unlink(p)
-        proc = subprocess.Popen(["socat", "-d", "-d", f"pty,raw,echo=0,link={link}", f"pty,raw,echo=0,link={srv}"],
+        # the controller's end is what a gateway's serial port is: group dialout, 0660 (the service user's group)
+        port_opts = ",group=dialout,perm=0660" if _has_group("dialout") else ""
+        proc = subprocess.Popen(["socat", "-d", "-d", f"pty,raw,echo=0,link={link}{port_opts}",
+                                 f"pty,raw,echo=0,link={srv}"],
                                 stdout=subprocess.DEVNULL, stderr=open(self.dir / "procs" / f"socat_{name}.log", "wb"),
                                 preexec_fn=_die_with_parent)
         self.helpers[f"socat_{name}"] = proc
