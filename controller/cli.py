@@ -153,6 +153,18 @@ def cmd_sim(args) -> int:
     _close_uplink(uplink)
     print(json.dumps(result.kpis, indent=2))
     if args.out:
+        problems = list(result.kpis.get("output_errors", []))
+        if "recording_degraded" in result.kpis:
+            rec = result.kpis["recording_degraded"]
+            problems.append(f"{rec['error'] or Path(args.out) / 'recording'}: {rec['dropped']} records not stored")
+        if "ledger_degraded" in result.kpis:
+            led = result.kpis["ledger_degraded"]
+            problems.append(f"{Path(args.out) / 'ledger'}: {led['unwritten_records'] + led['dropped_intervals']} "
+                            f"records not stored ({led['error']})")
+        if problems:                                 # the figures above are whole; some files are not
+            for line in problems:
+                print(f"edge-ems sim: {line}", file=sys.stderr)
+            return EXIT_FAILED
         print(f"wrote {Path(args.out) / 'kpis.json'} and {Path(args.out) / 'recording'}", file=sys.stderr)
     return EXIT_OK
 

@@ -66,37 +66,74 @@ def new_deflate():
 class Recorder:
     """One file, truncated at open: `edge-ems sim --out OUT` (a fresh run each time). A gateway records
     with controller/segments.py SegmentRecorder, which never truncates and rotates.
-    `flush_every` trades crash exposure (records) for speed in fast simulations."""
+    `flush_every` trades crash exposure (records) for speed in fast simulations.
+
+    A write that fails (a full disk under OUT) never raises into the cycle: the file keeps every record
+    already written (what follows them is a torn tail that replay reports and drops), the rest of the
+    run is counted in `dropped` and `degraded` turns true. The deflate stream cannot go on past a
+    partial write, so this one-shot file does not resume; the gateway's segments do."""
 
     def __init__(self, path: str | Path, params: np.ndarray, state0: np.ndarray, meta: dict | None = None,
                  flush_every: int = 1):
         self.path = Path(path)
         self._file = open(self.path, "wb")
-        self._file.write(header_bytes(params, state0, meta))
-        self._file.flush()
         self._zip = new_deflate()
         self._flush_every = max(1, flush_every)
         self._pending = 0
-        self.records = 0
+        self.records = 0             # records handed to the file
+        self.dropped = 0             # records not stored (after a failed write)
+        self.last_error = ""
+        self._failed = False
+        self._write(header_bytes(params, state0, meta), flush=True)
+
+    @property
+    def degraded(self) -> bool:
+        return self._failed
+
+    def _write(self, data: bytes, flush: bool) -> bool:
+        try:
+            self._file.write(data)
+            if flush:
+                self._file.flush()
+            return True
+        except OSError as exc:
+            self._failed = True
+            self.last_error = f"{self.path}: {exc.strerror or exc}"
+            try:
+                self._file.close()       # may raise again flushing its buffer: the bytes are lost anyway
+            except OSError:
+                pass
+            return False
 
     def append(self, image: np.ndarray, commands: np.ndarray, events: np.ndarray, n_events: int,
                state_in: np.ndarray | None = None) -> None:
+        if self._failed:
+            self.dropped += 1
+            return
         data = self._zip.compress(record_bytes(image, commands, events, n_events))
         self._pending += 1
         self.records += 1
         if self._pending >= self._flush_every:
             data += self._zip.flush(zlib.Z_SYNC_FLUSH)
-            self._file.write(data)
-            self._file.flush()
-            self._pending = 0
+            pending, self._pending = self._pending, 0
+            if not self._write(data, flush=True):
+                self.records -= pending  # the records of the failed write are not whole in the file
+                self.dropped += pending
         elif data:
-            self._file.write(data)
+            if not self._write(data, flush=False):
+                self.records -= self._pending
+                self.dropped += self._pending
+                self._pending = 0
 
     def close(self) -> None:
-        if self._file.closed:
+        if self._failed or self._file.closed:
             return
-        self._file.write(self._zip.flush(zlib.Z_FINISH))
-        self._file.close()
+        if self._write(self._zip.flush(zlib.Z_FINISH), flush=False):
+            try:
+                self._file.close()
+            except OSError as exc:
+                self._failed = True
+                self.last_error = f"{self.path}: {exc.strerror or exc}"
 
 
 @dataclass

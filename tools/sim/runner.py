@@ -109,6 +109,7 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
             event_log.append((float(image["t_s"]), int(events[i, 0]), float(events[i, 1])))
 
     rt.add("record", "events", keep_events)
+    carbon = None
     if out_dir is not None and ledger:        # OUT/ledger + OUT/ledger.pub (controller/carbon)
         from tools.sim.carbon import sim_carbon_hook
         carbon = sim_carbon_hook(scn, site, Path(out_dir), seed=seed, hours=hours, on_record=ledger_on_record,
@@ -136,12 +137,38 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
         kpis["slow_parts"] = slow
     if events_dropped[0]:
         kpis["events_dropped"] = events_dropped[0]
+    if recorder is not None and (recorder.degraded or recorder.dropped):
+        kpis["recording_degraded"] = {"records": recorder.records, "dropped": recorder.dropped,
+                                      "error": recorder.last_error}
+    if carbon is not None and (carbon.degraded or carbon.dropped_intervals):
+        kpis["ledger_degraded"] = {"faults": carbon.faults, "dropped_intervals": carbon.dropped_intervals,
+                                   "unwritten_records": len(carbon.pending), "error": carbon.last_error}
+    output_errors: list[str] = []
     if out_dir is not None:
-        out = Path(out_dir)
-        (out / "kpis.json").write_text(json.dumps(kpis, indent=2) + "\n")
-        with open(out / "events.jsonl", "w") as f:
-            for t_s, code, value in event_log:
-                f.write(json.dumps({"t_s": t_s, "code": code, "event": L.EVENT_NAMES.get(code, str(code)),
-                                    "value": value}) + "\n")
-        np.save(out / "minutes.npy", np.asarray(site.meters.log))
+        output_errors = _write_outputs(Path(out_dir), kpis, event_log, site)
+        if output_errors:
+            kpis["output_errors"] = output_errors
     return SimResult(kpis, site, loop, wall_s)
+
+
+def _write_outputs(out: Path, kpis: dict, event_log, site) -> list[str]:
+    """OUT/kpis.json, events.jsonl and minutes.npy, each on its own: a full disk costs the file it hits
+    (named in the list returned, and by `edge-ems sim` on stderr with exit 1), never the run's figures
+    (printed on stdout either way) nor the other files."""
+    def kpis_file(f):
+        f.write(json.dumps(kpis, indent=2) + "\n")
+
+    def events_file(f):
+        for t_s, code, value in event_log:
+            f.write(json.dumps({"t_s": t_s, "code": code, "event": L.EVENT_NAMES.get(code, str(code)),
+                                "value": value}) + "\n")
+
+    errors = []
+    for name, mode, write in (("kpis.json", "w", kpis_file), ("events.jsonl", "w", events_file),
+                              ("minutes.npy", "wb", lambda f: np.save(f, np.asarray(site.meters.log)))):
+        try:
+            with open(out / name, mode) as f:
+                write(f)
+        except OSError as exc:
+            errors.append(f"{out / name}: not written ({exc.strerror or exc})")
+    return errors
