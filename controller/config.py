@@ -15,6 +15,7 @@ else:  # pragma: no cover - 3.10 gateways
     import tomli as tomllib
 
 from controller.carbon.contracts import CARBON_SCHEMA, validate_carbon
+from controller.dcim.config import DCIM_SCHEMA, check_dcim
 from controller.schema import ArrayOf, Field, MapOf, Problem, ProfileError, Table, Validator
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
@@ -189,6 +190,8 @@ SITE_SCHEMA = Table({
     "market": Table({
         "expected": F("boolean", default=False),
     }),
+    # the Modbus TCP server a DCIM / SCADA system reads (controller/dcim, docs/dcim.md); off by default
+    "dcim": DCIM_SCHEMA,
 })
 
 
@@ -287,6 +290,7 @@ def _cross_checks(cfg: dict, v: Validator) -> None:
             v.problem(f"{key}.simulated", f"device {dev['name']!r} is on a 'sim' bus; set simulated = true")
     _bus_checks(cfg, v)
     _device_checks(cfg, v)
+    check_dcim(cfg, v)
     try:                                # contracts' dates and volumes (controller/carbon/contracts.py)
         validate_carbon(cfg["carbon"], cfg["emissions"]["grid_kg_per_kwh"], v.file)
     except ProfileError as exc:
