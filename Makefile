@@ -5,8 +5,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 EMS    := $(VENV)/bin/edge-ems
-# Debian packages as command:package (installed only when the command is missing)
-DEBS   := mosquitto:mosquitto socat:socat tmux:tmux
+# Debian packages as command:package (installed only when the command is missing); slurm-wlm, munge and
+# prometheus are the bridge's real peers in tests/test_bridge_*.py (docs/bridge.md)
+DEBS   := mosquitto:mosquitto socat:socat tmux:tmux slurmctld:slurm-wlm sinfo:slurm-client munged:munge \
+          prometheus:prometheus
 # make check-arm (the bundle on an emulated aarch64 gateway): command -> Debian package
 ARM_DEBS := debootstrap:debootstrap qemu-aarch64-static:qemu-user-static update-binfmts:binfmt-support
 

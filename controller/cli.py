@@ -326,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     from controller.tui.app import add_tui_parser
     add_tui_parser(sub)                    # tui [--socket PATH] [--ascii] [--demo] (controller/tui/app.py)
 
+    from controller.bridge.cli import add_bridge_parser
+    add_bridge_parser(sub)                 # bridge --config FILE [--check] (controller/bridge/, docs/bridge.md)
+
     p = sub.add_parser("plan", help="solve one planning instance (JSON) and print the plan")
     p.add_argument("instance")
     p.set_defaults(func=cmd_plan)
