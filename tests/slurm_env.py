@@ -1,7 +1,8 @@
 """A real one-node Slurm for the bridge's tests: munged, slurmctld and slurmd (Debian's slurm-wlm, munge)
 started as plain daemons in a temporary directory, torn down by pid.
 
-What makes it run in a container without systemd or a writable cgroup tree (this test box is gVisor):
+What makes it run without systemd and without any cgroup set-up (this test box is a microVM with no
+init system; an unprivileged container has no writable cgroup tree either):
 - ProctrackType=proctrack/linuxproc, TaskPlugin=task/none, JobAcctGatherType=jobacct_gather/none: no
   cgroup plugin is loaded, so slurmd needs no cgroup mount and no cgroup.conf;
 - SlurmUser / SlurmdUser = the test's user (root here), every state, spool, pid and log file under the

@@ -8,17 +8,25 @@ from pathlib import Path
 
 import pytest
 
+from controller.cli import main
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "profiles" / "bridge" / "example.toml"
 
 
-def bridge(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "controller.cli", "bridge", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+@pytest.fixture
+def bridge(capsys):
+    """`edge-ems bridge ARGS` in this process (controller.cli.main): (exit code, stdout, stderr)."""
+    def run(*args: str) -> subprocess.CompletedProcess:
+        code = main(["bridge", *args])
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out.out, out.err)
+    return run
 
 
-def test_the_example_config_is_valid():
-    p = bridge("--config", str(EXAMPLE), "--check")
+def test_the_example_config_is_valid_through_the_installed_command_line():
+    p = subprocess.run([sys.executable, "-m", "controller.cli", "bridge", "--config", str(EXAMPLE), "--check"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == f"{EXAMPLE}: ok"
 
@@ -37,7 +45,7 @@ def test_the_example_config_is_valid():
     (("per_gpu_kw = 0.40", "per_gpu_kw = -1"), "slurm.kw.flex.per_gpu_kw", ">= 0"),
     (('url = "http://127.0.0.1:9090"', 'url = "127.0.0.1:9090"'), "prometheus.url", "expected http://HOST:PORT"),
 ])
-def test_a_bad_key_exits_2_naming_it(tmp_path, edit, key, says):
+def test_a_bad_key_exits_2_naming_it(bridge, tmp_path, edit, key, says):
     text = EXAMPLE.read_text()
     assert edit[0] in text, edit
     cfg = tmp_path / "bridge.toml"
@@ -51,7 +59,7 @@ def test_a_bad_key_exits_2_naming_it(tmp_path, edit, key, says):
     assert not (tmp_path / "actions.jsonl").exists()
 
 
-def test_every_problem_at_once_and_syntax_errors(tmp_path):
+def test_every_problem_at_once_and_syntax_errors(bridge, tmp_path):
     cfg = tmp_path / "bridge.toml"
     cfg.write_text('[bridge]\nsite = "s"\ncolour = "red"\n[slurm]\nkw = 3\n')
     p = bridge("--config", str(cfg))
@@ -66,7 +74,7 @@ def test_every_problem_at_once_and_syntax_errors(tmp_path):
     assert p.returncode == 2 and "no such file" in p.stderr
 
 
-def test_missing_slurm_commands_are_named(tmp_path):
+def test_missing_slurm_commands_are_named(bridge, tmp_path):
     cfg = tmp_path / "bridge.toml"
     cfg.write_text(EXAMPLE.read_text().replace('conf = ""', f'conf = ""\nbin_dir = "{tmp_path}"', 1))
     p = bridge("--config", str(cfg), "--check")
