@@ -23,6 +23,7 @@ SITES_DIR = PROFILES_DIR / "sites"
 
 ROLES = ("grid_meter", "pv_meter", "pcs", "bms", "genset", "compute", "pv_inverter", "weather", "grid", "market")
 STRATEGIES = ("rule", "none", "mpc")
+OBJECTIVES = ("cost", "carbon")     # [control] objective (controller/core/mpc/objective.py)
 BUS_KINDS = ("modbus_rtu", "modbus_tcp", "can", "network", "sim")
 FIELD_BUS_KINDS = ("modbus_rtu", "modbus_tcp", "can")
 CAN_INTERFACES = ("socketcan", "slcan", "virtual")
@@ -62,6 +63,9 @@ SITE_SCHEMA = Table({
         "meter_stale_cycles": F("integer", default=3, min=1, max=100),
         # mpc: on a weather warning, enter the event with at least this SOC (0: off; "storm watch")
         "storm_reserve_pct": F("number", default=0.0, min=0, max=100),
+        # mpc + oracle: what the plan minimises, reliability first in both: "cost" (money, carbon at
+        # [emissions] carbon_price_per_kg) or "carbon" (kg CO2e first, money the tie-breaker; docs/objectives.md)
+        "objective": F("string", default="cost", choices=OBJECTIVES),
     }),
     "buses": MapOf(Table({
         "kind": F("string", required=True, choices=BUS_KINDS),
