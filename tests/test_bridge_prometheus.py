@@ -99,11 +99,13 @@ required = true
 @pytest.fixture(scope="module")
 def peers(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bridge-prom")
-    broker = Broker(tmp / "broker").start()
-    exporter = Exporter(tmp).start()
-    exporter.set(SERIES)
-    prom = Prometheus(tmp / "prom", [exporter.target], scrape_s=0.5).start()
-    try:
+    broker, exporter = Broker(tmp / "broker"), Exporter(tmp)
+    prom = Prometheus(tmp / "prom", [exporter.target], scrape_s=0.5)
+    try:                                        # whatever fails to start, what did start is stopped
+        broker.start()
+        exporter.start()
+        exporter.set(SERIES)
+        prom.start()
         # the rates are full once the window holds its samples: wait for the value, not for time
         wait_for(lambda: any(abs(float(r["value"][1]) - 120.0) < 0.5 for r in prom.query(
             f'sum by (slurm_job_id) (rate(kepler_pod_cpu_joules_total{{zone="package"}}[{WINDOW}]))')),

@@ -61,16 +61,19 @@ per_gpu_kw = 0.4
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bridge-slurm")
-    slurm = SlurmCluster(tmp / "slurm").start()
-    broker = Broker(tmp / "broker").start()
-    cab = Cabinet(broker.port)
-    bridge = BridgeProcess(bridge_config(tmp, broker, slurm))
-    try:
+    slurm, broker = SlurmCluster(tmp / "slurm"), Broker(tmp / "broker")
+    cab = bridge = None
+    try:                                        # whatever fails to start, what did start is stopped
+        slurm.start()
+        broker.start()
+        cab = Cabinet(broker.port)
+        bridge = BridgeProcess(bridge_config(tmp, broker, slurm))
         bridge.wait_line("mqtt: connected")
         yield tmp, slurm, broker, cab, bridge
     finally:
-        code = bridge.stop()
-        cab.close()
+        code = bridge.stop() if bridge is not None else 0
+        if cab is not None:
+            cab.close()
         broker.kill()
         slurm.stop()
         assert code == 0, bridge.stderr()
