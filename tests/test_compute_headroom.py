@@ -202,6 +202,18 @@ def test_deferred_job_resumes_on_green_headroom_or_deadline():
     assert book.power_at(resume_by + 1)["big"] == 30.0 and book.jobs["big"].end_s == T0 + 12 * 3600
 
 
+def test_a_deferred_job_the_platform_starts_itself_is_followed_and_counted():
+    """The bridge releases a held job at its latest start without a resume from us: the running
+    announcement is what the book follows (its power counted, no resume sent for it later)."""
+    book = _book()
+    book.mark_deferred("big", T0 + 600)
+    started = T0 + 3 * 3600
+    book.announce(C.JobAnnouncement("big", 30.0, started, 4 * 3600 - 600, True, T0 + 12 * 3600, state="running"))
+    assert "big" not in book.deferred and book.power_at(started + 1)["big"] == 30.0
+    green = outlook([200] * 6, [80] * 6, soc=60.0)
+    assert [r for r in defer_decisions(book, green, started + 1800) if r["job"] == "big"] == []
+
+
 # -- over a real broker ---------------------------------------------------------------------------------
 def test_payloads_over_mosquitto_headroom_retained(tmp_path):
     """A compute bridge publishes power and a job; the gateway side decodes them into the book, publishes

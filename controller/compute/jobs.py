@@ -52,6 +52,11 @@ class JobBook:
                 old.duration_s = max(0.0, min(old.duration_s, job.start_s + job.duration_s - old.start_s))
             self.deferred.pop(job.id, None)
             return
+        if job.state == "running" and job.id in self.deferred:
+            # the platform started it (its own guard released it at its latest start, or an operator did):
+            # what runs is what the plan follows and the ledger counts, whatever the cabinet asked
+            self.deferred.pop(job.id)
+            self.deferred_at.pop(job.id, None)
         self.jobs[job.id] = job
         if len(self.jobs) > MAX_JOBS:               # bounded: finished jobs go first
             prune_jobs(self.jobs, job.start_s)
