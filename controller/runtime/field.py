@@ -134,9 +134,14 @@ def run_field(cfg, *, data_dir: str | None, mqtt: str | None = None, socket_arg:
         uplink.raise_alarm(time.time(), name, detail) if state == "raised" else uplink.clear_alarm(time.time(), name)))
     for name, a in rt.alarms.snapshot().items():       # raised before the listener existed (start-up problems)
         uplink.raise_alarm(time.time(), name, a["detail"])
+    from controller.dcim.run import start_dcim      # the DCIM's Modbus TCP server; None unless [dcim] enabled
+    dcim = start_dcim(cfg, alarms=rt.alarms, uplink=uplink, account=account)
     from controller.compute.hook import ComputeHook
-    compute = ComputeHook(cfg, book, publish=uplink.publish_live, clock_status=provided.clock_status, keep_history=False)
+    publish = dcim.headroom.tee(uplink.publish_live) if dcim is not None else uplink.publish_live
+    compute = ComputeHook(cfg, book, publish=publish, clock_status=provided.clock_status, keep_history=False)
     rt.add("compute", "headroom", compute)
+    if dcim is not None:                      # after the compute hook (the headroom), with the IPC's readers
+        rt.add("ipc", "dcim", dcim.hook, dcim.close)
     from types import SimpleNamespace
     from controller.ipc import start_ipc_for_run
     ipc = start_ipc_for_run(cfg, SimpleNamespace(socket=socket_arg, out=str(dd.root)),   # exports, audit in D
@@ -164,6 +169,8 @@ def run_field(cfg, *, data_dir: str | None, mqtt: str | None = None, socket_arg:
     stats["recording"] = {"records": recorder.records, "dropped": recorder.dropped, "faults": recorder.faults}
     stats["state_file"] = {"saves": statefile.saves, "faults": statefile.faults, "counters": counters.values}
     stats["inputs"] = inputs.stats()
+    if dcim is not None:
+        stats["dcim"] = dcim.stats()
     stats["devices"] = {name: dev.comm_stats() for name, dev in provided.devices.items() if hasattr(dev, "comm_stats")}
     # the gateway promise: no simulator module in the controller process (pvlib, pandas, tools.sim)
     stats["simulator_modules_loaded"] = sorted(m for m in sys.modules if m.split(".")[0] in ("pvlib", "pandas", "tools"))
