@@ -1,22 +1,31 @@
-"""While the database refuses every write (a disk full for hours), the records the spool holds in memory
-to retry stay bounded: the oldest beyond the cap are dropped and counted, never an unbounded list."""
+"""While the database refuses every write (a disk full for hours) and the spool's reserve is full too,
+the records the spool holds in memory to retry stay bounded: the oldest beyond the cap are dropped and
+counted, never an unbounded list."""
 import sqlite3
 import time
 
 from controller.uplink import spool as S
+from controller.uplink.reserve import MIN_RESERVE
 from controller.uplink.topics import EVENT
 
 
-def test_retry_list_is_bounded_while_the_database_refuses(tmp_path, monkeypatch):
+def test_retry_list_is_bounded_once_the_reserve_is_full_too(tmp_path, monkeypatch):
     monkeypatch.setattr(S, "MAX_RETRY_RECORDS", 50)
-    sp = S.Spool(tmp_path / "spool", "site", "gw")
-    def refuse(batch):
+    sp = S.Spool(tmp_path / "spool", "site", "gw", reserve_bytes=MIN_RESERVE)
+
+    def refuse(*_):
         raise sqlite3.OperationalError("database or disk is full")
     monkeypatch.setattr(sp, "_commit", refuse)
     for i in range(600):
-        sp.put(EVENT, 1.0 + i, {"event": "x", "i": i})
+        sp.put(EVENT, 1.0 + i, {"event": "x", "i": i, "pad": "p" * 200})
     deadline = time.monotonic() + 30
-    while sp.retry_dropped < 550 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert sp.retry_dropped == 550, sp.stats()
-    assert sp.stats()["retry_dropped"] == 550 and sp.write_error
+
+    def held():
+        return sum(1 for it in sp._hands.rest() if it[0] == "rec")
+    while sp.reserved_total + sp.retry_dropped + held() < 600 and time.monotonic() < deadline:
+        sp.wait_new(0.1)
+    st = sp.stats()
+    assert 0 < sp.reserved_total < 600 and st["reserve"]["pending"] == sp.reserved_total, st
+    assert held() == 50, st
+    assert sp.retry_dropped == 600 - sp.reserved_total - 50 and st["retry_dropped"] == sp.retry_dropped
+    assert sp.write_error and sp.alarm

@@ -22,6 +22,10 @@
   broker's restart, duplicates are dropped by ``(gateway, seq)``. ``confirm="broker"`` (default) is
   for a cloud consumer that does not send receipts (then rely on a persistent broker).
   The ack topic must be writable by the cloud only (broker ACL): a forged ack deletes spooled rows.
+- The connection thread never dies silently: a fault in a connection attempt or a session (a bug, a
+  library error, SQLite refusing the worker's deletes) is caught, counted (``crashes``, ``last_crash``)
+  and retried after a back-off; ``supervise()`` (the uplink hook every cycle, the worker process in its
+  stats loop) starts the thread again if it ends anyway (``restarts``).
 """
 from __future__ import annotations
 
@@ -176,6 +180,11 @@ class MqttUplink:
         self._thread: threading.Thread | None = None
         self._live: deque = deque()      # (topic, payload, qos, retain) for the connection thread, bounded
         self._live_lock = threading.Lock()
+        self.crashes = 0                 # unexpected exceptions in the connection thread (it went on after a back-off)
+        self.restarts = 0                # connection threads that died anyway and were started again (supervise)
+        self.last_crash: str | None = None
+        self._restart_at = 0.0
+        self._restart_attempt = 0
         self._reset_session()
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -184,6 +193,29 @@ class MqttUplink:
         self._thread = threading.Thread(target=self._run, name="uplink-mqtt", daemon=True)
         self._thread.start()
         return self
+
+    @property
+    def faults(self) -> int:
+        """Crashes + restarts of the connection thread: grows on every fault (``uplink_worker_fault``)."""
+        return self.crashes + self.restarts
+
+    def supervise(self) -> bool:
+        """Start the connection thread again if it died (an exception the thread's own guard does not
+        catch); back-off 0.5 s doubling to 30 s between restarts. One ``is_alive`` while it lives: the
+        uplink hook calls this every cycle (the worker process in its stats loop). True if restarted."""
+        t = self._thread
+        if t is None or t.is_alive() or self._stop.is_set():
+            return False
+        now = time.monotonic()
+        if now < self._restart_at:
+            return False
+        self._restart_at = now + min(30.0, 0.5 * 2 ** min(self._restart_attempt, 16))
+        self._restart_attempt += 1
+        self.restarts += 1
+        self.connected.clear()
+        print(f"uplink: the MQTT thread died ({self.last_crash}); restart #{self.restarts}", flush=True)
+        self.start()
+        return True
 
     def stop(self, drain_timeout_s: float = 0.0) -> bool:
         """Stop; first wait up to drain_timeout_s for the spool to empty. True if it was empty."""
@@ -275,9 +307,26 @@ class MqttUplink:
     def _run(self) -> None:
         lower_this_thread()
         attempt = 0
-        while not self._stop.is_set():
-            self._connack = None
-            client = self._new_client()
+        try:
+            while not self._stop.is_set():
+                try:
+                    attempt = self._connect_once(attempt)
+                except Exception as exc:        # noqa: BLE001 - a bug or a library fault: counted, said, retried
+                    self.crashes += 1
+                    self.last_crash = f"{type(exc).__name__}: {exc}"[:200]
+                    self.connected.clear()
+                    print(f"uplink: the MQTT connection thread failed ({self.last_crash}); retrying", flush=True)
+                    self._stop.wait(min(self.backoff_cap_s, self.backoff_base_s * 2 ** min(attempt, 20)))
+                    attempt += 1
+        except BaseException as exc:            # noqa: BLE001 - the thread ends; supervise() starts another
+            self.last_crash = f"{type(exc).__name__}: {exc}"[:200]
+            self.connected.clear()
+
+    def _connect_once(self, attempt: int) -> int:
+        """One connection: connect, run the session until it ends. Returns the next back-off attempt."""
+        self._connack = None
+        client = self._new_client()
+        try:
             try:
                 props = None
                 if self._v5:
@@ -300,10 +349,10 @@ class MqttUplink:
                 self.stats.connect_failures += 1
                 self._close(client)
                 self._stop.wait(self._backoff(attempt))
-                attempt += 1
-                continue
-            attempt = 0
+                return attempt + 1
             self._session(client)
+            return 0
+        finally:
             self._close(client)
 
     def _close(self, client: mqtt.Client) -> None:

@@ -7,6 +7,9 @@ Per cycle the hook does only in-memory work: accumulate the 1-min summary and th
 step events into event records and alarm raise/clear records, and apply commands the uplink's
 supervisor thread already verified. Records go to ``Spool.put`` (a queue append); the spool writer
 thread commits them; the MQTT side (reads, batches, zlib, paho) runs in a worker process.
+It is also the uplink's watchdog (``Uplink.supervise``, an ``is_alive`` per thread): a dead spool
+writer or MQTT side is restarted and alarmed (``uplink_writer_fault``, ``uplink_worker_fault``), the
+spool's full / degraded state is ``uplink_spool_full``.
 """
 from __future__ import annotations
 
@@ -23,13 +26,15 @@ from controller.uplink.priority import protect_scan_cycle
 from controller.uplink.proc import UplinkProcess
 from controller.uplink.commands import CommandVerifier, Limits, COUNTER_KEY, load_public_key
 from controller.uplink.drain import DrainPolicy
+from controller.uplink.reserve import DEFAULT_RESERVE
 from controller.uplink.spool import DEFAULT_QUOTA, Spool
 from controller.uplink.summary import MinuteSummary
 from controller.uplink.topics import ALARM, CMD_RESULT, EVENT, INTERVAL, TELEMETRY, Topics
 
 # the kernel's alarm events (value: alarm bit, names in layout.ALARM_NAMES) -> alarm record state
 ALARM_EVENTS = {L.EV_ALARM_RAISED: "raised", L.EV_ALARM_CLEARED: "cleared", L.EV_ALARM_ACKED: "acknowledged"}
-SEVERITY = {"uplink_spool_full": "warning"}
+SEVERITY = {"uplink_spool_full": "warning", "uplink_writer_fault": "warning", "uplink_worker_fault": "warning"}
+FAULT_HOLD_S = 60.0     # a writer / worker fault alarm stays raised this long after the last fault (wall time)
 TELEMETRY_BATCH = 5     # 1-min summaries per uplink message in normal operation (5 min hold; README bytes/day)
 
 
@@ -85,6 +90,10 @@ class Uplink:
         self.schedule: dict | None = None        # accepted setpoint schedule being followed
         self.live_dropped = 0                    # publish_live signals not handed to the MQTT side
         self._lock = threading.Lock()
+        self._spool_alarm = False
+        self.fault_hold_s = FAULT_HOLD_S         # a fault alarm clears this long after the last fault
+        self._faults_seen = {"uplink_writer_fault": 0, "uplink_worker_fault": 0}
+        self._fault_at: dict[str, float] = {}
 
     def attach_inputs(self, inputs) -> None:
         """Deliver the inbound topics (compute/power, compute/job, market) and the verified weather_warning
@@ -117,6 +126,42 @@ class Uplink:
             self.spool.put(ALARM, t_s, {"alarm": name, "state": "cleared", "severity": _severity(name),
                                         "value": value})
 
+    def supervise(self, t_s: float) -> None:
+        """Per cycle (the hook calls it): restart a dead spool writer or MQTT side, and turn the spool's
+        and the workers' health into alarm records. Cheap: an ``is_alive`` per thread, integer compares;
+        the clock is read only while a fault alarm is up.
+        - ``uplink_spool_full``: Spool.alarm (quota, low disk, SQLite refusing writes, records in the reserve);
+        - ``uplink_writer_fault``: the writer died and was restarted, or an unexpected error in it
+          (writer_errors grew); cleared FAULT_HOLD_S after the last one;
+        - ``uplink_worker_fault``: the MQTT side (worker process, its supervisor, or the in-process
+          thread) died or crashed and was restarted; cleared FAULT_HOLD_S after the last one."""
+        spool = self.spool
+        spool.supervise()
+        if spool.alarm != self._spool_alarm:
+            self._spool_alarm = spool.alarm
+            if spool.alarm:
+                self.raise_alarm(t_s, "uplink_spool_full", spool.total_bytes)
+            else:
+                self.clear_alarm(t_s, "uplink_spool_full", spool.total_bytes)
+        self._fault(t_s, "uplink_writer_fault", spool.writer_faults,
+                    lambda: {"restarts": spool.writer_restarts, "errors": spool.writer_errors,
+                             "last": spool.writer_crash if spool.writer_restarts else spool.writer_error})
+        mqtt = self.mqtt
+        if mqtt is not None and hasattr(mqtt, "supervise"):
+            mqtt.supervise()
+            self._fault(t_s, "uplink_worker_fault", mqtt.faults,
+                        lambda: {"restarts": mqtt.restarts, "crashes": mqtt.crashes, "last": mqtt.last_crash})
+
+    def _fault(self, t_s: float, name: str, count: int, value) -> None:
+        if count != self._faults_seen[name]:
+            self._faults_seen[name] = count
+            self._fault_at[name] = time.monotonic()
+            if name in self.active_alarms:
+                return
+            self.raise_alarm(t_s, name, value())
+        elif name in self.active_alarms and time.monotonic() - self._fault_at.get(name, 0.0) >= self.fault_hold_s:
+            self.clear_alarm(t_s, name, value())
+
     def apply(self, loop, t_s: float, cmd: dict) -> None:
         """Between cycles. Records the command as applied; an alarm ack marks the alarm acknowledged.
         Modes, reserve and schedules go to the operator inputs; warnings and grid updates to the network
@@ -126,7 +171,7 @@ class Uplink:
         a, kind = cmd["args"], cmd["type"]
         if kind == "alarm_ack":
             name = a["alarm"]
-            if name == "uplink_spool_full":
+            if name.startswith("uplink_"):
                 self.active_alarms.get(name, {})["acked"] = True
             elif op is not None and name in L.ALARM_NAMES:
                 op.acknowledge(1 << L.ALARM_NAMES.index(name))   # the step raises EV_ALARM_ACKED
@@ -184,6 +229,7 @@ class Uplink:
                                                       "records_sent", "records_acked", "nacks", "cloud_acks",
                                                       "resends", "wire_bytes", "payload_bytes", "raw_bytes",
                                                       "live_sent", "live_dropped", "protocol")}
+            out["mqtt"].update(faults=self.mqtt.faults, crashes=self.mqtt.crashes, last_crash=self.mqtt.last_crash)
             if isinstance(self.mqtt, UplinkProcess):
                 out["mqtt"].update(worker_pid=self.mqtt.pid, worker_restarts=self.mqtt.restarts,
                                    inbound=self.mqtt.worker_stats.get("inbound"))
@@ -197,7 +243,7 @@ def make_uplink_hook(cfg, broker_url: str | None, data_dir, *, public_key=None, 
                      quota_bytes: int = DEFAULT_QUOTA, min_free_bytes: int | None = None,
                      clock_status: str = "unknown", client_id: str | None = None, require_subscriber: bool = True,
                      start: bool = True, process: bool = True, telemetry_batch: int = TELEMETRY_BATCH,
-                     inputs=None, account=None, **broker_overrides):
+                     inputs=None, account=None, reserve_bytes: int = DEFAULT_RESERVE, **broker_overrides):
     """Build the per-cycle hook and the uplink behind it. ``broker_url=None``: spool only (offline).
 
     The cloud's Ed25519 public key: ``public_key`` (PEM / path / raw / key object), else
@@ -209,6 +255,7 @@ def make_uplink_hook(cfg, broker_url: str | None, data_dir, *, public_key=None, 
     ``process=True`` (default): the MQTT side runs in a worker process (proc.py, worker.py), so reading
     the spool, zlib and paho never take the scan cycle's GIL; ``False``: a thread of this process.
     ``inputs``: a controller/netinputs.py NetworkInputs to feed (same as ``uplink.attach_inputs(inputs)``).
+    ``reserve_bytes``: the spool's preallocated full-disk reserve for never-dropped records (reserve.py).
     ``account``: the controller's controller/carbon/account.py EnergyAccount (the one the carbon hook and the
     IPC server read): the provisional 15-min interval is its interval, so it carries the ledger's figures;
     without one the hook keeps its own account (the same integration and gap rule)."""
@@ -220,7 +267,8 @@ def make_uplink_hook(cfg, broker_url: str | None, data_dir, *, public_key=None, 
     protect_scan_cycle()                         # the spool writer and MQTT threads share our GIL
     _load_severities()
     kw = {} if min_free_bytes is None else {"min_free_bytes": min_free_bytes}
-    spool = Spool(data_dir, site, gateway, quota_bytes=quota_bytes, clock_status=clock_status, **kw)
+    spool = Spool(data_dir, site, gateway, quota_bytes=quota_bytes, clock_status=clock_status,
+                  reserve_bytes=reserve_bytes, **kw)
     if public_key is None:
         path = os.environ.get("EDGE_EMS_CLOUD_KEY") or str(Path(data_dir) / "cloud_pubkey.pem")
         public_key = path if Path(path).is_file() else None
@@ -242,7 +290,7 @@ def make_uplink_hook(cfg, broker_url: str | None, data_dir, *, public_key=None, 
         account = EnergyAccount(cfg)
     up.account = account
     minute = MinuteSummary()
-    last = {"spool_alarm": False, "interval_seq": account.closed_seq}
+    last = {"interval_seq": account.closed_seq}
     spool.put(EVENT, time.time(), {"event": "uplink_boot", "boot_id": spool.boot_id})
 
     def hook(loop, image, cmd, events, n):
@@ -272,12 +320,7 @@ def make_uplink_hook(cfg, broker_url: str | None, data_dir, *, public_key=None, 
                 spool.put(ALARM, t, {"alarm": name, "state": state, "severity": _severity(name), "value": int(v)})
         if up.schedule is not None:
             up.follow_schedule(loop, t)
-        if spool.alarm != last["spool_alarm"]:
-            last["spool_alarm"] = spool.alarm
-            if spool.alarm:
-                up.raise_alarm(t, "uplink_spool_full", spool.total_bytes)
-            else:
-                up.clear_alarm(t, "uplink_spool_full", spool.total_bytes)
+        up.supervise(t)                          # a dead writer / MQTT side restarted; spool and worker alarms
         while up.accepted:
             up.apply(loop, t, up.accepted.popleft())
         up.hook_s.append(time.perf_counter() - t0)

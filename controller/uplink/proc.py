@@ -5,7 +5,11 @@
 process, so the controller's interpreter only appends to the spool (why: worker.py).
 
 A supervisor thread (nice +10) spawns the worker, reads its messages and restarts it when it dies, with
-exponential back-off (0.5 s doubling to 30 s, reset after a worker lived 10 s). Messages: ``cmd`` goes
+exponential back-off (0.5 s doubling to 30 s, reset after a worker lived 10 s). Nothing here dies
+silently: a fault in the supervision loop is caught and counted (``crashes``), and the uplink hook's
+per-cycle ``supervise()`` starts the supervisor or the live-signal thread again if one ended anyway;
+every restart and crash (the worker's own MQTT thread's too, reported in its stats) adds to ``faults``,
+which the hook turns into the ``uplink_worker_fault`` alarm. Messages: ``cmd`` goes
 to ``on_command`` (verification and the verdict
 records stay in the controller, which holds the key's counter and applies accepted commands between
 cycles), ``in`` to ``on_input`` (controller/netinputs.py NetworkInputs.feed), ``stats`` mirrors the worker's counters and carries ``gone`` (rows the worker deleted since
@@ -69,6 +73,12 @@ class UplinkProcess:
         self._live_thread: threading.Thread | None = None
         self._send_lock = threading.Lock()   # the socket has several writers: one JSON line at a time
         self.live_dropped_local = 0
+        self.crashes = 0                     # caught faults here (supervisor loop) and threads started again
+        self.last_crash: str | None = None
+        self._worker_faults = 0              # crashes + restarts the running worker reported (its MQTT thread)
+        self._worker_faults_done = 0         # ... and the workers that ended
+        self._restart_at = 0.0
+        self._restart_attempt = 0
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> "UplinkProcess":
@@ -77,6 +87,38 @@ class UplinkProcess:
         self._live_thread = threading.Thread(target=self._send_live, name="uplink-live", daemon=True)
         self._live_thread.start()
         return self
+
+    @property
+    def faults(self) -> int:
+        """Worker restarts + faults caught or restarted here + the workers' own MQTT-thread faults:
+        grows on every fault of the MQTT side (the hook's ``uplink_worker_fault``)."""
+        return self.restarts + self.crashes + self._worker_faults_done + self._worker_faults
+
+    def supervise(self) -> bool:
+        """The hook's per-cycle check (an ``is_alive`` per thread): the supervisor thread (which restarts
+        the worker process itself) or the live-signal thread died of an exception no guard caught - start
+        it again (back-off 0.5 s doubling to 30 s). True if one was restarted now."""
+        if self._thread is None or self._stop.is_set():
+            return False
+        dead = [name for name, t in (("supervisor", self._thread), ("live", self._live_thread))
+                if t is not None and not t.is_alive()]
+        if not dead:
+            return False
+        now = time.monotonic()
+        if now < self._restart_at:
+            return False
+        self._restart_at = now + min(self.restart_cap_s, self.restart_base_s * 2 ** min(self._restart_attempt, 16))
+        self._restart_attempt += 1
+        for name in dead:
+            self.crashes += 1
+            print(f"uplink: the {name} thread died ({self.last_crash}); started again", file=sys.stderr, flush=True)
+            if name == "supervisor":
+                self._thread = threading.Thread(target=self._supervise, name="uplink-supervisor", daemon=True)
+                self._thread.start()
+            else:
+                self._live_thread = threading.Thread(target=self._send_live, name="uplink-live", daemon=True)
+                self._live_thread.start()
+        return True
 
     def publish_live(self, kind: str, payload: bytes, retain: bool | None = None) -> bool:
         """A live signal for the broker (topics.LIVE, with its documented QoS and retain), never spooled.
@@ -153,36 +195,39 @@ class UplinkProcess:
         proc = subprocess.Popen([sys.executable, "-m", "controller.uplink.worker", str(theirs.fileno())],
                                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
         theirs.close()
-        cfg = config_message(str(self.spool.path), self.topics.site, self.topics.gateway, self.spool.boot_id,
-                             self.broker, self.drain, self.client_id, self.require_subscriber, self.tuning)
-        ours.sendall(json.dumps(cfg).encode() + b"\n")
-        if self.paused:
-            ours.sendall(b'{"t":"pause","on":true}\n')
+        try:
+            cfg = config_message(str(self.spool.path), self.topics.site, self.topics.gateway, self.spool.boot_id,
+                                 self.broker, self.drain, self.client_id, self.require_subscriber, self.tuning)
+            ours.sendall(json.dumps(cfg).encode() + b"\n")
+            if self.paused:
+                ours.sendall(b'{"t":"pause","on":true}\n')
+        except BaseException:                    # no half-started worker left behind
+            ours.close()
+            proc.kill()
+            proc.wait()
+            raise
         return proc, ours
 
     def _supervise(self) -> None:
         lower_this_thread()
+        try:
+            self._supervise_loop()
+        except BaseException as exc:          # noqa: BLE001 - the hook's supervise() starts another
+            self.last_crash = f"{type(exc).__name__}: {exc}"[:200]
+            self.connected.clear()
+
+    def _supervise_loop(self) -> None:
         attempt = 0
         while not self._stop.is_set():
             t0 = time.monotonic()
+            proc = None
             try:
-                proc, sock = self._spawn()
-            except OSError as exc:
-                print(f"uplink: cannot start the worker process: {exc!r}", file=sys.stderr)
-                proc = sock = None
-            if proc is not None:
-                self._proc, self._sock, self.pid = proc, sock, proc.pid
-                if self._stop.is_set():                 # stop() came while this one was starting
-                    sock.sendall(b'{"t":"stop"}\n')
-                self._serve(sock)                   # until the worker ends (EOF)
-                try:
-                    proc.wait(5.0)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                sock.close()
+                proc = self._run_worker()
+            except Exception as exc:          # noqa: BLE001 - a fault here must not end the supervision
+                self.crashes += 1
+                self.last_crash = f"{type(exc).__name__}: {exc}"[:200]
+                print(f"uplink: worker supervision failed: {self.last_crash}", file=sys.stderr, flush=True)
                 self.connected.clear()
-                self._finish_worker()
             if self._stop.is_set():
                 break
             self.restarts += 1
@@ -191,6 +236,29 @@ class UplinkProcess:
                   file=sys.stderr)
             attempt = 0 if time.monotonic() - t0 > 10.0 else attempt + 1
             self._stop.wait(min(self.restart_cap_s, self.restart_base_s * 2 ** min(attempt, 16)))
+
+    def _run_worker(self) -> subprocess.Popen | None:
+        """Spawn one worker and serve it until it ends; returns it (None if it could not start)."""
+        try:
+            proc, sock = self._spawn()
+        except OSError as exc:
+            print(f"uplink: cannot start the worker process: {exc!r}", file=sys.stderr)
+            return None
+        try:
+            self._proc, self._sock, self.pid = proc, sock, proc.pid
+            if self._stop.is_set():                 # stop() came while this one was starting
+                sock.sendall(b'{"t":"stop"}\n')
+            self._serve(sock)                       # until the worker ends (EOF)
+        finally:
+            try:
+                proc.wait(5.0)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            sock.close()
+            self.connected.clear()
+            self._finish_worker()
+        return proc
 
     def _serve(self, sock: socket.socket) -> None:
         rfile = sock.makefile("rb")
@@ -207,7 +275,7 @@ class UplinkProcess:
                         if msg.get("gone"):
                             self.spool.gone(msg["gone"])
                         self._mirror(msg)
-                except (ValueError, KeyError, TypeError) as exc:
+                except Exception as exc:      # noqa: BLE001 - one bad line is one dropped message
                     print(f"uplink: bad message from the worker: {exc!r}", file=sys.stderr)
         except OSError:
             pass
@@ -230,6 +298,9 @@ class UplinkProcess:
 
     def _mirror(self, msg: dict) -> None:
         self.worker_stats = msg
+        self._worker_faults = int(msg.get("crashes", 0)) + int(msg.get("restarts", 0))
+        if msg.get("last_crash"):
+            self.last_crash = str(msg["last_crash"])[:200]
         for k in STAT_FIELDS:
             setattr(self.stats, k, self._done[k] + int(msg.get(k, 0)))
         self.stats.protocol = msg.get("protocol", "")
@@ -242,3 +313,5 @@ class UplinkProcess:
         for k in STAT_FIELDS:
             self._done[k] = getattr(self.stats, k)
         self.worker_stats = {}
+        self._worker_faults_done += self._worker_faults
+        self._worker_faults = 0

@@ -63,6 +63,9 @@ class SpoolReader:
         self._acks: list[int] = []
         self._ranges: list[tuple[str, int, int]] = []
         self.deleted = 0
+        self.ack_errors = 0                     # delete transactions SQLite refused (retried)
+        self.ack_error: str | None = None
+        self._retry_at = 0.0
 
     def changed(self) -> bool:
         """True when another connection (the controller's writer) committed since the last call."""
@@ -81,14 +84,14 @@ class SpoolReader:
 
     def apply_acks(self) -> None:
         """Delete what was acknowledged during the last paho loop, in one transaction."""
-        if not (self._acks or self._ranges):
+        if not (self._acks or self._ranges) or (self.ack_errors and time.monotonic() < self._retry_at):
             return
         acks, ranges = self._acks, self._ranges
         self._acks, self._ranges = [], []
         gone: dict[str, list[int]] = {}
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
         try:
+            db.execute("BEGIN IMMEDIATE")
             for i in range(0, len(acks), 500):
                 chunk = acks[i:i + 500]
                 for kind, size in db.execute(f"DELETE FROM records WHERE seq IN ({','.join('?' * len(chunk))}) "
@@ -105,8 +108,17 @@ class SpoolReader:
                     g[0] += n
                     g[1] += size
             db.execute("COMMIT")
+        except sqlite3.Error as exc:            # a full disk (the WAL cannot grow), a lock held too long:
+            if db.in_transaction:               # the rows stay; the acks are tried again after the next loop
+                db.execute("ROLLBACK")
+            self._acks, self._ranges = acks + self._acks, ranges + self._ranges
+            self.ack_errors += 1
+            self.ack_error = str(exc)
+            self._retry_at = time.monotonic() + 1.0
+            return
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         if gone:
             self.deleted += sum(n for n, _ in gone.values())
@@ -162,6 +174,8 @@ def stats_message(up: MqttUplink, reader: SpoolReader, tally: "GoneTally") -> di
     p99 = round(1e3 * lat[int(0.99 * (len(lat) - 1))], 2) if lat else None
     return {"t": "stats", "gone": tally.take(), "connected": up.connected.is_set(), "protocol": s.protocol,
             "pid": os.getpid(), "deleted": reader.deleted, "latency_p99_ms": p99,
+            "ack_errors": reader.ack_errors, "crashes": up.crashes, "restarts": up.restarts,
+            "last_crash": up.last_crash,
             "inbound": {"passed": dict(up.inbound.passed), "dropped": dict(up.inbound.dropped)},
             **{k: getattr(s, k) for k in STAT_FIELDS}}
 
@@ -228,6 +242,7 @@ def serve(chan: Channel, cfg: dict) -> int:
     while not stop.is_set():
         if os.getppid() != cfg["parent_pid"]:    # reparented: the controller is gone
             return 3
+        up.supervise()                           # its connection thread died: another one (counted, reported)
         state = up.connected.is_set()
         try:
             chan.send(stats_message(up, reader, tally))
