@@ -353,3 +353,47 @@ def test_the_hook_costs_well_under_a_millisecond(site):
         assert st["hook_p50_us"] < 250 and p90 < 1000
         assert "block_failures" not in st
     assert not any(h.failures for h in site["loop"].health.values())
+
+
+def _cfg(**dcim):
+    from controller.config import load_site
+    cfg = load_site("inner-mongolia-mine")
+    cfg["dcim"] = {**cfg["dcim"], "enabled": True, "bind": "127.0.0.1", "port": free_port(), **dcim}
+    return cfg
+
+
+def test_a_port_in_use_is_reported_alarmed_and_retried():
+    from controller.dcim.run import Dcim
+    from controller.runtime.health import HostAlarms
+    cfg = _cfg()
+    alarms = HostAlarms()
+    blocker = socket.create_server(("127.0.0.1", cfg["dcim"]["port"]))
+    d = Dcim(cfg, alarms=alarms, restart_delay_s=0.0)
+    try:
+        assert not d.start(wait_s=5)
+        d.server._thread.join(5)
+        d.server.supervise()
+        detail = alarms.active["dcim_server_down"]["detail"]
+        assert f"cannot listen on 127.0.0.1:{cfg['dcim']['port']}" in detail and "in use" in detail
+        blocker.close()
+        d.server.supervise()                           # restart (delay 0)
+        assert d.server.restarts == 1 and d.server._listening.wait(5)
+        d.server.supervise()
+        assert "dcim_server_down" not in alarms.active
+        rc, out, _ = client(cfg["dcim"]["port"])
+        assert rc == 0 and out["values"]["status"] == 0 and out["values"]["soc"] is None   # no cycle yet
+        assert out["values"]["map_id"] == 0x4545
+        assert out["values"]["not_available_count"] == sum(1 for x in out["values"].values() if x is None)
+    finally:
+        blocker.close()
+        d.close()
+    assert not d.server._thread.is_alive()
+
+
+def test_bind_names_an_interface():
+    from controller.dcim.run import Dcim
+    d = Dcim(_cfg(bind="lo"))
+    try:
+        assert d.start(wait_s=5) and d.server.address == ("127.0.0.1", d.server.port)
+    finally:
+        d.close()

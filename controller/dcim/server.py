@@ -117,7 +117,9 @@ class DcimServer:
     def start(self, wait_s: float = 3.0) -> bool:
         """Start the thread; True once it listens (within wait_s), False if it did not (yet)."""
         self._spawn()
-        self._listening.wait(wait_s)
+        deadline = time.monotonic() + wait_s
+        while not self._listening.is_set() and self._thread.is_alive() and time.monotonic() < deadline:
+            self._listening.wait(0.02)
         return self._listening.is_set()
 
     def _spawn(self) -> None:
