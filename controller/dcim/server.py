@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import errno
 import logging
 import socket
 import struct
@@ -203,7 +204,9 @@ class DcimServer:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, self.port))
         except OSError as exc:
-            raise OSError(f"cannot listen on {host}:{self.port}: {exc.strerror or exc}") from None
+            hint = (" (a port below 1024 needs CAP_NET_BIND_SERVICE: AmbientCapabilities= in the unit, docs/dcim.md)"
+                    if exc.errno == errno.EACCES and self.port < 1024 else "")
+            raise OSError(f"cannot listen on {host}:{self.port}: {exc.strerror or exc}{hint}") from None
         finally:
             probe.close()
         server = _make_server(self, host)
