@@ -20,7 +20,12 @@ Protocol (one JSON object per line, UTF-8, each way):
     client -> {"op": "login", "pin": "1234", "id": 3} a session bound to this connection
     client -> {"op": "action", "action": "mode", "mode": "manual", "id": 4}
     server -> {"type": "result", "id": 4, "ok": true, "message": "...", ...}
-    client -> {"op": "logout"} | {"op": "audit", "id": 5}
+    client -> {"op": "logout"} | {"op": "audit", "since": SEQ, "n": 20, "id": 5}   records whole, seq > since
+
+Every request is typed exactly (controller/ipc/request.py): a bad one gets {"ok": false, "field": ...,
+"error": "..."} naming the field; a line over MAX_LINE closes the connection. Connections without a PIN
+session are rate-limited, each and all together (controller/ipc/ratelimit.py): {"ok": false, "error":
+"rate limited: ..."}; snapshots subscribed to are never limited.
 
 Actions (a session is required; every attempt, refused or not, goes to the audit log):
     ack {"bits": MASK} or {"alarm": NAME} or {} (all unacknowledged) -> OperatorInputs.acknowledge
@@ -36,10 +41,13 @@ Actions (a session is required; every attempt, refused or not, goes to the audit
                                               export directory; the reply names the files
 
 The audit log (``IpcServer.audit``, ``audit_listeners`` and an optional JSONL file) is what the uplink
-forwards: every login attempt, lockout and action with its outcome.
+forwards: every login attempt, lockout and action with its outcome (refusals of connections without a
+session within a budget, past it counted by kind). A snapshot's "audit" holds only the server-made
+fields of the last 20 records (seq, time, who, kind, ok, refusal count); the audit op has them whole.
 
 The package by job: paths (where the socket lives), pin (PIN hashes), common (limits, the connection
-record, number formatting), server (the socket thread, connections, requests, publishing), cycle (the
+record, number formatting), request (parsing and typing a request line), ratelimit (token buckets and
+their numbers), server (the socket thread, connections, requests, publishing), cycle (the
 hook the scan cycle calls), snapshot (hello, snapshots, history, carbon), actions (login and the
 technician's actions), field (device read, bus scan), export, audit, client (IpcClient), run (the
 socket of `edge-ems run`). Every name the single module had is importable from here.

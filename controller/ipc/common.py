@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 import socket
+import time
 from dataclasses import replace
 from datetime import datetime, timezone
 
 from controller.core import layout as L
+from controller.ipc.ratelimit import SESSION_BURST, SESSION_RATE, UNAUTH_CONN_BURST, UNAUTH_CONN_RATE, TokenBucket
 
 PROTOCOL_VERSION = 1
-MAX_LINE = 64 * 1024            # a request longer than this closes the connection
+MAX_LINE = 64 * 1024            # a request line longer than this closes the connection
 SKIP_ABOVE = 64 * 1024          # a subscriber with this much unsent gets no new snapshot
 DROP_ABOVE = 1024 * 1024        # ... and one that lets this much pile up is disconnected
 HISTORY_STEP_S = 60.0           # history ring: one sample per simulated/real minute
@@ -53,6 +55,14 @@ class _Conn:
         self.next_send = 0.0
         self.session_until = 0.0     # monotonic; 0 = not logged in
         self.closed = False
+        now = time.monotonic()
+        self.bucket = TokenBucket(UNAUTH_CONN_RATE, UNAUTH_CONN_BURST, now)       # without a session
+        self.session_bucket = TokenBucket(SESSION_RATE, SESSION_BURST, now)       # with one
+        self.limited = 0             # requests refused in a row by a rate limit ...
+        self.limited_bytes = 0       # ... and their bytes (a flood past these is dropped)
+
+    def in_session(self, now: float) -> bool:
+        return bool(self.session_until) and now <= self.session_until
 
     @property
     def who(self) -> str:

@@ -27,6 +27,10 @@ from controller.ipc.cycle import CycleSide
 from controller.ipc.export import Exports
 from controller.ipc.field import FieldAccess
 from controller.ipc.paths import default_socket_path
+from controller.ipc import ratelimit as RL
+from controller.ipc.ratelimit import TokenBucket
+from controller.ipc.request import (AUDIT_OP_DEFAULT_N, AUDIT_OP_MAX_N, HZ_MAX, PIN_MAX_CHARS, RequestError, integer,
+                                    number, parse, peek, short_string)
 from controller.ipc.snapshot import Snapshots
 
 
@@ -53,6 +57,10 @@ class IpcServer(CycleSide, Snapshots, Actions, FieldAccess, Exports, Audit):
         self.failures = 0
         self.locked_until = 0.0
         self.audit: deque = deque(maxlen=500)
+        self._audit_briefs: deque = deque(maxlen=20)     # what snapshots carry of it (server-made fields only)
+        self._audit_lock = threading.Lock()              # export/read/scan workers audit too
+        self.audit_refused: dict[str, int] = {}          # refusals by kind (running counts)
+        self.audit_suppressed: dict[str, int] = {}       # ... counted, not recorded, since the kind's last record
         self.audit_listeners: list[Callable[[dict], None]] = []
         self.uplink = None                      # an object with .stats() -> dict, when the uplink is wired
         self.loop = None
@@ -82,7 +90,15 @@ class IpcServer(CycleSide, Snapshots, Actions, FieldAccess, Exports, Audit):
         self._ledger_days: dict[str, dict] = {}      # local day -> sums of the ledger's intervals
         self._ledger_off = 0
         self.stats = {"published": 0, "sent": 0, "skipped_slow": 0, "dropped_clients": 0, "clients": 0,
-                      "hook_max_us": 0.0}
+                      "hook_max_us": 0.0, "rate_limited": 0, "flood_dropped": 0, "connections_refused": 0,
+                      "bad_requests": 0, "request_errors": 0, "audit_suppressed": 0}
+        self.rate_limited_by: dict[str, int] = {}       # refusals by a rate limit, by op (a bounded set)
+        now = time.monotonic()
+        self._unauth_bucket = TokenBucket(RL.UNAUTH_SHARED_RATE, RL.UNAUTH_SHARED_BURST, now)
+        self._accept_bucket = TokenBucket(RL.ACCEPT_RATE, RL.ACCEPT_BURST, now)
+        self._audit_bucket = TokenBucket(RL.AUDIT_UNAUTH_RATE, RL.AUDIT_UNAUTH_BURST, now)
+        self._hello_line = None                   # the hello is the same for every connection: built once
+        self._accept_paused_until = 0.0           # > 0: the listener is out of the selector until then
 
     def start(self) -> "IpcServer":
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -142,8 +158,16 @@ class IpcServer(CycleSide, Snapshots, Actions, FieldAccess, Exports, Audit):
 
     def _run(self) -> None:
         while not self._stop:
+            timeout = 0.5
+            if self._accept_paused_until:
+                left = self._accept_paused_until - time.monotonic()
+                if left <= 0:
+                    self._accept_paused_until = 0.0
+                    self._sel.register(self._listener, selectors.EVENT_READ, "listen")
+                else:
+                    timeout = min(timeout, left)
             try:
-                ready = self._sel.select(timeout=0.5)
+                ready = self._sel.select(timeout=timeout)
             except OSError:
                 continue
             for key, mask in ready:
@@ -191,10 +215,26 @@ class IpcServer(CycleSide, Snapshots, Actions, FieldAccess, Exports, Audit):
             time.sleep(0.0005)
 
     def _accept(self) -> None:
-        while True:
+        for _ in range(RL.MAX_CONNS):                 # at most this many per wake-up; select wakes us again
             try:
                 sock, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
+                return
+            except OSError:                          # EMFILE, ENFILE, ENOBUFS: the backlog waits
+                self.stats["connections_refused"] += 1
+                self._pause_accepting(0.1)
+                return
+            if len(self._conns) >= RL.MAX_CONNS or not self._accept_bucket.take(time.monotonic()):
+                self.stats["connections_refused"] += 1
+                try:
+                    sock.send(b'{"type":"error","ok":false,"error":"rate limited: too many connections '
+                              b'(at most %d open, %g new/s)"}\n' % (RL.MAX_CONNS, RL.ACCEPT_RATE))
+                except OSError:
+                    pass
+                sock.close()
+                # stop accepting until a new one may be: further connects wait in (then overflow) the
+                # kernel's backlog, which costs this thread nothing
+                self._pause_accepting(max(self._accept_bucket.wait_s(), 0.05))
                 return
             sock.setblocking(False)
             uid = pid = None
@@ -209,7 +249,17 @@ class IpcServer(CycleSide, Snapshots, Actions, FieldAccess, Exports, Audit):
             self._conns[sock.fileno()] = conn
             self._sel.register(sock, selectors.EVENT_READ, conn)
             self.stats["clients"] = len(self._conns)
-            self._send(conn, self._hello())
+            if self._hello_line is None:
+                self._hello_line = (json.dumps(self._hello(), separators=(",", ":")) + "\n").encode()
+            self._send(conn, self._hello_line)
+
+    def _pause_accepting(self, seconds: float) -> None:
+        if not self._accept_paused_until:
+            try:
+                self._sel.unregister(self._listener)
+            except (KeyError, ValueError):
+                pass
+        self._accept_paused_until = time.monotonic() + seconds
 
     def _drop(self, conn: _Conn) -> None:
         if conn.closed:
@@ -234,15 +284,60 @@ class IpcServer(CycleSide, Snapshots, Actions, FieldAccess, Exports, Audit):
             self._drop(conn)
             return
         conn.rbuf += data
-        while b"\n" in conn.rbuf:
-            line, _, rest = bytes(conn.rbuf).partition(b"\n")
+        if b"\n" in data:                  # split once (a 64 KB read of 2-byte lines is one pass, not 30 000)
+            *lines, rest = conn.rbuf.split(b"\n")
             conn.rbuf = bytearray(rest)
-            if line.strip():
-                self._request(conn, line)
-            if conn.closed:
-                return
+            for line in lines:
+                if len(line) > MAX_LINE:
+                    self._drop(conn)
+                    return
+                if line.strip():
+                    if self._admit(conn, 1.0):
+                        self._request(conn, bytes(line))
+                    else:
+                        self._limited(conn, line)
+                if conn.closed:
+                    return
         if len(conn.rbuf) > MAX_LINE:
             self._drop(conn)
+
+    def _admit(self, conn: _Conn, cost: float) -> bool:
+        """Take `cost` tokens: from the connection's session bucket, or, without a session, from its own
+        bucket and the one all connections without a session share (both must have them)."""
+        now = time.monotonic()
+        if conn.in_session(now):
+            ok = conn.session_bucket.take(now, cost)
+        else:
+            ok = conn.bucket.has(now, cost) and self._unauth_bucket.has(now, cost)
+            if ok:
+                conn.bucket.take(now, cost)
+                self._unauth_bucket.take(now, cost)
+        if ok:
+            conn.limited = conn.limited_bytes = 0
+        return ok
+
+    def _limited(self, conn: _Conn, line, op: str | None = None, rid=None, parsed: bool = False) -> None:
+        """A request refused by a rate limit: counted by op, nothing of it kept. A connection that goes
+        on flooding is dropped rather than answered line by line."""
+        if not parsed:
+            rid, op = peek(line)                   # a short line's id and op (one of OPS), else None
+        self.stats["rate_limited"] += 1
+        kind = op or "unparsed"                    # a bounded set: OPS and "unparsed"
+        self.rate_limited_by[kind] = self.rate_limited_by.get(kind, 0) + 1
+        conn.limited += 1
+        conn.limited_bytes += len(line)
+        if conn.limited > RL.FLOOD_DROP_REQUESTS or conn.limited_bytes > RL.FLOOD_DROP_BYTES:
+            self.stats["flood_dropped"] += 1
+            self._drop(conn)
+            return
+        now = time.monotonic()
+        if conn.in_session(now):
+            wait, what = conn.session_bucket.wait_s(), (f"{RL.SESSION_RATE:g} requests/s per session "
+                                                        f"(burst {RL.SESSION_BURST:g})")
+        else:
+            wait, what = max(conn.bucket.wait_s(), self._unauth_bucket.wait_s()), RL.describe()
+        self._send(conn, {"type": "result", "id": rid, "op": op, "ok": False,
+                          "error": f"rate limited: {what}; retry in {wait:.1f} s"})
 
     def _send(self, conn: _Conn, obj) -> None:
         line = obj if isinstance(obj, bytes) else (json.dumps(obj, separators=(",", ":")) + "\n").encode()
@@ -291,39 +386,58 @@ class IpcServer(CycleSide, Snapshots, Actions, FieldAccess, Exports, Audit):
             self.stats["sent"] += 1
 
     def _request(self, conn: _Conn, line: bytes) -> None:
+        """One admitted line: parsed and typed (controller/ipc/request.py), then served. A refusal names
+        its field; an unexpected error is answered and counted (request_errors), never raised into the
+        server thread (whose catch-all drops the connection)."""
         try:
-            req = json.loads(line)
-            if not isinstance(req, dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
-            self._send(conn, {"type": "result", "ok": False, "error": f"bad request: {exc}"})
+            rid, op, req = parse(line)
+        except RequestError as exc:
+            self.stats["bad_requests"] += 1
+            self._send(conn, {"type": "result", "id": getattr(exc, "rid", None), "ok": False, "field": exc.field,
+                              "error": str(exc)})
             return
-        rid = req.get("id")
-        op = req.get("op")
         reply = {"type": "result", "id": rid, "op": op}
+        cost = RL.OP_COST.get(op, 1.0)
+        if cost > 1.0 and not self._admit(conn, cost - 1.0):
+            self._limited(conn, line, op, rid, parsed=True)
+            return
+        try:
+            self._serve(conn, op, req, reply)
+        except RequestError as exc:
+            self.stats["bad_requests"] += 1
+            self._send(conn, {**reply, "ok": False, "field": exc.field, "error": str(exc)})
+        except Exception as exc:                    # noqa: BLE001 - a bug here must not drop the client
+            self.stats["request_errors"] += 1
+            self._send(conn, {**reply, "ok": False, "error": f"internal error serving {op}: {type(exc).__name__}"})
+
+    def _serve(self, conn: _Conn, op: str, req: dict, reply: dict) -> None:
         if op == "subscribe":
-            conn.hz = max(0.0, min(float(req.get("hz", 2.0)), self.publish_hz))
+            conn.hz = min(number(req, "hz", 0.0, HZ_MAX, 2.0), self.publish_hz)
             conn.next_send = 0.0
             self._send(conn, {**reply, "ok": True, "hz": conn.hz})
         elif op == "snapshot":
             if self._pub is None:
                 self._send(conn, {**reply, "ok": False, "error": "no cycle has run yet"})
             else:
-                self._send(conn, self._snapshot_line(self._pub)[:-2] + b',"id":' + json.dumps(rid).encode() + b"}\n")
+                self._send(conn, self._snapshot_line(self._pub)[:-2] + b',"id":' + json.dumps(reply["id"]).encode()
+                           + b"}\n")
         elif op == "history":
-            self._send(conn, {**self.history(), "id": rid})
+            self._send(conn, {**self.history(), "id": reply["id"]})
         elif op == "audit":
-            self._send(conn, {**reply, "ok": True, "audit": list(self.audit)})
+            since = integer(req, "since", 0, 2 ** 63, 0)
+            n = integer(req, "n", 1, AUDIT_OP_MAX_N, AUDIT_OP_DEFAULT_N)
+            recs = [r for r in list(self.audit) if r["seq"] > since][-n:]
+            self._send(conn, {**reply, "ok": True, "audit": recs})
         elif op == "login":
-            self._send(conn, {**reply, **self._login(conn, str(req.get("pin", "")))})
+            pin = short_string(req, "pin", PIN_MAX_CHARS)
+            self._send(conn, {**reply, **self._login(conn, pin)})
         elif op == "logout":
+            if conn.in_session(time.monotonic()):    # a logout without a session is no event to keep
+                self._audit_record(conn, "logout", {}, True, "logged out")
             conn.session_until = 0.0
-            self._audit_record(conn, "logout", {}, True, "logged out")
             self._send(conn, {**reply, "ok": True, "message": "logged out"})
-        elif op == "action":
+        else:                                        # "action" (parse() admits only OPS)
             self._action(conn, req, reply)
-        else:
-            self._send(conn, {**reply, "ok": False, "error": f"unknown op {op!r}"})
 
 
 def start_ipc(cfg: dict, path: str | Path | None = None, **kw) -> IpcServer:

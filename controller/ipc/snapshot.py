@@ -202,12 +202,12 @@ class Snapshots:
             "manual": manual,
             "loop": {**{k: _f(v) for k, v in loop_stats.as_dict().items()}, "interlock_trips": int(trips)},
             "events": [[s, t, c, _f(v)] for s, t, c, v in events[-60:]],
-            "audit": list(self.audit)[-20:],
+            "audit": list(self._audit_briefs),       # server-made fields only; records whole: the audit op
             "devices": self._devices(stamp, now_mono, quality, err_c, stale_c),
             "carbon": self._carbon(today),
             "uplink": self._uplink(),
             "pin": {"locked_s": _f(max(0.0, self.locked_until - time.monotonic()))},
-            "ipc": dict(self.stats),
+            "ipc": {**self.stats, "rate_limited_by": dict(self.rate_limited_by)},
             "plan": ({n: _f(plan[k]) for k, (n, _i) in enumerate(PLAN_FIELDS)}
                      if plan is not None and plan[0] > 0 else None),
         }

@@ -47,7 +47,10 @@ class App:
         self.quit = False
         self.next_frame = 0.0
         self.next_history = 0.0
-        self.ui: dict = {"field": None}        # last device read / bus scan result, for the devices screen
+        self.ui: dict = {"field": None,        # last device read / bus scan result, for the devices screen
+                         "audit": {}}          # seq -> audit record whole (the snapshot has brief ones)
+        self.audit_pending = False
+        self.next_audit = 0.0
 
     # -- requests ----------------------------------------------------------------------------------
     def request(self, obj: dict, on_reply) -> None:
@@ -63,6 +66,7 @@ class App:
         if kind == "snapshot":
             self.snap = msg
             self.dirty = True
+            self.fetch_audit()
         elif kind == "history":
             self.hist = msg
             self.dirty = True
@@ -73,6 +77,33 @@ class App:
             cb = self.pending.pop(msg.get("id"), None)
             if cb is not None:
                 cb(msg)
+
+    AUDIT_SCREENS = ("events", "uplink")
+
+    def fetch_audit(self) -> None:
+        """The messages of the audit records the snapshot lists (it carries only their server-made
+        fields): fetched with the audit op while a screen shows them, when one is missing, at most every
+        2 s (the socket rate-limits requests; a refusal just waits for the next try)."""
+        snap = self.snap
+        if snap is None or self.current not in self.AUDIT_SCREENS or self.audit_pending:
+            return
+        have = self.ui["audit"]
+        missing = [r["seq"] for r in snap.get("audit", []) if r["seq"] not in have]
+        now = time.monotonic()
+        if not missing or now < self.next_audit:
+            return
+        self.next_audit = now + 2.0
+        self.audit_pending = True
+
+        def done(msg):
+            self.audit_pending = False
+            if msg.get("ok"):
+                for rec in msg.get("audit", []):
+                    have[rec["seq"]] = rec
+                for seq in sorted(have)[:-50]:              # the screens show at most the last 20
+                    del have[seq]
+                self.dirty = True
+        self.request({"op": "audit", "since": min(missing) - 1, "n": 20}, done)
 
     def result_text(self, msg: dict) -> None:
         if msg.get("ok"):
@@ -225,6 +256,8 @@ class App:
             self.current = KEY_TO_SCREEN[key]
             if self.current == "overview":
                 self.next_history = 0.0
+            self.next_audit = 0.0
+            self.fetch_audit()
         elif key == "q" or b == 0x03:
             self.quit = True
         elif key == "p":

@@ -358,6 +358,16 @@ def carbon(hello, snap, hist, ascii: bool, ui: dict | None = None) -> Text:
     return lines(*out[:20])
 
 
+def audit_message(rec: dict, ui: dict | None) -> str:
+    """The message of an audit record the snapshot lists: snapshots carry only the server-made fields
+    (seq, time, who, kind, outcome, refusal count); the message comes from the records the app fetched
+    with the audit op (App.fetch_audit), else a summary of those fields."""
+    full = ((ui or {}).get("audit") or {}).get(rec["seq"])
+    if full is not None:
+        return str(full.get("message", ""))
+    return "" if rec["ok"] else f"refused (#{rec['refused']} of its kind)" if "refused" in rec else "refused"
+
+
 def uplink(hello, snap, hist, ascii: bool, ui: dict | None = None) -> Text:
     u = snap.get("uplink") or {}
     out = [Text("UPLINK", style="bold")]
@@ -376,7 +386,7 @@ def uplink(hello, snap, hist, ascii: bool, ui: dict | None = None) -> Text:
     out.append(Text("AUDIT (actions from this socket; the uplink forwards them)", style="bold"))
     for rec in reversed(snap.get("audit", [])[-10:]):
         out.append(Text(f"{rec['t_utc'][11:19]}Z {rec['action']:<10} {'ok ' if rec['ok'] else 'NO '} "
-                        f"{rec['message']}"[:78]))
+                        f"{audit_message(rec, ui)}"[:78]))
     return lines(*out[:20])
 
 
@@ -387,7 +397,8 @@ def events(hello, snap, hist, ascii: bool, ui: dict | None = None) -> Text:
             for seq, t, code, value in snap["events"]]
     for rec in snap.get("audit", []):
         if rec.get("t_s") is not None:
-            rows.append((rec["t_s"], f"TUI {rec['action']} {'ok' if rec['ok'] else 'refused'}", rec["message"]))
+            rows.append((rec["t_s"], f"TUI {rec['action']} {'ok' if rec['ok'] else 'refused'}",
+                         audit_message(rec, ui)))
     rows.sort(key=lambda r: r[0])
     tz = hello["site"]["timezone"]
     for t, name, value in reversed(rows[-19:]):
