@@ -115,14 +115,18 @@ def _run_simulated(cfg, args) -> int:
     ipc = start_ipc_for_run(cfg, args, account=account)   # the TUI's socket (None with --socket none or on failure)
     if ipc is not None and uplink is not None:
         ipc.attach_uplink(uplink)             # technicians' actions reach the cloud's audit trail
+    from controller.dcim.run import start_dcim
+    dcim = start_dcim(cfg, uplink=uplink, account=account)   # the DCIM's Modbus TCP server, when [dcim] enables it
     try:
         result = run_sim(scn, hours=hours, seed=args.seed, strategy=args.strategy, out_dir=args.out,
                          speed=args.speed, install_signals=True,
-                         hooks=[release_after_first_cycle(), *([ipc.hook] if ipc else []), *up_hooks,
-                                notifier.hook],
+                         hooks=[release_after_first_cycle(), *([ipc.hook] if ipc else []),
+                                *([dcim.hook] if dcim else []), *up_hooks, notifier.hook],
                          wire=args.wire, ledger_on_record=_ledger_to_uplink(uplink), series=series(),
                          account=account)
     finally:
+        if dcim is not None:
+            dcim.close()
         if ipc is not None:
             ipc.close()
         _close_uplink(uplink)
