@@ -235,7 +235,10 @@ def serve(chan: Channel, cfg: dict) -> int:
                         up.stats.live_dropped += 1
         except (OSError, ValueError):
             pass
-        stop.set()
+        except Exception as exc:                 # noqa: BLE001 - said; the worker ends and is restarted
+            print(f"uplink worker: control channel failed: {exc!r}", file=sys.stderr, flush=True)
+        finally:
+            stop.set()
 
     threading.Thread(target=control, name="uplink-control", daemon=True).start()
     last_state = None
