@@ -66,6 +66,9 @@ SITE_SCHEMA = Table({
         # mpc + oracle: what the plan minimises, reliability first in both: "cost" (money, carbon at
         # [emissions] carbon_price_per_kg) or "carbon" (kg CO2e first, money the tie-breaker; docs/objectives.md)
         "objective": F("string", default="cost", choices=OBJECTIVES),
+        # mpc + oracle: the value of lost load, per kWh not served (site currency): far above any energy price
+        # (in the carbon objective converted to kg, controller/params.objective_kappa)
+        "voll_per_kwh": F("number", default=50.0, min=0, min_exclusive=True),
     }),
     "buses": MapOf(Table({
         "kind": F("string", required=True, choices=BUS_KINDS),
