@@ -147,6 +147,26 @@ def test_space_returning_moves_the_reserve_into_sqlite_and_clears_the_alarm(smal
         s.close(5)
 
 
+def test_a_restart_on_a_disk_that_filled_while_down_opens_the_spool_with_the_reserves_blocks(small_fs):
+    """SQLite cannot create its -wal/-shm on a full disk ("disk I/O error" at open): the controller must
+    still start. The reserve gives part of its own blocks back, the spool opens, nothing stored is lost."""
+    s = Spool(small_fs / "spool", SITE, GW, min_free_bytes=0)
+    for i in range(20):
+        s.put(EVENT, T0 + i, {"i": i})
+    assert s.flush(5)
+    s.close(5)
+    fill(small_fs, 0)
+    s = Spool(small_fs / "spool", SITE, GW, min_free_bytes=0)
+    try:
+        assert "given back" in (s.reserve.problem or "")
+        for i in range(20, 40):
+            s.put(EVENT, T0 + i, {"i": i})
+        assert s.flush(10)
+        assert [rec["body"]["i"] for _, rec in rows_of(s)] == list(range(40))
+    finally:
+        s.close(5)
+
+
 def test_a_crash_between_the_commit_and_the_reserve_reset_writes_nothing_twice_and_a_torn_frame_is_dropped(tmp_path):
     s = Spool(tmp_path, SITE, GW)
     for i in range(3):

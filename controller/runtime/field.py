@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import sys
 import time
 
@@ -75,8 +76,8 @@ class StateKeeper:
                 werr = getattr(dev, "last_write_error", None)
                 if werr is not None:               # answers reads, not writes: the setpoint is not arriving
                     self.rt.alarms.set(f"device_writes:{name}", bool(werr), werr)
-            w = getattr(self.carbon, "writer", None)
-            self.rt.alarms.set("ledger_degraded", bool(getattr(w, "broken", False)), str(getattr(w, "last_error", "")))
+            c = self.carbon                        # degraded: a record waits for the disk, or the file is broken
+            self.rt.alarms.set("ledger_degraded", bool(c.degraded), str(c.last_error))
         if time.monotonic() >= self._next_save:  # the slots are copied only when a save is due
             self._next_save = time.monotonic() + STATE_SAVE_S
             self.save(force=False)
@@ -125,6 +126,11 @@ def run_field(cfg, *, data_dir: str | None, mqtt: str | None = None, socket_arg:
         print(f"edge-ems run --mqtt: {exc}", file=sys.stderr)
         provided.close()
         return 2
+    except (sqlite3.Error, OSError) as exc:   # the spool's reserve gives back blocks on a full disk; none left
+        print(f"edge-ems run: the uplink spool in {dd.spool_dir} cannot be opened ({exc}); free space there",
+              file=sys.stderr)
+        provided.close()
+        return 1
     carbon = make_carbon_hook(cfg, dd, jobs=book, clock_status=provided.clock_status,
                               on_record=lambda body: uplink.spool.put("interval", body["end_s"], body),
                               account=account)

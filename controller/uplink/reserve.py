@@ -162,6 +162,23 @@ class Reserve:
         self._frames.extend(taken)
         return len(taken)
 
+    def give_back(self, nbytes: int) -> int:
+        """Free up to `nbytes` of the reserve's unused tail to the file system (the frames stay): SQLite
+        needs a few pages for its -wal/-shm files to open the spool at all, and on a disk that filled up
+        while the controller was down the reserve holds the only free blocks. Returns the bytes freed;
+        the next open grows the reserve back when there is room."""
+        keep = max(self.end, self.size - max(0, int(nbytes)))
+        keep = max(keep, min(self.size, DATA_START + FRAME.size + BODY.size))
+        if self.fd < 0 or keep >= self.size:
+            return 0
+        try:
+            os.ftruncate(self.fd, keep)
+        except OSError:
+            return 0
+        freed, self.size = self.size - keep, keep
+        self.problem = f"{self.path}: {freed} bytes given back to open the spool on a full disk; reserve {keep} bytes"
+        return freed
+
     def reset(self) -> bool:
         """The records are in SQLite now: start an empty log (a new generation). False if the header
         could not be written (then the log goes on after the old frames, which the spool skips by seq)."""

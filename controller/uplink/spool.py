@@ -60,6 +60,7 @@ WRITER_RESTART_BASE_S, WRITER_RESTART_CAP_S = 0.5, 30.0   # back-off between res
 WRITER_STABLE_S = 60.0             # a writer that lived this long starts the back-off again from zero
 DEFAULT_QUOTA = 64 * 1024 * 1024   # a week offline measured 14.1 MB (tools/bench/uplink.py week; README)
 DEFAULT_MIN_FREE = 16 * 1024 * 1024
+OPEN_GIVE_BACK = 512 * 1024         # reserve bytes freed to open SQLite on a disk that is already full
 LOW_WATER = 0.9                    # eviction frees down to this fraction of the quota
 
 SCHEMA = """
@@ -132,11 +133,13 @@ class Spool:
         self.reserve = Reserve(self.dir / RESERVE_FILE, reserve_bytes)   # before SQLite: its space comes first
         if self.reserve.problem:
             print(f"uplink spool: {self.reserve.problem}", file=sys.stderr, flush=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=30.0)   # the uplink worker deletes too: wait for its lock
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={synchronous}")
-        self._db.executescript(SCHEMA)
+        try:
+            self._db = self._open_db(synchronous)
+        except sqlite3.OperationalError:       # a disk that filled while we were down: SQLite cannot make
+            if not self.reserve.give_back(OPEN_GIVE_BACK):   # its -wal/-shm; the reserve's blocks are ours
+                raise
+            print(f"uplink spool: {self.reserve.problem}", file=sys.stderr, flush=True)
+            self._db = self._open_db(synchronous)
         self.refusing_telemetry = False
         self.disk_low = False
         self.write_error: str | None = None
@@ -175,6 +178,18 @@ class Spool:
                 self.write_error = str(exc)
                 self._next_try = time.monotonic() + RETRY_S
         self._writer = self._start_writer()
+
+    def _open_db(self, synchronous: str) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                             timeout=30.0)         # the uplink worker deletes too: wait for its lock
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={synchronous}")
+            db.executescript(SCHEMA)
+        except sqlite3.Error:
+            db.close()
+            raise
+        return db
 
     def _count(self) -> None:
         rows, size_by = {k: 0 for k in RECORD_KINDS}, {k: 0 for k in RECORD_KINDS}
