@@ -51,8 +51,10 @@ class NetPayloadError(ValueError):
 
 def _num(a: dict, key: str, lo: float, hi: float, kind: str) -> float:
     x = a.get(key)
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or not lo <= x <= hi:
-        raise NetPayloadError(f"{kind}: key {key!r}: expected a finite number in {lo:g}..{hi:g}, got {x!r:.40}")
+    # an int is compared exactly (math.isfinite / float() of a 400-digit JSON integer raise OverflowError)
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or (isinstance(x, float) and not math.isfinite(x)) \
+            or not lo <= x <= hi:
+        raise NetPayloadError(f"{kind}: key {key!r}: expected a finite number in {lo:g}..{hi:g}, got {str(x)[:40]}")
     return float(x)
 
 
@@ -79,7 +81,7 @@ class Warning_:
 def parse_weather(payload) -> Warning_:
     """A verified weather_warning command's args (controller/uplink/commands.py checked them too)."""
     a = _args(WEATHER, payload)
-    if a.get("kind") not in PV_CUT:
+    if not isinstance(a.get("kind"), str) or a["kind"] not in PV_CUT:     # a list or object is unhashable
         raise NetPayloadError(f"{WEATHER}: key 'kind': expected one of {', '.join(PV_CUT)}, got {a.get('kind')!r:.30}")
     start, end = _num(a, "from_s", 0, 1e11, WEATHER), _num(a, "to_s", 0, 1e11, WEATHER)
     if end <= start:

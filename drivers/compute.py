@@ -69,6 +69,7 @@ POWER, JOB, HEADROOM, DEFER = "compute/power", "compute/job", "compute/headroom"
 INBOUND = (POWER, JOB)
 OUTBOUND = {HEADROOM: {"qos": 1, "retain": True}, DEFER: {"qos": 1, "retain": False}}
 JOB_STATES = ("announced", "running", "done", "cancelled")
+MAX_BYTES = 64 * 1024         # a power sample of a few hundred nodes is a few KiB; the market feed's bound
 
 
 class ComputePayloadError(ValueError):
@@ -130,8 +131,10 @@ def parse_time(text, kind: str, key: str) -> float:
 
 
 def _kw(x, kind: str, key: str, hi: float = 100_000.0) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or not 0.0 <= x <= hi:
-        raise ComputePayloadError(f"{kind}: key {key!r}: expected a number of kW in 0..{hi:g}, got {x!r}")
+    # an int is compared exactly: math.isfinite of a 400-digit JSON integer raises OverflowError
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or (isinstance(x, float) and not math.isfinite(x)) \
+            or not 0.0 <= x <= hi:
+        raise ComputePayloadError(f"{kind}: key {key!r}: expected a number of kW in 0..{hi:g}, got {str(x)[:40]}")
     return float(x)
 
 
@@ -150,10 +153,12 @@ def _kw_map(d, kind: str, key: str) -> dict:
 
 def _obj(payload, kind: str) -> dict:
     if isinstance(payload, (bytes, bytearray, str)):
+        if len(payload) > MAX_BYTES:
+            raise ComputePayloadError(f"{kind}: payload of {len(payload)} bytes is over the {MAX_BYTES} byte limit")
         try:
             payload = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ComputePayloadError(f"{kind}: payload is not JSON ({exc})") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:   # RecursionError: crafted nesting
+            raise ComputePayloadError(f"{kind}: payload is not JSON ({type(exc).__name__}: {str(exc)[:80]})") from None
     if not isinstance(payload, dict):
         raise ComputePayloadError(f"{kind}: payload must be a JSON object, got {type(payload).__name__}")
     if payload.get("v", V) != V:

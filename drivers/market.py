@@ -91,8 +91,10 @@ def _series(d: dict, key: str, n: int) -> tuple:
         raise _err(key, f"expected {n} values (one per slot of valid_from..valid_until), got {len(arr)}")
     lo, hi = SERIES[key]
     for i, x in enumerate(arr):
-        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or not lo <= x <= hi:
-            raise _err(f"{key}[{i}]", f"expected a finite number in {lo:g}..{hi:g}, got {x!r:.40}")
+        # an int is compared exactly: math.isfinite of a 400-digit JSON integer raises OverflowError
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or (isinstance(x, float) and not math.isfinite(x)) \
+                or not lo <= x <= hi:
+            raise _err(f"{key}[{i}]", f"expected a finite number in {lo:g}..{hi:g}, got {str(x)[:40]}")
     return tuple(float(x) for x in arr)
 
 
@@ -114,7 +116,7 @@ def decode(payload) -> MarketFeed:
     if unknown:
         raise _err(str(unknown[0])[:40], f"unknown key (expected only {', '.join(sorted(KEYS))})")
     for key in ("v", "t", "valid_from", "valid_until", "step_min", "import_price_per_kwh"):
-        if key not in d:
+        if d.get(key) is None:              # null is not a value: a feed without import prices is no feed
             raise _err(key, "is required")
     if isinstance(d["v"], bool) or d["v"] != V:
         raise _err("v", f"expected {V}, got {d['v']!r:.20}")
