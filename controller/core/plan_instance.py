@@ -32,6 +32,15 @@ MAX_HORIZON = 2016
 MAX_FILE_BYTES = 4 << 20
 MAX_INT_DIGITS = 40
 MAX_DEPTH = 8
+# No quantity of a cabinet's plan comes near 1e9 (kW, kWh, currency per kWh, hours): a finite value beyond
+# it is a crafted one whose products overflow in the solve (capacity 1e308 -> an infinite objective, and
+# `plan` printed NaN, which is not JSON). The step length is at most a day.
+MAX_MAGNITUDE = 1e9
+MAX_DT_H = 24.0
+# ... and the divisors have a floor for the same reason: an efficiency of 1e-320 made 1/eta infinite and
+# the plan NaN. No real capacity, step or genset is below these.
+MIN_DIVISOR = 1e-6
+MIN_EFFICIENCY = 0.01
 
 
 @dataclass(frozen=True)
@@ -131,6 +140,8 @@ def _number(value: Any, field: str) -> float:
         raise InstanceError(f"{field}: expected a finite number, got an integer of {len(str(value))} digits") from None
     if not math.isfinite(out):
         raise InstanceError(f"{field}: expected a finite number, got {value!r}")
+    if abs(out) > MAX_MAGNITUDE:
+        raise InstanceError(f"{field}: expected a magnitude of at most {MAX_MAGNITUDE:g}, got {out!r}")
     return out
 
 
@@ -168,7 +179,8 @@ def _require(cond: bool, field: str, expected: str, value: Any) -> None:
 def _battery(obj: Any, horizon: int) -> Battery:
     _check_keys(obj, _BATTERY_KEYS, "battery")
     vals = {k: _number(obj[k], f"battery.{k}") for k in _BATTERY_KEYS if k != "reserve_pct"}
-    _require(vals["capacity_kwh"] > 0, "battery.capacity_kwh", "a capacity > 0", vals["capacity_kwh"])
+    _require(vals["capacity_kwh"] >= MIN_DIVISOR, "battery.capacity_kwh", f"a capacity >= {MIN_DIVISOR:g}",
+             vals["capacity_kwh"])
     for k in ("soc0_pct", "soc_min_pct", "soc_max_pct"):
         _require(0.0 <= vals[k] <= 100.0, f"battery.{k}", "a percentage in [0, 100]", vals[k])
     _require(vals["soc_min_pct"] <= vals["soc_max_pct"], "battery.soc_min_pct",
@@ -176,7 +188,7 @@ def _battery(obj: Any, horizon: int) -> Battery:
     for k in ("charge_max_kw", "discharge_max_kw", "wear_cost_per_kwh"):
         _require(vals[k] >= 0, f"battery.{k}", "a value >= 0", vals[k])
     for k in ("eta_charge", "eta_discharge"):
-        _require(0.0 < vals[k] <= 1.0, f"battery.{k}", "an efficiency in (0, 1]", vals[k])
+        _require(MIN_EFFICIENCY <= vals[k] <= 1.0, f"battery.{k}", f"an efficiency in [{MIN_EFFICIENCY:g}, 1]", vals[k])
     raw = obj["reserve_pct"]
     if isinstance(raw, list):
         reserve = _array(raw, "battery.reserve_pct", horizon)
@@ -199,7 +211,7 @@ def _diesel(obj: Any) -> Optional[Diesel]:
     for k in ("p_min_kw", "p_max_kw", "fuel_l_per_kwh", "fuel_l_per_h_on", "fuel_price_per_l",
               "co2_kg_per_l", "start_cost"):
         _require(vals[k] >= 0, f"diesel.{k}", "a value >= 0", vals[k])
-    _require(vals["p_max_kw"] > 0, "diesel.p_max_kw", "a value > 0", vals["p_max_kw"])
+    _require(vals["p_max_kw"] >= MIN_DIVISOR, "diesel.p_max_kw", f"a value >= {MIN_DIVISOR:g}", vals["p_max_kw"])
     _require(vals["p_min_kw"] <= vals["p_max_kw"], "diesel.p_min_kw",
              f"p_min_kw <= p_max_kw ({vals['p_max_kw']})", vals["p_min_kw"])
     return Diesel(on0=bool(on0), **vals)
@@ -220,7 +232,8 @@ def instance_from_dict(obj: Any) -> PlanInstance:
         if bad.size:
             raise InstanceError(f"{k}[{bad[0]}]: expected a value >= 0, got {arrays[k][bad[0]]!r}")
     scalars = {k: _number(obj[k], k) for k in _TOP_SCALARS}
-    _require(scalars["dt_h"] > 0, "dt_h", "a step length > 0 hours", scalars["dt_h"])
+    _require(MIN_DIVISOR <= scalars["dt_h"] <= MAX_DT_H, "dt_h", f"a step length in [{MIN_DIVISOR:g}, {MAX_DT_H:g}] "
+             "hours", scalars["dt_h"])
     for k in ("export_max_kw", "peak_price_per_kw", "unserved_penalty_per_kwh",
               "soc_shortfall_penalty_per_kwh"):
         _require(scalars[k] >= 0, k, "a value >= 0", scalars[k])
