@@ -5,7 +5,15 @@ do no I/O, so what goes on the wire for a command can be checked without a devic
 """
 from __future__ import annotations
 
+import math
+
 from drivers.modbus.decode import encode_raw, unscaled
+
+
+def _finite(value: float, what: str) -> None:
+    """A NaN or infinite command has no register image: min/max would clamp NaN to a full +100 %."""
+    if not math.isfinite(value):
+        raise ValueError(f"{what}: {value!r} is not a setpoint")
 
 
 def ones_complement(word: int) -> int:
@@ -18,6 +26,7 @@ def deepsea_key_writes(params: dict, value: float) -> list[tuple[int, list[int]]
     GenComm ignores a key without the matching complement in the next register, which is what makes a
     stray write unable to start an engine. ``run`` >= 0.5 sends ``on_keys`` in order, else ``off_keys``.
     """
+    _finite(value, "run")
     keys = params["on_keys"] if value >= 0.5 else params["off_keys"]
     return [(params["key_register"], [k & 0xFFFF, ones_complement(k)]) for k in keys]
 
@@ -36,7 +45,8 @@ def sunspec_storage_writes(params: dict, value_kw: float, model_start: int, max_
     Positive ``value_kw`` discharges (generator convention). Setting both rates with opposite signs
     forces the power rather than only capping it (the approach of Fronius' and SMA's SunSpec notes).
     """
-    if max_kw <= 0:
+    _finite(value_kw, "setpoint_kw")
+    if not max_kw > 0 or not math.isfinite(max_kw):
         raise ValueError("WChaMax unknown or zero: cannot express a setpoint as a percentage")
     pct = max(-100.0, min(100.0, value_kw / max_kw * 100.0))
     raw = max(-32767, min(32767, int(round(pct / 10.0 ** rate_sf))))
@@ -53,7 +63,8 @@ def sunspec_wmaxlim_writes(params: dict, value_kw: float, model_start: int, wmax
     One FC16 write of offsets 3..7 (WMaxLimPct, WMaxLimPct_WinTms, _RvrtTms, _RmpTms = 0: at once, no
     revert, no ramp; WMaxLim_Ena = 1), so the inverter never sees a new percentage without the enable.
     """
-    if wmax_kw <= 0:
+    _finite(value_kw, "limit_kw")
+    if not wmax_kw > 0 or not math.isfinite(wmax_kw):
         raise ValueError("WMax unknown or zero: cannot express a PV limit as a percentage")
     pct = max(0.0, min(100.0, value_kw / wmax_kw * 100.0))
     raw = max(0, min(65534, int(round(pct / 10.0 ** pct_sf))))

@@ -89,10 +89,13 @@ def scaled(raw, scale: float = 1.0, sf: int | None = None) -> float:
 
 
 def unscaled(value: float, type_name: str, scale: float = 1.0, sf: int | None = None):
-    """Raw register value for an engineering value: the inverse of :func:`scaled`, rounded for ints."""
+    """Raw register value for an engineering value: the inverse of :func:`scaled`, rounded for ints.
+    Raises ValueError for a value no register holds (NaN, infinite: int() of them is no answer)."""
     raw = float(value) / scale
     if sf:
         raw /= 10.0 ** sf
     if type_name == "float32":
         return raw
+    if not math.isfinite(raw):
+        raise ValueError(f"{value!r} cannot be written to a {type_name} register")
     return int(round(raw))

@@ -225,7 +225,9 @@ class ModbusDevice:
         max_point = self._value(spec.params.get("max_point", "wchamax_kw"), now_s=math.inf)
         max_kw = 0.0 if max_point is None or math.isnan(max_point[0]) else max_point[0]
         sf_raw = self._raw.get(sunspec.sf_point_name(model, spec.params.get("rate_sf_offset", 23)))
-        rate_sf = 0 if sf_raw is None or sf_raw[0] is NOT_IMPLEMENTED else int(sf_raw[0])
+        rate_sf = 0 if sf_raw is None or sf_raw[0] is NOT_IMPLEMENTED else sf_raw[0]
+        if not sunspec.sf_ok(rate_sf):
+            raise ValueError(f"InOutWRte_SF {rate_sf} outside {sunspec.SF_MIN}..{sunspec.SF_MAX}")
         return cmd.sunspec_storage_writes(spec.params, value, self.models[model], max_kw, rate_sf)
 
     def _wmaxlim_writes(self, spec, value: float) -> list[tuple[int, list[int]]]:
@@ -236,6 +238,8 @@ class ModbusDevice:
         sf_raw = self._raw.get(sunspec.sf_point_name(model, spec.params.get("pct_sf_offset", 21)))
         if sf_raw is None or not isinstance(sf_raw[0], int):     # never guess a scale factor
             raise ValueError("WMaxLimPct_SF not read yet")
+        if not sunspec.sf_ok(sf_raw[0]):
+            raise ValueError(f"WMaxLimPct_SF {sf_raw[0]} outside {sunspec.SF_MIN}..{sunspec.SF_MAX}")
         wmax_kw = 0.0 if wmax is None or math.isnan(wmax[0]) else wmax[0]
         return cmd.sunspec_wmaxlim_writes(spec.params, value, self.models[model], wmax_kw, int(sf_raw[0]))
 
@@ -261,7 +265,9 @@ class ModbusDevice:
                 sf = self._raw.get(sunspec.sf_point_name(p.model, p.sf_offset))
                 if sf is None or sf[0] is NOT_IMPLEMENTED:
                     return None if sf is not None else (math.nan, now_s, QUALITY_STALE)
-                value *= 10.0 ** int(sf[0])
+                if not sunspec.sf_ok(sf[0]):            # outside -10..10: no value, not an overflow
+                    return math.nan, t, QUALITY_ERROR
+                value *= 10.0 ** sf[0]
             if name in self._failed:
                 quality = QUALITY_ERROR
             else:
@@ -291,7 +297,7 @@ class ModbusDevice:
         elif d.op == "pct_of":
             value = values[0] * values[1] / 100.0
         else:  # bit_set / bit_clear
-            if math.isnan(values[0]):
+            if not math.isfinite(values[0]):           # a float32 word holding inf has no bits to test
                 value = math.nan
             else:
                 bit = (int(values[0]) >> d.bit) & 1

@@ -21,6 +21,9 @@ MODEL_LENGTHS = {1: 66, 101: 50, 102: 50, 103: 50, 120: 26, 121: 30, 122: 44, 12
                  701: 153, 704: 65, 713: 7}
 
 Read = Callable[[int, int, int], list[int]]  # (function, start, count) -> registers
+# Scale factors the SunSpec Information Model defines (sunssf: -10..10). A register outside it is a
+# broken or hostile map, not a value: 10.0 ** 32767 raised OverflowError into the scan cycle.
+SF_MIN, SF_MAX = -10, 10
 
 
 class SunSpecError(IOError):
@@ -78,6 +81,11 @@ def place(points: tuple[PointSpec, ...], models: dict[int, int]) -> tuple[list[P
             elif p.fast and not placed[sf_name].fast:
                 placed[sf_name] = dataclasses.replace(placed[sf_name], fast=True)
     return list(placed.values()), missing
+
+
+def sf_ok(sf) -> bool:
+    """A scale factor a value may be multiplied by (an int in SF_MIN..SF_MAX)."""
+    return isinstance(sf, int) and SF_MIN <= sf <= SF_MAX
 
 
 def sf_point_name(model: int, offset: int) -> str:
