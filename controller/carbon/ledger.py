@@ -350,10 +350,19 @@ _NUMERIC_FIELDS = tuple(tuple(f.split(".")) for f in (
     "renewable_kwh", "diesel_l", "estimated_s", "covered_s"))
 
 
+# No interval of a cabinet comes near 1e9 kWh, kg or litres; a signed value beyond it is a writer's bug or
+# a forgery, and summed by `ledger report` two of 1.7e308 printed Infinity (not JSON).
+MAX_FIELD_ABS = 1e9
+
+
 def _bad_number(value, where: str) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    # an int is compared exactly: math.isfinite of a 400-digit JSON integer raises OverflowError
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            (isinstance(value, float) and not math.isfinite(value)):
         shown = repr(value) if isinstance(value, float) else type(value).__name__
         return f"{where}: expected a finite number, got {shown}"
+    if not -MAX_FIELD_ABS <= value <= MAX_FIELD_ABS:
+        return f"{where}: expected a magnitude of at most {MAX_FIELD_ABS:g}, got {str(value)[:40]}"
     return None
 
 
