@@ -7,6 +7,7 @@ every derating event carries a reason.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,17 +96,23 @@ def _check_file(path, rec, report: LimitReport, stale_run: int, max_violations: 
         if kw > cmd[L.C_DISCHARGE_LIMIT_KW] + TOL_KW or -kw > cmd[L.C_CHARGE_LIMIT_KW] + TOL_KW:
             report.violations.append((cycle, f"battery {kw:.3f} kW outside the limits the step itself reported"))
         if cmd[L.C_CHARGE_LIMIT_KW] < cmax - TOL_KW:
-            report.charge_reasons[L.reason_name(cmd[L.C_CHARGE_REASON])] += 1
+            report.charge_reasons[_reason(cmd[L.C_CHARGE_REASON])] += 1
         if cmd[L.C_DISCHARGE_LIMIT_KW] < dmax - TOL_KW:
-            report.discharge_reasons[L.reason_name(cmd[L.C_DISCHARGE_REASON])] += 1
+            report.discharge_reasons[_reason(cmd[L.C_DISCHARGE_REASON])] += 1
         for code, value in r.events:
-            if int(code) == L.EV_BATTERY_LIMITED:
+            # compared as floats: a record that passes its CRC may still hold NaN or inf (int() raised)
+            if code == L.EV_BATTERY_LIMITED:
                 report.limited_events += 1
-                if int(value) <= L.R_NONE:
+                if not value > L.R_NONE:
                     report.unexplained_events += 1
         if len(report.violations) >= max_violations:
             break
     return stale_run
+
+
+def _reason(code: float) -> str:
+    """The limit reason's name; a code that is no reason (NaN, inf, a fraction) shows as its number."""
+    return L.reason_name(code) if math.isfinite(code) and code == int(code) else repr(float(code))
 
 
 def format_report(rep: LimitReport) -> str:

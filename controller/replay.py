@@ -237,10 +237,10 @@ def _record_from(payload: bytes, index: int, path: Path) -> Record:
 
 
 def iter_records(path: str | Path, info: Recording | None = None) -> Iterator[Record]:
-    """Yield whole records. A bad tail (the last write cut short) stops the iteration with a note in
-    `info.torn_reason`; a bad record with whole flushed records after it stops it with `info.corrupt`
-    (bit rot, tampering: the cycles after it cannot be checked); a record that passes its CRC but has
-    the wrong shape raises RecordingError."""
+    """Yield whole records. A bad tail (the last write cut short, or zeros after it) stops the iteration
+    with a note in `info.torn_reason`; a bad record in a completed (sync-flushed) write stops it with
+    `info.corrupt` (bit rot, tampering: the cycles from it on cannot be checked); a record that passes
+    its CRC but has the wrong shape raises RecordingError."""
     path = Path(path)
     with open(path, "rb") as f:
         header = _read_header(f, path)
@@ -250,16 +250,18 @@ def iter_records(path: str | Path, info: Recording | None = None) -> Iterator[Re
         unzip = zlib.decompressobj(-15)
         buf = bytearray()
         index = 0
-        marked_since_good = 0               # marker-ended pieces fed since the last whole record
+        # A torn tail is the end of the last write: it lacks the sync-flush marker that ends every whole
+        # write, and a valid prefix of deflate data decodes without error (only zeros or garbage after
+        # it, as a power loss leaves, can fail). So a failure is a torn tail only in the final unmarked
+        # piece, after every marked piece ended on a record boundary; a failure in a marked piece is a
+        # completed write that is damaged (a flipped marker merges two records' pieces into one).
+        clean = True                        # every marked piece so far ended on a record boundary
 
-        def fail(reason: str, marked_allowed: int) -> None:
-            """A torn tail only if at most `marked_allowed` flushed pieces were fed since the last whole
-            record (deflate output lags its input: a damaged record may show only in the next piece)
-            and no flushed piece is left unread."""
+        def fail(reason: str, piece_marked: bool) -> None:
             if info is None:
                 return
-            if marked_since_good > marked_allowed or any(marked for _, marked in pieces):
-                info.corrupt = f"{reason}, and whole records follow it: corrupt, not a torn tail"
+            if piece_marked or not clean or any(marked for _, marked in pieces):
+                info.corrupt = f"{reason}, in a completed write: corrupt, not a torn tail"
             else:
                 info.torn_reason = reason
                 info.torn_bytes = len(buf)
@@ -268,10 +270,8 @@ def iter_records(path: str | Path, info: Recording | None = None) -> Iterator[Re
             try:
                 buf += unzip.decompress(piece)
             except zlib.error as exc:
-                marked_since_good += marked
-                fail(f"record {index}: deflate stream corrupt ({exc})", 1)
+                fail(f"record {index}: deflate stream corrupt ({exc})", marked)
                 return
-            marked_since_good += marked
             # a final block where none was written: what follows would be silently skipped
             early_end = unzip.eof and bool(unzip.unused_data or any(True for _ in pieces))
             while len(buf) >= _REC_HEAD.size:
@@ -280,20 +280,21 @@ def iter_records(path: str | Path, info: Recording | None = None) -> Iterator[Re
                     break
                 payload = bytes(buf[_REC_HEAD.size:_REC_HEAD.size + length])
                 if zlib.crc32(payload) != crc:
-                    fail(f"record {index}: CRC mismatch", 1)
+                    fail(f"record {index}: CRC mismatch", marked)
                     return
                 del buf[:_REC_HEAD.size + length]
                 yield _record_from(payload, index, path)
                 index += 1
-                marked_since_good = 0
+            if marked:
+                clean = not buf
             if early_end:
                 if info is not None:
                     info.corrupt = f"record {index}: deflate stream ends early, the bytes after it unread"
                 return
         if buf:
-            # the bytes of a torn last write hold no marker; a marker after the last whole record means
-            # a flushed record that never decoded (its length field damaged): corruption
-            fail(f"torn last record ({len(buf)} bytes)", 0)
+            # the bytes of a torn last write hold no marker; a marked piece that left part of a record
+            # means a flushed record that never decoded (its length field damaged): corruption
+            fail(f"torn last record ({len(buf)} bytes)", False)
 
 
 def open_recording(path: str | Path) -> Recording:
