@@ -240,6 +240,8 @@ def parse_toml(path: Path) -> tuple[dict, str]:
     except tomllib.TOMLDecodeError as exc:
         # The message carries "(at line L, column C)".
         raise ProfileError([Problem(str(path), "(syntax)", f"not valid TOML: {exc}")]) from None
+    except ValueError as exc:       # tomllib's int() of a literal of more than 4300 digits (no line from it)
+        raise ProfileError([Problem(str(path), "(syntax)", f"not valid TOML: {str(exc)[:120]}")]) from None
 
 
 def load_site(name_or_path: str | Path) -> SiteConfig:
@@ -274,9 +276,9 @@ def _cross_checks(cfg: dict, v: Validator) -> None:
         v.problem("battery.cell_v_min", "must be below battery.cell_v_max")
     try:
         ZoneInfo(cfg["site"]["timezone"])
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):   # OSError: "America" is a directory, a name too long
         v.problem("site.timezone", f"expected an IANA time zone like 'Asia/Shanghai', "
-                  f"got {cfg['site']['timezone']!r}")
+                  f"got {cfg['site']['timezone'][:60]!r}")
     gen = cfg.get("genset")
     if gen:
         if gen["p_min_kw"] > gen["rated_kw"]:

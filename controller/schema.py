@@ -33,6 +33,28 @@ class ProfileError(Exception):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+# TOML integers are 64-bit (toml.io); tomllib reads any number of digits, and float() of a 400-digit one
+# raised OverflowError out of the validator (a traceback from `edge-ems check`).
+MAX_INT = 2 ** 63 - 1
+
+
+def _finite_number(v: Any) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return -MAX_INT <= v <= MAX_INT if isinstance(v, int) else math.isfinite(v)
+
+
+def _short(value: Any) -> str:
+    """repr of a value for a message, cut (a 5000-character string is not a message)."""
+    if isinstance(value, int) and not isinstance(value, bool) and not -MAX_INT <= value <= MAX_INT:
+        return f"an integer of {value.bit_length()} bits (TOML integers are 64-bit)"   # str() may refuse it
+    try:
+        text = repr(value)
+    except ValueError:                      # a nested integer of more than 4300 digits
+        text = f"a {_type_name(value)}"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _type_name(value: Any) -> str:
     return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
             dict: "table"}.get(type(value), type(value).__name__)
@@ -74,32 +96,34 @@ class Field:
             kind = "numbers" if isinstance(value, list) else "number"
         if kind == "number":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                return None, f"expected {self.expected()}, got {_type_name(value)} {value!r}"
+                return None, f"expected {self.expected()}, got {_type_name(value)} {_short(value)}"
+            if isinstance(value, int) and not -MAX_INT <= value <= MAX_INT:
+                return None, f"expected {self.expected()}, got {_short(value)}"
             value = float(value)
             if not math.isfinite(value):
-                return None, f"expected a finite number, got {value!r}"
+                return None, f"expected a finite number, got {_short(value)}"
             return self._range(value)
         if kind == "integer":
             if isinstance(value, bool) or not isinstance(value, int):
-                return None, f"expected {self.expected()}, got {_type_name(value)} {value!r}"
+                return None, f"expected {self.expected()}, got {_type_name(value)} {_short(value)}"
+            if not -MAX_INT <= value <= MAX_INT:
+                return None, f"expected {self.expected()}, got {_short(value)}"
             return self._range(value)
         if kind == "string":
             if not isinstance(value, str):
-                return None, f"expected {self.expected()}, got {_type_name(value)} {value!r}"
+                return None, f"expected {self.expected()}, got {_type_name(value)} {_short(value)}"
             if self.choices and value not in self.choices:
-                return None, f"expected {self.expected()}, got {value!r}"
+                return None, f"expected {self.expected()}, got {_short(value)}"
             return value, None
         if kind == "boolean":
             if not isinstance(value, bool):
-                return None, f"expected true or false, got {_type_name(value)} {value!r}"
+                return None, f"expected true or false, got {_type_name(value)} {_short(value)}"
             return value, None
         if kind == "curve":
             ok = (isinstance(value, list) and 2 <= len(value) <= 8 and all(
-                isinstance(p, list) and len(p) == 2 and all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in p)
-                for p in value))
+                isinstance(p, list) and len(p) == 2 and all(_finite_number(v) for v in p) for p in value))
             if not ok:
-                return None, f"expected {self.expected()}, got {value!r}"
+                return None, f"expected {self.expected()}, got {_short(value)}"
             xs = [float(p[0]) for p in value]
             if any(b <= a for a, b in zip(xs, xs[1:])):
                 return None, f"expected x values strictly increasing, got {xs}"
@@ -110,9 +134,8 @@ class Field:
                         return None, "curve y " + err
             return [[float(x), float(y)] for x, y in value], None
         if kind == "numbers":
-            if not isinstance(value, list) or any(
-                    isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
-                return None, f"expected {self.expected()}, got {value!r}"
+            if not isinstance(value, list) or not all(_finite_number(v) for v in value):
+                return None, f"expected {self.expected()}, got {_short(value)}"
             if self.length and len(value) not in self.length:
                 return None, f"expected {self.expected()}, got {len(value)} values"
             values = [float(v) for v in value]
@@ -125,11 +148,11 @@ class Field:
 
     def _range(self, value):
         if self.min is not None and (value <= self.min if self.min_exclusive else value < self.min):
-            return None, f"expected {self.expected()}, got {value!r}"
+            return None, f"expected {self.expected()}, got {_short(value)}"
         if self.max is not None and value > self.max:
-            return None, f"expected {self.expected()}, got {value!r}"
+            return None, f"expected {self.expected()}, got {_short(value)}"
         if self.choices and value not in self.choices:
-            return None, f"expected {self.expected()}, got {value!r}"
+            return None, f"expected {self.expected()}, got {_short(value)}"
         return value, None
 
 

@@ -67,6 +67,14 @@ def _can_max_v(path: Path) -> float | None:
     return None
 
 
+def _is_file(path: Path) -> bool:
+    """Path.is_file, False for a name no file can have (too long: OSError ENAMETOOLONG; a NUL byte)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def resolve_profile(name: str, role: str, *, can: bool | None = None, required: bool = True) -> ProfileInfo | None:
     """The profile ``name`` for a device of ``role``; ``can``: True a CAN database, False a Modbus map, None
     either. An empty name is None when not ``required`` (a CAN BMS then uses the Pylontech/SMA database)."""
@@ -78,23 +86,25 @@ def resolve_profile(name: str, role: str, *, can: bool | None = None, required: 
     given = Path(name)
     toml = given if given.suffix == ".toml" else PROFILE_DIR / f"{name}.toml"
     dbc = given if given.suffix == ".dbc" else CAN_DIR / f"{name}.dbc"
-    if can is not True and toml.is_file():
+    if can is not True and _is_file(toml):
         try:
             prof = load_profile(toml)
         except ProfileError as exc:
             raise ProfileLookupError(str(exc)) from None
+        except OSError as exc:                         # unreadable (permissions, an I/O error)
+            raise ProfileLookupError(f"{toml}: cannot read: {exc.strerror or exc}") from None
         return ProfileInfo(prof.name, toml, prof.kind, False, _modbus_max_v(prof), prof)
-    if can is not False and dbc.is_file():
+    if can is not False and _is_file(dbc):
         try:
             max_v = _can_max_v(dbc)
         except Exception as exc:                       # cantools raises several parse error types
             raise ProfileLookupError(f"{dbc}: not a usable CAN database: {exc}") from None
         return ProfileInfo(dbc.stem, dbc, "bms", True, max_v)
-    if can is True and toml.is_file():
+    if can is True and _is_file(toml):
         raise ProfileLookupError(f"{name} is a Modbus register map; a device on a CAN bus needs a CAN "
                                  f"database (profiles/can/*.dbc)")
-    if can is False and dbc.is_file():
+    if can is False and _is_file(dbc):
         raise ProfileLookupError(f"{name} is a CAN database; a device on a Modbus bus needs a register map "
                                  f"(profiles/devices/*.toml)")
     where = str(given) if given.suffix in (".toml", ".dbc") else f"{toml} or {dbc}"
-    raise ProfileLookupError(f"{name!r}: no such profile file ({where}; known: {_known()})")
+    raise ProfileLookupError(f"{name[:80]!r}: no such profile file ({where[:200]}; known: {_known()})")

@@ -6,6 +6,7 @@ the key, at load time, never a surprise on the wire.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,18 @@ PROFILE_DIR = Path(__file__).resolve().parents[2] / "profiles" / "devices"
 READ_FUNCTIONS = (3, 4)
 DERIVED_OPS = ("mean", "sum", "nonzero", "bit_set", "bit_clear", "pct_of")
 COMMAND_HANDLERS = ("register", "deepsea_key", "sunspec_storage", "sunspec_wmaxlim")
+MAX_INT = 2 ** 63 - 1
+# Command parameters by handler: (type, lo, hi) of each; what the handler reads at write time (a string
+# register raised TypeError out of actuate, past the field-fault handling).
+_WORD = (int, 0, 0xFFFF)
+_COMMAND_PARAMS = {
+    "register": {"register": _WORD, "type": (str, None, None), "scale": ((int, float), -1e12, 1e12)},
+    "deepsea_key": {"key_register": _WORD, "on_keys": (list, None, None), "off_keys": (list, None, None)},
+    "sunspec_storage": {"model": _WORD, "mode_value": _WORD, "mode_offset": (int, 0, 1000),
+                        "out_offset": (int, 0, 1000), "rate_sf_offset": (int, 0, 1000), "max_point": (str, None, None)},
+    "sunspec_wmaxlim": {"model": _WORD, "pct_offset": (int, 0, 1000), "pct_sf_offset": (int, 0, 1000),
+                        "max_point": (str, None, None)},
+}
 
 
 class ProfileError(ValueError):
@@ -123,6 +136,16 @@ def profile_path(name_or_path: str | Path) -> Path:
     raise ProfileError(f"{name_or_path}: no such profile (known: {', '.join(known)})")
 
 
+def _short(value) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        return f"an integer of {value.bit_length()} bits"        # str() of a huge int may refuse
+    try:
+        text = repr(value)
+    except ValueError:
+        text = type(value).__name__
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _check_keys(where: str, table: dict, spec: dict, required: tuple[str, ...]) -> None:
     for key, value in table.items():
         if key not in spec:
@@ -131,10 +154,21 @@ def _check_keys(where: str, table: dict, spec: dict, required: tuple[str, ...]) 
         if isinstance(value, bool) and want is not bool:
             raise ProfileError(f"{where}.{key}: expected {want}, got a boolean")
         if not isinstance(value, want):
-            raise ProfileError(f"{where}.{key}: expected {getattr(want, '__name__', want)}, got {value!r}")
+            raise ProfileError(f"{where}.{key}: expected {getattr(want, '__name__', want)}, got {_short(value)}")
+        # a number is a finite one that a float holds (float() of a 400-digit TOML integer overflows)
+        if isinstance(value, int) and not isinstance(value, bool) and not -MAX_INT <= value <= MAX_INT:
+            raise ProfileError(f"{where}.{key}: expected a 64-bit integer, got {_short(value)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ProfileError(f"{where}.{key}: expected a finite number, got {value!r}")
     for key in required:
         if key not in table:
             raise ProfileError(f"{where}.{key}: missing")
+
+
+def _in_range(where: str, table: dict, key: str, lo, hi, default=None) -> None:
+    value = table.get(key, default)
+    if value is not None and not lo <= value <= hi:
+        raise ProfileError(f"{where}.{key}: expected {lo}..{hi}, got {_short(value)}")
 
 
 def _point(where: str, raw: dict, kind: str, device: dict) -> PointSpec:
@@ -157,9 +191,14 @@ def _point(where: str, raw: dict, kind: str, device: dict) -> PointSpec:
         raise ProfileError(f"{where}.register: missing")
     reg = raw.get("register")
     if reg is not None and not 0 <= reg <= 0xFFFF - register_count(raw["type"]) + 1:
-        raise ProfileError(f"{where}.register: {reg} outside 0..65535")
+        raise ProfileError(f"{where}.register: {_short(reg)} outside 0..65535")
     if raw.get("scale", 1.0) == 0:
         raise ProfileError(f"{where}.scale: must not be 0")
+    for key in ("model", "offset", "sf_offset"):
+        _in_range(where, raw, key, 0, 0xFFFF)
+    if register_count(raw["type"]) > device.get("max_registers_per_read", 100):
+        raise ProfileError(f"{where}.type: {raw['type']} needs {register_count(raw['type'])} registers, more than "
+                           f"device.max_registers_per_read")
     return PointSpec(
         name=name, function=raw["function"], type=raw["type"], scale=float(raw.get("scale", 1.0)),
         fast=raw.get("fast", True), register=reg, model=raw.get("model"), offset=raw.get("offset"),
@@ -186,6 +225,22 @@ def _command(where: str, name: str, raw: dict, kind: str) -> CommandSpec:
             if key not in raw:
                 raise ProfileError(f"{where}.{key}: missing")
     params = {k: v for k, v in raw.items() if k != "handler"}
+    spec = _COMMAND_PARAMS[handler]
+    for key, value in params.items():
+        if key not in spec:
+            raise ProfileError(f"{where}.{key}: unknown key for handler {handler} (allowed: {', '.join(sorted(spec))})")
+        want, lo, hi = spec[key]
+        if isinstance(value, bool) or not isinstance(value, want) or (
+                lo is not None and not (isinstance(value, float) and not math.isfinite(value)) and not lo <= value <= hi) \
+                or (isinstance(value, float) and not math.isfinite(value)):
+            shown = getattr(want, "__name__", "a number")
+            raise ProfileError(f"{where}.{key}: expected {shown}" + (f" in {lo:g}..{hi:g}" if lo is not None else "")
+                               + f", got {_short(value)}")
+        if key in ("on_keys", "off_keys") and not (value and all(
+                isinstance(k, int) and not isinstance(k, bool) and 0 <= k <= 0xFFFF for k in value)):
+            raise ProfileError(f"{where}.{key}: expected a non-empty list of 16-bit key codes, got {_short(value)}")
+    if handler == "register" and params.get("scale", 1.0) == 0:
+        raise ProfileError(f"{where}.scale: must not be 0")
     return CommandSpec(name=name, handler=handler, params=params)
 
 
@@ -206,6 +261,13 @@ def parse_profile(data: dict, path: str, name: str) -> DeviceProfile:
             raise ProfileError(f"{path}: device.{key}: expected 'big' or 'little'")
     if not 1 <= device.get("max_registers_per_read", 100) <= 125:
         raise ProfileError(f"{path}: device.max_registers_per_read: must be 1..125 (Modbus limit)")
+    for key, lo, hi in (("max_gap_registers", 0, 125), ("timeout_s", 0.001, 30.0), ("retries", 0, 10),
+                        ("baud", 300, 4_000_000), ("fast_max_age_s", 0.001, 86400.0),
+                        ("slow_max_age_s", 0.001, 86400.0)):
+        _in_range(f"{path}: device", device, key, lo, hi)
+    models = device.get("sunspec_models", [])
+    if not all(isinstance(m, int) and not isinstance(m, bool) and 0 <= m <= 0xFFFF for m in models):
+        raise ProfileError(f"{path}: device.sunspec_models: expected a list of model ids 0..65535, got {_short(models)}")
     if device.get("sentinels", "none") not in ("none", "sunspec"):
         raise ProfileError(f"{path}: device.sentinels: expected 'none' or 'sunspec'")
     if device.get("discovery", "none") not in ("none", "sunspec"):
@@ -229,7 +291,11 @@ def parse_profile(data: dict, path: str, name: str) -> DeviceProfile:
         where = f"{path}: derived[{i}]"
         _check_keys(where, d, _DERIVED_KEYS, ("name", "op", "of"))
         if d["op"] not in DERIVED_OPS:
-            raise ProfileError(f"{where}.op: '{d['op']}' (expected one of {', '.join(DERIVED_OPS)})")
+            raise ProfileError(f"{where}.op: {_short(d['op'])} (expected one of {', '.join(DERIVED_OPS)})")
+        need = 2 if d["op"] == "pct_of" else 1           # a mean of none divides by zero, pct_of reads of[1]
+        if len(d["of"]) < need:
+            raise ProfileError(f"{where}.of: op {d['op']} needs at least {need} point(s), got {len(d['of'])}")
+        _in_range(where, d, "bit", 0, 31)
         if not d.get("extra", False) and d["name"] not in CANONICAL_POINTS[kind]:
             raise ProfileError(f"{where}.name: '{d['name']}' is not a canonical {kind} point")
         if d["name"] in names:
@@ -264,4 +330,6 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
             data = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"{path}: not valid TOML: {exc}") from exc
+    except ValueError as exc:            # tomllib's int() of a literal of more than 4300 digits
+        raise ProfileError(f"{path}: not valid TOML: {str(exc)[:120]}") from None
     return parse_profile(data, str(path), path.stem)
