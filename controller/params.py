@@ -21,10 +21,27 @@ def _put_curve(p: np.ndarray, curve: int, points: list[list[float]]) -> None:
 # every 60 s so the plan in force is never older than that; the genset pattern search is capped so a
 # plan fits a cycle's budget (see tools/bench/mpc.py for its gap at this budget).
 MPC_HORIZON, MPC_DT_H, MPC_REPLAN_S, MPC_GENSET_EVALS = 96, 0.25, 60.0, 100
-MPC_UNSERVED_PENALTY = 50.0      # per kWh not served (site currency): far above any energy price
+MPC_UNSERVED_PENALTY = 50.0      # [control] voll_per_kwh's default: per kWh not served (site currency)
 MPC_RESERVE_PENALTY = 0.03       # per kWh-hour under the reserve SOC: the genset backs the reserve up
 MPC_TERMINAL_FRAC = 1.0          # stored energy at the horizon's end is worth this x mean grid cost x eta
 MPC_OUTAGE_ASSUME_S = 3600.0     # an unannounced outage is assumed to last at least this long
+OBJECTIVE_CODES = {"cost": 0.0, "carbon": 1.0}   # [control] objective (controller/core/mpc/objective.py)
+
+
+def objective_kappa(cfg: SiteConfig) -> float:
+    """kg CO2e per currency unit at which the carbon objective weighs its reliability terms (the value of
+    lost load, the reserve floor, storm watch): the site's grid, whose kWh costs the mean import price of its
+    tariff table and emits its static factor, so each of them keeps, against a kWh of grid, the weight it
+    has in the cost objective. A table whose mean price is not positive falls back to the genset's fuel
+    (kg/L over price/L), then to 1 kg per currency unit. docs/objectives.md."""
+    price = cfg["tariff"]["import_price_per_kwh"]
+    mean_price = float(np.mean(price)) if isinstance(price, list) else float(price)
+    if mean_price > 0.0 and cfg["emissions"]["grid_kg_per_kwh"] > 0.0:
+        return cfg["emissions"]["grid_kg_per_kwh"] / mean_price
+    gen = cfg.get("genset") or {}
+    if gen.get("fuel_price_per_l", 0.0) > 0.0 and cfg["emissions"]["diesel_kg_per_l"] > 0.0:
+        return cfg["emissions"]["diesel_kg_per_l"] / gen["fuel_price_per_l"]
+    return 1.0
 
 
 @lru_cache(maxsize=4096)
@@ -147,11 +164,13 @@ def _put_mpc(p: np.ndarray, cfg: SiteConfig, t_ref_s: float | None) -> None:
     # the site's battery wear alone, as in the oracle (tools/sim/oracle.py): it is what stops arbitrage
     # whose spread does not pay for the losses and the wear (see [battery] wear_cost_per_kwh)
     p[L.P_WEAR_COST] = bat["wear_cost_per_kwh"]
-    p[L.P_UNSERVED_PENALTY] = MPC_UNSERVED_PENALTY
+    p[L.P_UNSERVED_PENALTY] = cfg["control"]["voll_per_kwh"]
     p[L.P_RESERVE_PENALTY] = MPC_RESERVE_PENALTY
     p[L.P_TERMINAL_FRAC] = MPC_TERMINAL_FRAC
     p[L.P_OUTAGE_ASSUME_S] = MPC_OUTAGE_ASSUME_S
     p[L.P_STORM_RESERVE_PCT] = cfg["control"]["storm_reserve_pct"]
+    p[L.P_OBJECTIVE] = OBJECTIVE_CODES[cfg["control"]["objective"]]
+    p[L.P_OBJECTIVE_KAPPA] = objective_kappa(cfg)
     p[L.P_PV_VECTOR:L.P_PV_VECTOR + N_PV_PARAMS] = pv_params(
         site["latitude"], site["longitude"], site["altitude_m"], pv.get("rated_kw", 0.0),
         tilt_deg=pv.get("tilt_deg", 30.0), azimuth_deg=pv.get("azimuth_deg", 180.0))

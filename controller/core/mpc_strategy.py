@@ -40,6 +40,7 @@ from controller.core.layout import (
     P_CAPACITY_KWH, P_CARBON_PRICE, P_CHARGE_MAX_KW, P_DIESEL_CO2_PER_L, P_DISCHARGE_MAX_KW, P_ETA_CHARGE,
     P_ETA_DISCHARGE, P_EXPORT_PRICE, P_FUEL_L_PER_H_ON, P_FUEL_L_PER_KWH, P_FUEL_PRICE, P_GEN_PMIN_KW,
     P_GEN_RATED_KW, P_GEN_START_COST, P_GRID_CO2, P_GRID_IMPORT_MAX_KW, P_GRID_MARGIN_KW, P_HAS_GENSET, P_MPC_DT_H, P_MPC_GENSET_EVALS, P_MPC_HORIZON,
+    P_OBJECTIVE, P_OBJECTIVE_KAPPA,
     P_MPC_REPLAN_S, P_OUTAGE_ASSUME_S, P_PEAK_PRICE, P_PV_RATED_KW, P_PV_VECTOR, P_RESERVE_PENALTY,
     P_SOC_MAX_PCT, P_SOC_MIN_PCT, P_STORM_RESERVE_PCT, P_TARIFF, P_TARIFF_SPOT, P_TERMINAL_FRAC, P_TZ_OFFSET_S,
     P_TZ_TABLE, P_MONTH_TABLE,
@@ -205,6 +206,24 @@ def _market_mean(value, quality, first, bit, a_s, b_s, fallback):
 def build_instance(params, st, t_s, value, quality, soc_pct, load_kw, grid_up, gen_on, gen_ok, export_max_kw,
                    reserve_pct):
     """The planning instance of issue 4 as the kernel's arrays (steps, prm), from forecasts and the image."""
+    steps, prm, _ = build_weighted(params, st, t_s, value, quality, soc_pct, load_kw, grid_up, gen_on, gen_ok,
+                                   export_max_kw, reserve_pct)
+    return steps, prm
+
+
+@njit(cache=True)
+def build_weighted(params, st, t_s, value, quality, soc_pct, load_kw, grid_up, gen_on, gen_ok, export_max_kw,
+                   reserve_pct):
+    """build_instance, and the weight W on kg of the carbon objective (0 in cost mode).
+
+    [control] objective = "carbon" (controller/core/mpc/objective.py, docs/objectives.md): the money tier
+    is this instance with no carbon price and without the demand charge's peak reserve (a money hedge);
+    the carbon tier is grid CO2, diesel CO2, stored energy at the horizon's end at what it will displace in
+    kg (the mean intensity x eta_d, or diesel where the grid is short) and the reliability terms (value of
+    lost load, reserve floor, storm watch) at kappa kg per currency unit; fold_carbon weighs them."""
+    carbon = params[P_OBJECTIVE] > 0.5
+    kappa = params[P_OBJECTIVE_KAPPA]
+    cp = 0.0 if carbon else params[P_CARBON_PRICE]
     H = int(params[P_MPC_HORIZON])
     dt_h = params[P_MPC_DT_H]
     step_s = dt_h * 3600.0
@@ -250,7 +269,7 @@ def build_instance(params, st, t_s, value, quality, soc_pct, load_kw, grid_up, g
     cap_full = max(0.0, params[P_GRID_IMPORT_MAX_KW] - params[P_GRID_MARGIN_KW])
     floor_pct = max(params[P_SOC_MIN_PCT], reserve_pct)
     sf = params[P_RESERVE_PENALTY]
-    if params[P_PEAK_PRICE] > 0.0:
+    if params[P_PEAK_PRICE] > 0.0 and not carbon:
         # A demand charge: keep a peak reserve for the load nobody announced (a training job), weighted
         # so that a kWh held a day is worth a kW of billed peak; real-time shaving above the plan's
         # peak level may still use it (see mpc_setpoints).
@@ -258,11 +277,16 @@ def build_instance(params, st, t_s, value, quality, soc_pct, load_kw, grid_up, g
         sf = max(sf, params[P_PEAK_PRICE] / 24.0)
     cap_kwh = params[P_CAPACITY_KWH]
     # diesel's cost per kWh at rated output (fuel and carbon), for the storm floor and the terminal value
-    per_l = params[P_FUEL_PRICE] + params[P_CARBON_PRICE] * params[P_DIESEL_CO2_PER_L]
+    per_l = params[P_FUEL_PRICE] + cp * params[P_DIESEL_CO2_PER_L]
     diesel_kwh_cost = 0.0
+    diesel_kwh_kg = 0.0
     if params[P_GEN_RATED_KW] > 0.0:
-        diesel_kwh_cost = (params[P_FUEL_L_PER_KWH] + params[P_FUEL_L_PER_H_ON] / params[P_GEN_RATED_KW]) * per_l
+        l_per_kwh = params[P_FUEL_L_PER_KWH] + params[P_FUEL_L_PER_H_ON] / params[P_GEN_RATED_KW]
+        diesel_kwh_cost = l_per_kwh * per_l
+        diesel_kwh_kg = l_per_kwh * params[P_DIESEL_CO2_PER_L]
     mean_cost = 0.0
+    mean_co2 = 0.0
+    max_co2 = 0.0
     for k in range(H):
         a = t_s + k * step_s
         b = a + step_s
@@ -270,20 +294,24 @@ def build_instance(params, st, t_s, value, quality, soc_pct, load_kw, grid_up, g
         up_frac = 1.0 - min(step_s, down) / step_s
         steps[M.S_GMAX, k] = cap_full * up_frac
         steps[M.S_FLOOR, k] = cap_kwh * (floor_pct if up_frac >= 1.0 else params[P_SOC_MIN_PCT]) / 100.0
-        gcost = price[k] + params[P_CARBON_PRICE] * co2[k]
+        gcost = price[k] + cp * co2[k]
         steps[M.S_GCOST, k] = gcost
         steps[M.S_XPRICE, k] = xprice[k]
         mean_cost += gcost / H
+        mean_co2 += co2[k] / H
+        max_co2 = max(max_co2, co2[k])
     # Storm watch (opt-in): a weather warning raises the soft floor around the event's start, and the
     # reserve's weight while the warning stands, so the plan goes into the event charged (with the
     # genset if it must: a warned sandstorm on a weak feeder is when the feeder trips).
     storm = params[P_STORM_RESERVE_PCT]
+    sf_kg = kappa * sf                      # carbon objective: the reserve in kg per kWh-hour short
     if storm > 0.0 and ne > 0 and t_s < ee[0]:
         # per kWh-hour short: over the raised window this outweighs any source, diesel included
         dcost = diesel_kwh_cost
         for k in range(H):
             dcost = max(dcost, steps[M.S_GCOST, k])
         sf = max(sf * STORM_PENALTY_FACTOR, dcost * 3600.0 / STORM_WINDOW_S)
+        sf_kg = max(sf_kg * STORM_PENALTY_FACTOR, max(diesel_kwh_kg, max_co2) * 3600.0 / STORM_WINDOW_S)
         for k in range(H):
             a = t_s + k * step_s
             if _overlap(a, a + step_s, es[0] - STORM_WINDOW_S, es[0] + STORM_WINDOW_S) > 0.0:
@@ -316,8 +344,10 @@ def build_instance(params, st, t_s, value, quality, soc_pct, load_kw, grid_up, g
             n_short += 1
     # Stored energy left at the horizon's end is worth what it will replace: grid energy at its mean
     # cost, or diesel where the grid is short of the load for part of the time (a weak feeder).
+    tv_kg = params[P_TERMINAL_FRAC] * mean_co2 * eta_d
     if gen_ok and params[P_GEN_RATED_KW] > 0.0:
         prm[M.P_TV] = max(prm[M.P_TV], eta_d * diesel_kwh_cost * n_short / H)
+        tv_kg = max(tv_kg, eta_d * diesel_kwh_kg * n_short / H)
     if gen_ok and (short or gen_on):
         prm[M.P_HASD] = 1.0
         prm[M.P_PMIN] = params[P_GEN_PMIN_KW]
@@ -326,7 +356,12 @@ def build_instance(params, st, t_s, value, quality, soc_pct, load_kw, grid_up, g
         prm[M.P_ONCOST] = params[P_FUEL_L_PER_H_ON] * per_l
         prm[M.P_START] = params[P_GEN_START_COST]
         prm[M.P_ON0] = 1.0 if gen_on else 0.0
-    return steps, prm
+    w = 0.0
+    if carbon:
+        w = M.fold_carbon(steps, prm, co2, params[P_FUEL_L_PER_KWH] * params[P_DIESEL_CO2_PER_L],
+                          params[P_FUEL_L_PER_H_ON] * params[P_DIESEL_CO2_PER_L], tv_kg,
+                          kappa * params[P_UNSERVED_PENALTY], sf_kg)
+    return steps, prm, w
 
 
 @njit(cache=True)
@@ -356,9 +391,11 @@ def mpc_plan(params, state, st, t_s, value, quality, soc_pct, load_kw, grid_up, 
     if state[S_PLAN_COUNT] > 0.0 and t_s - state[S_PLAN_T_S] < params[P_MPC_REPLAN_S] \
             and key == state[S_PLAN_KEY] and st[S_PEAK_KW] >= state[S_PEAK_KW]:
         return False
-    steps, prm = build_instance(params, st, t_s, value, quality, soc_pct, load_kw, grid_up, gen_on, gen_ok,
-                                export_max_kw, reserve_pct)
+    steps, prm, w = build_weighted(params, st, t_s, value, quality, soc_pct, load_kw, grid_up, gen_on, gen_ok,
+                                   export_max_kw, reserve_pct)
     out, obj, _ = M.plan_kernel(steps, prm, M.PEAK_EVALS, int(params[P_MPC_GENSET_EVALS]))
+    if w > 0.0:
+        obj /= w                            # the carbon objective in kg: K + C / W
     st[S_PLAN_T_S] = t_s
     st[S_PLAN_KEY] = key
     st[S_PLAN_GRID_KW] = out[0, 0]

@@ -57,11 +57,12 @@ from controller.core.mpc.layout import (  # noqa: F401 (re-exported: the strateg
     P_PMAX, P_QCOST, P_ONCOST, P_START, P_ON0, P_PEAK, P_HASD, P_SOC0, P_PEAK0, N_PRM, S_LOAD, S_PV, S_GCOST,
     S_XPRICE, S_GMAX, S_FLOOR, N_STEPS, MODE_OFF, MODE_ON, MODE_RELAX, SRC_PV, SRC_EXPORT, SRC_GRID,
     SRC_DIESEL, SRC_UNSERVED, N_SRC, MAX_CAND, TINY, INF)
+from controller.core.mpc.objective import OBJECTIVES, OBJ_CARBON, OBJ_COST, fold_carbon  # noqa: F401
 from controller.core.mpc.peak import _max_grid, _peak_for, _peak_search
 from controller.core.plan_instance import PlanArrays, PlanInstance
 
-__all__ = ["PlanResult", "solve", "plan_kernel", "pack_instance", "warm_up",
-           "PEAK_EVALS", "GENSET_EVALS"]
+__all__ = ["PlanResult", "solve", "plan_kernel", "pack_instance", "pack_weighted", "warm_up", "fold_carbon",
+           "PEAK_EVALS", "GENSET_EVALS", "OBJECTIVES", "OBJ_COST", "OBJ_CARBON"]
 
 # Bounded work: evaluations of the backward pass spent on the peak level and on genset patterns.
 PEAK_EVALS = 24
@@ -122,16 +123,34 @@ class PlanResult(PlanArrays):
     gap_bound: float         # (objective - lower_bound) / max(1, |objective|)
     peak_kw: float
     solve_ms: float
+    co2_weight: float = 0.0  # carbon objective: the weight W on kg (objective = W*K + C); 0 in cost mode
 
 
-def pack_instance(inst: PlanInstance):
-    """The kernel's plain arrays: (steps (N_STEPS, H), prm (N_PRM,)), costs folded per kWh."""
+def pack_instance(inst: PlanInstance, objective: str = "cost", kappa: float = 1.0,
+                  terminal_co2_kg_per_kwh: float | None = None):
+    """The kernel's plain arrays: (steps (N_STEPS, H), prm (N_PRM,)), costs folded per kWh (see pack_weighted)."""
+    return pack_weighted(inst, objective, kappa, terminal_co2_kg_per_kwh)[:2]
+
+
+def pack_weighted(inst: PlanInstance, objective: str = "cost", kappa: float = 1.0,
+                  terminal_co2_kg_per_kwh: float | None = None):
+    """The kernel's plain arrays and the weight: (steps (N_STEPS, H), prm (N_PRM,), W).
+
+    objective "cost": the contract's objective (money, carbon at carbon_price_per_kg). "carbon": kg CO2e
+    first, money the tie-breaker (objective.py): the instance's carbon price is ignored, its unserved and
+    shortfall penalties are converted to kg at `kappa` (kg per currency unit) and stored energy at the
+    horizon's end is worth `terminal_co2_kg_per_kwh` (default: the mean grid intensity x eta_discharge)
+    besides its money value. Returns (steps, prm, W): W the weight on kg (0 in cost mode)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective: expected one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    carbon = objective == "carbon"
+    cp = 0.0 if carbon else inst.carbon_price_per_kg
     bat, dsl = inst.battery, inst.diesel
     cap = bat.capacity_kwh
     steps = np.empty((N_STEPS, inst.horizon))
     steps[S_LOAD] = inst.load_kw
     steps[S_PV] = inst.pv_kw
-    steps[S_GCOST] = inst.grid_price + inst.carbon_price_per_kg * inst.grid_co2_kg_per_kwh
+    steps[S_GCOST] = inst.grid_price + cp * inst.grid_co2_kg_per_kwh
     steps[S_XPRICE] = inst.export_price
     steps[S_GMAX] = inst.grid_import_max_kw
     steps[S_FLOOR] = cap * inst.floor_pct() / 100.0
@@ -151,8 +170,9 @@ def pack_instance(inst: PlanInstance):
     prm[P_WEAR] = bat.wear_cost_per_kwh
     prm[P_TV] = bat.terminal_value_per_kwh
     prm[P_PEAK] = inst.peak_price_per_kw
+    q_kg = on_kg = 0.0
     if dsl is not None:
-        per_l = dsl.fuel_price_per_l + inst.carbon_price_per_kg * dsl.co2_kg_per_l
+        per_l = dsl.fuel_price_per_l + cp * dsl.co2_kg_per_l
         prm[P_HASD] = 1.0
         prm[P_PMIN] = dsl.p_min_kw
         prm[P_PMAX] = dsl.p_max_kw
@@ -160,13 +180,23 @@ def pack_instance(inst: PlanInstance):
         prm[P_ONCOST] = dsl.fuel_l_per_h_on * per_l
         prm[P_START] = dsl.start_cost
         prm[P_ON0] = 1.0 if dsl.on0 else 0.0
-    return steps, prm
+        q_kg, on_kg = dsl.fuel_l_per_kwh * dsl.co2_kg_per_l, dsl.fuel_l_per_h_on * dsl.co2_kg_per_l
+    w = 0.0
+    if carbon:
+        co2 = np.ascontiguousarray(inst.grid_co2_kg_per_kwh, dtype=np.float64)
+        tv_kg = (float(np.mean(co2)) * bat.eta_discharge if terminal_co2_kg_per_kwh is None
+                 else float(terminal_co2_kg_per_kwh))
+        w = fold_carbon(steps, prm, co2, q_kg, on_kg, tv_kg, kappa * inst.unserved_penalty_per_kwh,
+                        kappa * inst.soc_shortfall_penalty_per_kwh)
+    return steps, prm, w
 
 
-def solve(inst: PlanInstance) -> PlanResult:
-    """Plan one instance (see the module docstring); deterministic, never infeasible."""
+def solve(inst: PlanInstance, objective: str = "cost", kappa: float = 1.0,
+          terminal_co2_kg_per_kwh: float | None = None) -> PlanResult:
+    """Plan one instance (see the module docstring); deterministic, never infeasible. objective, kappa and
+    terminal_co2_kg_per_kwh: see pack_weighted (the objective reported is the weighted one, W*K + C)."""
     t0 = time.perf_counter()
-    steps, prm = pack_instance(inst)
+    steps, prm, w = pack_weighted(inst, objective, kappa, terminal_co2_kg_per_kwh)
     out, obj, lb = plan_kernel(steps, prm, PEAK_EVALS, GENSET_EVALS)
     solve_ms = (time.perf_counter() - t0) * 1e3
     H = inst.horizon
@@ -176,7 +206,7 @@ def solve(inst: PlanInstance) -> PlanResult:
                       curtail_kw=out[5, :H].copy(), unserved_kw=out[6, :H].copy(),
                       soc_pct=out[7, :].copy(), diesel_on=on, objective=float(obj),
                       lower_bound=float(lb), gap_bound=float((obj - lb) / max(1.0, abs(obj))),
-                      peak_kw=float(np.max(out[0, :H])), solve_ms=solve_ms)
+                      peak_kw=float(np.max(out[0, :H])), solve_ms=solve_ms, co2_weight=float(w))
 
 
 def warm_up() -> None:
