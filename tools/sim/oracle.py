@@ -15,6 +15,11 @@ Two stages:
    surprise; `reserve=True` adds the contract's soft reserve floor), the BMS charge/discharge taper of
    tools/sim/physics.py as linear limits on end-of-step SOC (conservative), and a terminal condition
    soc_end >= soc_start (soft, at the unserved penalty) so the oracle cannot win by emptying the battery.
+   Objective modes (issue 16, the site's `[control] objective` or `edge-ems sim --objective`): "cost" is the
+   above; "carbon" is lexicographic by two solves - first minimise the carbon tier K (kg CO2e: grid import x
+   its intensity + diesel litres x kg/L, with the unserved and terminal penalties at kappa kg per currency
+   unit, controller/params.objective_kappa), then money (the cost objective without carbon price and
+   penalties) subject to K <= K* (1 + 1e-9) - the same tiers as the planner's (controller/core/mpc/objective.py).
 
 2. **Replay through the physics** -- the schedule drives a SimSite (the same Battery/Genset models and
    `balance` rules the rule strategy is scored on) at `sim_step_s` (60 s default, 1 s possible): per
@@ -34,7 +39,9 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, milp
 
+from controller.config import OBJECTIVES
 from controller.core import layout as L
+from controller.params import objective_kappa
 from tools.sim.scenario import Scenario, load_scenario
 from tools.sim.site import SimSite
 
@@ -76,8 +83,11 @@ def build_inputs(scn: Scenario, series, hours: float, step_min: int) -> dict:
 
 def solve_plan(scn: Scenario, inp: dict, genset: str = "mip", reserve: bool = False,
                unserved_penalty_per_kwh: float = 50.0, mip_rel_gap: float = 1e-4,
-               time_limit_s: float = 60.0) -> OraclePlan:
-    """The whole-run MILP (or LP with genset='lp'). Variable blocks of N: g x c d q u l s z [on st], then P, zT."""
+               time_limit_s: float = 60.0, objective: str = "cost") -> OraclePlan:
+    """The whole-run MILP (or LP with genset='lp'). Variable blocks of N: g x c d q u l s z [on st], then P, zT.
+    objective "carbon": two solves, carbon tier then money within K <= K* (1 + 1e-9) (module docstring)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective: expected one of {', '.join(OBJECTIVES)}, got {objective!r}")
     cfg = scn.site
     bat, emis = cfg["battery"], cfg["emissions"]
     gen = cfg.get("genset")
@@ -105,6 +115,13 @@ def solve_plan(scn: Scenario, inp: dict, genset: str = "mip", reserve: bool = Fa
     cost[ix("z")] = dt * unserved_penalty_per_kwh * cap / 100.0   # reserve shortfall (when enabled)
     cost[iP] = cfg["tariff"]["peak_price_per_kw"]
     cost[iZT] = unserved_penalty_per_kwh * cap / 100.0
+    # the carbon tier (objective "carbon"): kg CO2e, the reliability penalties at kappa kg per currency unit
+    kappa = objective_kappa(cfg)
+    kg = np.zeros(nv)
+    kg[ix("g")] = dt * inp["co2"]
+    kg[ix("l")] = dt * kappa * unserved_penalty_per_kwh
+    kg[ix("z")] = dt * kappa * unserved_penalty_per_kwh * cap / 100.0
+    kg[iZT] = kappa * unserved_penalty_per_kwh * cap / 100.0
     lo, hi = np.zeros(nv), np.full(nv, np.inf)
     hi[ix("g")] = inp["import_max_kw"]
     hi[ix("x")] = inp["export_max_kw"]
@@ -120,6 +137,8 @@ def solve_plan(scn: Scenario, inp: dict, genset: str = "mip", reserve: bool = Fa
         cost[ix("q")] = dt * gen["fuel_l_per_kwh"] * per_l
         cost[ix("on")] = dt * gen["fuel_l_per_h_on"] * per_l
         cost[ix("st")] = gen.get("start_cost", 0.0)
+        kg[ix("q")] = dt * gen["fuel_l_per_kwh"] * emis["diesel_kg_per_l"]
+        kg[ix("on")] = dt * gen["fuel_l_per_h_on"] * emis["diesel_kg_per_l"]
         hi[ix("q")] = gen["rated_kw"] * inp["gen_ok"]
         hi[ix("on")] = inp["gen_ok"].astype(float)
         hi[ix("st")] = 1.0
@@ -191,10 +210,32 @@ def solve_plan(scn: Scenario, inp: dict, genset: str = "mip", reserve: bool = Fa
             raise ValueError(f"genset must be 'mip' or 'lp', got {genset!r}")
     A = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(nrow[0], nv))
     t0 = time.perf_counter()
-    res = milp(cost, constraints=LinearConstraint(A, np.concatenate(rlo), np.concatenate(rhi)),
-               bounds=Bounds(lo, hi), integrality=integrality if integrality.any() else None,
-               options={"mip_rel_gap": mip_rel_gap, "time_limit": time_limit_s, "presolve": True})
+    opts = {"mip_rel_gap": mip_rel_gap, "time_limit": time_limit_s, "presolve": True}
+    integ = integrality if integrality.any() else None
+    rlo_all, rhi_all = np.concatenate(rlo), np.concatenate(rhi)
+    k_star = None
+    if objective == "carbon":
+        # phase 1: the carbon tier alone; phase 2: money (no carbon price, no penalties: they are in K)
+        r1 = milp(kg, constraints=LinearConstraint(A, rlo_all, rhi_all), bounds=Bounds(lo, hi), integrality=integ,
+                  options=opts)
+        if r1.x is None:
+            raise RuntimeError(f"oracle (carbon, phase 1): HiGHS found no solution ({r1.message})")
+        k_star = float(kg @ r1.x)
+        money = cost.copy()
+        money[ix("g")] = dt * inp["price"]
+        money[ix("l")] = money[ix("z")] = money[iZT] = 0.0
+        if has_g:
+            money[ix("q")] = dt * gen["fuel_l_per_kwh"] * gen["fuel_price_per_l"]
+            money[ix("on")] = dt * gen["fuel_l_per_h_on"] * gen["fuel_price_per_l"]
+        A = sp.vstack([A, sp.csr_matrix(kg.reshape(1, -1))]).tocsr()
+        rlo_all = np.append(rlo_all, -np.inf)
+        rhi_all = np.append(rhi_all, k_star + 1e-9 * max(1.0, abs(k_star)))
+        cost = money
+    res = milp(cost, constraints=LinearConstraint(A, rlo_all, rhi_all),
+               bounds=Bounds(lo, hi), integrality=integ, options=opts)
     solve_s = time.perf_counter() - t0
+    if res.x is None and k_star is not None:
+        res = r1                    # phase 2 found nothing in its time: the carbon optimum without the tie-break
     if res.x is None:
         raise RuntimeError(f"oracle: HiGHS found no solution ({res.message})")
     xv = res.x[:len(names) * N].reshape(len(names), N)
@@ -209,7 +250,8 @@ def solve_plan(scn: Scenario, inp: dict, genset: str = "mip", reserve: bool = Fa
                       soc_pct=np.concatenate([[soc0], xv[B["s"]]]), diesel_on=on, peak_kw=float(res.x[iP]),
                       objective=float(res.fun), status=int(res.status), message=str(res.message),
                       solve_s=solve_s, mip_gap=float(gap if gap is not None else 0.0), n_vars=nv, n_rows=nrow[0],
-                      genset=genset if has_g else "none")
+                      genset=genset if has_g else "none", objective_mode=objective,
+                      plan_co2_kg=float(kg @ res.x), kappa=kappa)
 
 
 def simulate_plan(scn: Scenario, site: SimSite, plan: OraclePlan, inp: dict, hours: float,
@@ -289,8 +331,11 @@ def energy_closure_kwh(site: SimSite) -> float:
 
 def run_oracle(scn: Scenario | str, hours: float | None = None, seed: int = 1, step_min: int = 15,
                genset: str = "mip", reserve: bool = False, sim_step_s: float = 60.0,
-               unserved_penalty_per_kwh: float = 50.0, return_details: bool = False) -> dict:
+               unserved_penalty_per_kwh: float | None = None, return_details: bool = False,
+               objective: str | None = None) -> dict:
     """Perfect-foresight optimum of a run: plan with the true future, replay it through the physics.
+    objective: "cost" | "carbon" (default the site's [control] objective); unserved_penalty_per_kwh: default
+    the site's [control] voll_per_kwh, as the planner's.
 
     Returns the KPI dict of `runner.kpis_of` (strategy "oracle") plus an "oracle" entry with the plan's
     objective, HiGHS status and time, MIP gap, step and options. With return_details=True returns
@@ -304,10 +349,15 @@ def run_oracle(scn: Scenario | str, hours: float | None = None, seed: int = 1, s
     wall0 = time.perf_counter()
     site = SimSite(scn, hours, seed)
     inp = build_inputs(scn, site.series, hours, step_min)
-    plan = solve_plan(scn, inp, genset=genset, reserve=reserve, unserved_penalty_per_kwh=unserved_penalty_per_kwh)
+    objective = objective or scn.site["control"]["objective"]
+    if unserved_penalty_per_kwh is None:
+        unserved_penalty_per_kwh = scn.site["control"]["voll_per_kwh"]
+    plan = solve_plan(scn, inp, genset=genset, reserve=reserve, unserved_penalty_per_kwh=unserved_penalty_per_kwh,
+                      objective=objective)
     simulate_plan(scn, site, plan, inp, hours, sim_step_s)
     wall_s = time.perf_counter() - wall0
     kpis = _kpis(scn, site, hours, wall_s)
+    kpis["objective"] = objective
     kpis["oracle"] = {
         "objective": round(plan.objective, 3), "status": plan.status, "message": plan.message,
         "solve_s": round(plan.solve_s, 3), "mip_gap": plan.mip_gap, "step_min": step_min, "genset": plan.genset,
@@ -315,6 +365,7 @@ def run_oracle(scn: Scenario | str, hours: float | None = None, seed: int = 1, s
         "plan_soc_end_pct": round(float(plan.soc_pct[-1]), 2),
         "plan_diesel_kwh": round(float(np.sum(plan.diesel_kw) * inp["dt_h"]), 3),
         "plan_unserved_kwh": round(float(np.sum(plan.unserved_kw) * inp["dt_h"]), 3),
+        "objective_mode": objective, "plan_co2_tier_kg": round(plan.plan_co2_kg, 3), "kappa": round(plan.kappa, 6),
         "energy_closure_kwh": round(energy_closure_kwh(site), 6),
     }
     if return_details:
@@ -322,11 +373,12 @@ def run_oracle(scn: Scenario | str, hours: float | None = None, seed: int = 1, s
     return kpis
 
 
-def write_oracle(scn: Scenario | str, hours: float | None, seed: int, out_dir=None) -> dict:
-    """`edge-ems sim --strategy oracle`: run_oracle, then OUT/kpis.json and OUT/minutes.npy like a sim."""
+def write_oracle(scn: Scenario | str, hours: float | None, seed: int, out_dir=None, objective: str | None = None) -> dict:
+    """`edge-ems sim --strategy oracle`: run_oracle, then OUT/kpis.json and OUT/minutes.npy like a sim.
+    objective: "cost" | "carbon" (default the site's [control] objective)."""
     import json
     from pathlib import Path
-    kpis, plan, site, inp = run_oracle(scn, hours, seed, return_details=True)
+    kpis, plan, site, inp = run_oracle(scn, hours, seed, return_details=True, objective=objective)
     kpis = json.loads(json.dumps(kpis, default=float))
     if out_dir is not None:
         out = Path(out_dir)
