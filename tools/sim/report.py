@@ -24,6 +24,12 @@ T_H, SOC, PV, LOAD, GRID, BATT, GEN, UNSERVED, CURTAILED, GRID_CO2, PRICE, PV_AV
 
 EPS_KW = 1e-3
 
+# What "credited" means under the KPI table (the rule of tools/sim/runner.kpis_of, docs/kpis.md).
+CREDIT_NOTE = ("Stored energy left: (stored kWh at the end - at the start) x the discharge efficiency, what the "
+               "battery can still deliver. Credited: emissions and cost less that energy at the run's mean grid "
+               "factor and mean import price, so a run that ends fuller is not penalised for what it bought and "
+               "kept (one that ends emptier is debited the same way).")
+
 # (kpis.json key, label, unit, better: "lower" / "higher" / None)
 KPI_ROWS = (
     ("unserved_kwh", "Unserved energy", "kWh", "lower"),
@@ -34,6 +40,9 @@ KPI_ROWS = (
     ("renewable_share", "Renewable share", "%", "higher"),
     ("co2_kg", "Emissions", "kg CO2e", "lower"),
     ("cost", "Energy cost", "{currency}", "lower"),
+    ("stored_credit_kwh", "Stored energy left", "kWh", "higher"),
+    ("co2_adjusted_kg", "Emissions, credited", "kg CO2e", "lower"),
+    ("cost_adjusted", "Energy cost, credited", "{currency}", "lower"),
     ("soc_min_pct", "SOC min", "%", None),
     ("soc_max_pct", "SOC max", "%", None),
     ("interlock_trips", "Interlock trips", "", "lower"),
@@ -476,6 +485,10 @@ def _summary(kr: dict, kn: dict) -> str:
     s = "".join(parts) + ". "
     s += (f"Renewable share {100 * kr['renewable_share']:.0f} % (no control: {100 * kn['renewable_share']:.0f} %), "
           f"{kr['co2_kg']:.0f} kg CO2e ({kn['co2_kg']:.0f}), cost {kr['cost']:.0f} {cur} ({kn['cost']:.0f})")
+    if "co2_adjusted_kg" in kr and "co2_adjusted_kg" in kn:
+        s += (f"; credited for the energy left in the battery ({kr['stored_credit_kwh']:+.0f} kWh, no control "
+              f"{kn['stored_credit_kwh']:+.0f}) {kr['co2_adjusted_kg']:.0f} kg CO2e ({kn['co2_adjusted_kg']:.0f}) "
+              f"and {kr['cost_adjusted']:.0f} {cur} ({kn['cost_adjusted']:.0f})")
     if kr["diesel_litres"] > kn["diesel_litres"] + 0.05:
         s += f", keeping the load up burnt {kr['diesel_litres'] - kn['diesel_litres']:.0f} L of diesel"
     return s + "."
@@ -531,6 +544,7 @@ site, compared with the same site and weather without control (battery idle, gen
 <p class="lead">{_e(_summary(kr, kn))}</p>
 <h2>Key figures</h2>
 {kpi_table_html(kr, kn)}
+<p class="cap">{_e(CREDIT_NOTE)}</p>
 <h2>Battery state of charge</h2>
 {chart_soc(ctx, ctl, none, name)}
 <p class="cap">{_e(caption)}; without control the battery only discharges until it reaches its floor.</p>
@@ -804,5 +818,6 @@ def print_terminal_report(console, result_ctl, result_none) -> None:
                        style="bold"))
     console.print(Panel(Text(_summary(kr, kn)), border_style="cyan", expand=True))
     console.print(kpi_table(result_ctl, result_none))
+    console.print(Text(CREDIT_NOTE, style="dim"))
     for item in terminal_charts(console, ctx, ctl, none, short_name(kr)):
         console.print(item, overflow="crop", no_wrap=True)

@@ -36,7 +36,13 @@ class SimResult:
 
 
 def kpis_of(site: SimSite, loop: ScanLoop, hours: float, wall_s: float) -> dict:
-    """The KPI set of `DIR/kpis.json`: from the simulator's own meters (the truth), plus loop health."""
+    """The KPI set of `DIR/kpis.json`: from the simulator's own meters (the truth), plus loop health.
+
+    Every run is credited for the energy it leaves in the battery (docs/kpis.md, "stored-energy credit"):
+    the stored kWh at the end minus at the start, x eta_discharge (what it can deliver), valued at the run's
+    mean grid intensity (location-based, the series the meters bill) and mean import price, both plain
+    means over the run's minutes; co2_adjusted_kg = co2_kg - that CO2, cost_adjusted = cost - that cost (a
+    run that ends emptier is debited by the same rule)."""
     m, g = site.meters, site.genset
     cfg = site.scn.site
     litres = g.litres if g else 0.0
@@ -47,9 +53,18 @@ def kpis_of(site: SimSite, loop: ScanLoop, hours: float, wall_s: float) -> dict:
     co2 = m.co2_kg_grid + litres * cfg["emissions"]["diesel_kg_per_l"]
     cost = (m.cost + litres * gen_cfg.get("fuel_price_per_l", 0.0) + (g.starts if g else 0) * gen_cfg.get("start_cost", 0.0)
             + cfg["tariff"]["peak_price_per_kw"] * peak_kw)
+    bat = site.battery
+    soc0 = float(site.scn["init"]["soc_pct"])
+    stored0, stored1 = bat.capacity_kwh * soc0 / 100.0, bat.capacity_kwh * bat.soc_pct / 100.0
+    usable = (stored1 - stored0) * bat.eta_discharge
+    n_min = max(1, min(len(site.series.price_per_kwh), int(round(site.t_s / 60.0))))
+    mean_co2 = float(np.mean(site.series.co2_kg_per_kwh[:n_min]))
+    mean_price = float(np.mean(site.series.price_per_kwh[:n_min]))
+    objective = {0: "cost", 1: "carbon"}.get(int(loop.params[L.P_OBJECTIVE]), "?")
     stats = loop.stats.as_dict()
     return {
         "scenario": site.scn.name, "hours": hours, "strategy": L.STRATEGY_NAMES[int(loop.params[L.P_STRATEGY])],
+        "objective": objective if int(loop.params[L.P_STRATEGY]) == L.STRATEGY_MPC else None,
         "currency": cfg["site"]["currency"],
         "grid_import_kwh": round(m.grid_import_kwh, 3), "grid_export_kwh": round(m.grid_export_kwh, 3),
         "grid_peak_kw": round(peak_kw, 3), "pv_used_kwh": round(m.pv_used_kwh, 3),
@@ -57,6 +72,11 @@ def kpis_of(site: SimSite, loop: ScanLoop, hours: float, wall_s: float) -> dict:
         "diesel_litres": round(litres, 3), "genset_starts": g.starts if g else 0,
         "renewable_share": round(m.pv_used_kwh / supplied, 4) if supplied > 0 else 0.0,
         "co2_kg": round(co2, 3), "cost": round(cost, 2), "unserved_kwh": round(m.unserved_kwh, 3),
+        "stored_start_kwh": round(stored0, 3), "stored_end_kwh": round(stored1, 3),
+        "stored_credit_kwh": round(usable, 3), "credit_grid_kg_per_kwh": round(mean_co2, 5),
+        "credit_price_per_kwh": round(mean_price, 5), "credit_co2_kg": round(usable * mean_co2, 3),
+        "credit_cost": round(usable * mean_price, 2),
+        "co2_adjusted_kg": round(co2 - usable * mean_co2, 3), "cost_adjusted": round(cost - usable * mean_price, 2),
         "load_kwh": round(m.load_kwh, 3), "it_kwh": round(m.it_kwh, 3),
         "battery_charge_kwh": round(m.battery_charge_kwh, 3), "battery_discharge_kwh": round(m.battery_discharge_kwh, 3),
         "soc_start_pct": site.scn["init"]["soc_pct"], "soc_end_pct": round(site.battery.soc_pct, 2),
