@@ -141,6 +141,8 @@ def cmd_sim(args) -> int:
     from tools.sim.scenario import load_scenario
     from tools.sim.runner import run_sim
     scn = load_scenario(args.scenario)
+    if args.objective:                              # --objective overrides the profile's [control] objective
+        scn.site["control"]["objective"] = args.objective
     if args.strategy == "oracle":                   # perfect foresight: one MILP over the run (tools/sim/oracle.py)
         from tools.sim.oracle import write_oracle
         print(json.dumps(write_oracle(scn, args.hours, args.seed, args.out), indent=2))
@@ -290,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--strategy", choices=("rule", "none", "mpc", "oracle"), default="rule",
                    help="oracle: the perfect-foresight optimum of the run (no controller, a benchmark)")
+    p.add_argument("--objective", choices=("cost", "carbon"), default=None,
+                   help="override [control] objective for mpc and oracle: cost, or carbon (kg CO2e first, "
+                        "cost the tie-breaker; docs/objectives.md)")
     p.add_argument("--speed", type=float, default=0.0, help="times real time (0: as fast as possible)")
     p.add_argument("--out", default=None, help="writes OUT/kpis.json, OUT/recording, OUT/events.jsonl")
     p.add_argument("--wire", action="store_true",
