@@ -68,9 +68,14 @@ def interval_to_dict(iv: Interval) -> dict:
     return dataclasses.asdict(iv)
 
 
+_LATER_FIELDS = frozenset(("jobs_basis_s", "jobs_deferred_s"))   # absent from a checkpoint of an older release
+
+
 def interval_from_dict(d: dict) -> Interval:
     """Strict: exactly the Interval's fields, numbers where numbers belong (ValueError otherwise)."""
     names = {f.name for f in dataclasses.fields(Interval)}
+    if isinstance(d, dict) and set(d) == names - _LATER_FIELDS:
+        d = {**d, **{k: {} for k in _LATER_FIELDS}}      # written before the per-job basis existed
     if not isinstance(d, dict) or set(d) != names:
         raise ValueError("checkpoint fields differ from Interval's")
     iv = Interval(**d)
@@ -78,7 +83,11 @@ def interval_from_dict(d: dict) -> Interval:
     ok = (isinstance(iv.t_start, num) and isinstance(iv.covered_s, num) and 0.0 <= iv.covered_s <= INTERVAL_S + 1e-6
           and isinstance(iv.e, dict) and all(isinstance(x, num) for x in iv.e.values())
           and len(iv.alloc) == 4 and all(len(r) == 3 and all(isinstance(x, num) for x in r) for r in iv.alloc)
-          and len(iv.grid_kg_loc) == 3 and isinstance(iv.jobs_it_kwh, dict))
+          and len(iv.grid_kg_loc) == 3 and isinstance(iv.jobs_it_kwh, dict)
+          and isinstance(iv.jobs_basis_s, dict) and isinstance(iv.jobs_deferred_s, dict)
+          and all(isinstance(b, list) and len(b) == 2 and all(isinstance(x, num) for x in b)
+                  for b in iv.jobs_basis_s.values())
+          and all(isinstance(x, num) for x in iv.jobs_deferred_s.values()))
     if not ok:
         raise ValueError("checkpoint values malformed")
     iv.t_start = float(iv.t_start)

@@ -25,6 +25,13 @@ Emissions per interval:
 Attribution to sinks (for CUE, per-job figures): PV 0; grid and diesel at their interval intensity;
 battery discharge at the pool's intensity.
 
+Per job (the job book's `power_at`, controller/compute/jobs.py): IT kWh from the job's kW over each span
+(never more than the IT meter's reading in total), and the interval's loads, emissions and renewable kWh
+in proportion to the job's share of IT energy. Each job's entry states its basis: the seconds its figure
+came from measured per-job power (compute/power `jobs`, e.g. Kepler through the bridge) and from the
+announcement (compute/job kW, the fallback when no fresh measurement exists): `basis` is "measured",
+"announced" or "mixed"; `deferred_s` the seconds the cabinet held it deferred (the hours it was moved).
+
 The battery carbon pool, settled once per interval (so a hand check is possible): discharges in the
 interval draw (AC kWh / eta_discharge) stored kWh at the pool's intensity at the interval's start;
 the interval's charges then join the pool (AC kWh x eta_charge stored) with their emissions and clean
@@ -43,6 +50,7 @@ import math
 from dataclasses import dataclass, field
 
 from controller.carbon.contracts import settle_market, validate_carbon
+from controller.compute.jobs import MEASURED
 from controller.points import INDEX, Q_OK
 from drivers.isotime import utc_iso as iso
 
@@ -139,6 +147,8 @@ class Interval:
     soc_start: float | None = None
     soc_end: float | None = None
     jobs_it_kwh: dict = field(default_factory=dict)
+    jobs_basis_s: dict = field(default_factory=dict)     # job -> [measured s, announced s] with kWh attributed
+    jobs_deferred_s: dict = field(default_factory=dict)  # job -> s held deferred by the cabinet
     first_t: float | None = None
     last_t: float | None = None
 
@@ -208,11 +218,21 @@ class Interval:
             self.soc_end = v[_SOC]
         if jobs_kw:
             left = it
+            basis = getattr(jobs_kw, "basis", None)      # a JobPower says what each figure rests on
             for job, kw in jobs_kw.items():
                 kw = min(kw, left)
                 if kw > 0.0:
                     self.jobs_it_kwh[job] = self.jobs_it_kwh.get(job, 0.0) + kw * h
                     left -= kw
+                    if basis is not None and job in basis:
+                        b = self.jobs_basis_s.get(job)
+                        if b is None:
+                            b = self.jobs_basis_s[job] = [0.0, 0.0]
+                        b[0 if basis[job] == MEASURED else 1] += dt_s
+        deferred = getattr(jobs_kw, "deferred", None)
+        if deferred:
+            for job in deferred:
+                self.jobs_deferred_s[job] = self.jobs_deferred_s.get(job, 0.0) + dt_s
         self.covered_s += dt_s
         if self.first_t is None:
             self.first_t = t0
@@ -306,10 +326,17 @@ def settle(iv: Interval, pool: Pool, k: Constants, remaining: dict[str, float], 
     e_dc = loads + model_loss + max(0.0, fuel_kwh - e["diesel"])
     it = e["it"]
     jobs = {}
-    for job, job_it in sorted(iv.jobs_it_kwh.items()):
+    for job in sorted(set(iv.jobs_it_kwh) | set(iv.jobs_deferred_s)):
+        job_it = iv.jobs_it_kwh.get(job, 0.0)
         share = job_it / it if it > 1e-9 else 0.0
-        jobs[job] = {"it_kwh": _r(job_it), "kwh": _r(loads * share), "kg_location": _r(by_sink_loc[0] * share),
-                     "kg_market": _r(by_sink_mkt[0] * share)}
+        d = jobs[job] = {"it_kwh": _r(job_it), "kwh": _r(loads * share), "kg_location": _r(by_sink_loc[0] * share),
+                         "kg_market": _r(by_sink_mkt[0] * share), "renewable_kwh": _r(ren_loads * share)}
+        if job in iv.jobs_basis_s:
+            measured_s, announced_s = iv.jobs_basis_s[job]
+            d["basis"] = "mixed" if measured_s > 0 and announced_s > 0 else "measured" if measured_s > 0 else "announced"
+            d["measured_s"], d["announced_s"] = _r(measured_s, 3), _r(announced_s, 3)
+        if iv.jobs_deferred_s.get(job):
+            d["deferred_s"] = _r(iv.jobs_deferred_s[job], 3)
     scope1 = diesel_kg
     scope2_loc = grid_kg_loc
     return {

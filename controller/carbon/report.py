@@ -31,7 +31,9 @@ NOTES = [
     "Market-based figures are only as good as the contracts entered in the profile; registry cancellation "
     "of certificates (GEC / I-REC / GO) happens outside the cabinet and must be checked against the registry.",
     "IT energy is what the compute platform reports (node / PDU telemetry); per-job figures attribute the node's "
-    "energy and emissions by the jobs' share of IT power, not by measured per-job meters.",
+    "energy and emissions by the jobs' share of IT energy, that share from measured per-job power (Kepler / DCGM "
+    "through the bridge) where it was fresh, else from the job's announced kW: each job's basis says which "
+    "(measured_h / announced_h). Kepler's per-job figure is a model of RAPL and GPU counters, not a meter.",
     "Diesel litres come from the profile's fuel curve, not a flow meter; a tank-dip reconciliation is needed "
     "for audit-grade Scope 1.",
     "Life-cycle (embodied) emissions of PV, battery and IT hardware and Scope 3 are not included; on-site PV "
@@ -132,15 +134,46 @@ def _add_interval(p, t_from, t_to, total, months, years, jobs) -> None:
     staged.add(p)
     rows = {}
     for job, d in p["jobs"].items():
-        rows[job] = (str(d.get("label", "")), {k: float(d[k]) for k in ("it_kwh", "kwh", "kg_location", "kg_market")})
+        vals = {k: float(d[k]) for k in ("it_kwh", "kwh", "kg_location", "kg_market")}
+        for k in ("measured_s", "announced_s", "deferred_s", "renewable_kwh"):
+            vals[k] = _job_num(d, k, job)
+        rows[job] = (str(d.get("label", "")), vals, "renewable_kwh" in d)
     for acc in (total, months[p["t_start"][:7]], years[p["t_start"][:4]]):
         acc.add(p)
-    for job, (label, vals) in rows.items():
-        j = jobs.setdefault(job, {"label": label, "it_kwh": 0.0, "kwh": 0.0,
-                                  "kg_location": 0.0, "kg_market": 0.0, "intervals": 0})
+    for job, (label, vals, has_renewable) in rows.items():
+        j = jobs.setdefault(job, {"label": label, **dict.fromkeys(JOB_SUMS, 0.0), "intervals": 0,
+                                  "renewable_known": True})
         for k, v in vals.items():
             j[k] += v
+        j["renewable_known"] = j["renewable_known"] and (has_renewable or vals["kwh"] == 0.0)
         j["intervals"] += 1
+
+
+JOB_SUMS = ("it_kwh", "kwh", "kg_location", "kg_market", "renewable_kwh", "measured_s", "announced_s", "deferred_s")
+
+
+def _job_num(d: dict, key: str, job: str) -> float:
+    """A per-job figure added since the first ledgers (0 when absent); anything but a finite number is a
+    bad record, named."""
+    x = d.get(key, 0.0)
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        raise ValueError(f"jobs.{job}.{key}: expected a finite number, got {type(x).__name__}")
+    return float(x)
+
+
+def _job_row(j: dict) -> dict:
+    """A job's summed line: kWh, kg, renewable share, the basis of its figures and the hours it was moved."""
+    m, a = j.pop("measured_s"), j.pop("announced_s")
+    known = j.pop("renewable_known")
+    out = {"label": j["label"], "intervals": j["intervals"]}
+    for k in ("it_kwh", "kwh", "kg_location", "kg_market"):
+        out[k] = round(j[k], 3)
+    out["renewable_kwh"] = round(j["renewable_kwh"], 3) if known else None
+    out["renewable_share"] = round(j["renewable_kwh"] / j["kwh"], 4) if known and j["kwh"] > 1e-9 else None
+    out["basis"] = ("mixed" if m > 0 and a > 0 else "measured" if m > 0 else "announced" if a > 0 else "unstated")
+    out["measured_h"], out["announced_h"] = round(m / 3600.0, 3), round(a / 3600.0, 3)
+    out["moved_h"] = round(j["deferred_s"] / 3600.0, 3)
+    return out
 
 
 def build_report(payloads: list[dict], t_from: float | None = None, t_to: float | None = None,
@@ -164,17 +197,24 @@ def build_report(payloads: list[dict], t_from: float | None = None, t_to: float 
         if bad:
             raise ValueError(f"record n={p.get('n')!r}: {bad} (nothing reported)")
     tot = total.result()
+    rest = None
     if jobs:      # the IT energy no job claimed (inference baseline, idle), so the job rows add up to the total
         rest = {"label": "IT not attributed to an announced or measured job", "intervals": total.intervals,
                 "it_kwh": tot["energy_kwh"]["it"], "kwh": tot["energy_kwh"]["loads"],
-                "kg_location": total.c["loads_location"], "kg_market": total.c["loads_market"]}
+                "kg_location": total.c["loads_location"], "kg_market": total.c["loads_market"],
+                "renewable_kwh": total.e["renewable"]}
+        known = all(j["renewable_known"] for j in jobs.values())
         for j in jobs.values():
-            for k in ("it_kwh", "kwh", "kg_location", "kg_market"):
+            for k in ("it_kwh", "kwh", "kg_location", "kg_market", "renewable_kwh"):
                 rest[k] -= j[k]
-        jobs["(unattributed)"] = rest
-    for j in jobs.values():
         for k in ("it_kwh", "kwh", "kg_location", "kg_market"):
-            j[k] = round(j[k], 3)
+            rest[k] = round(rest[k], 3)
+        rest["renewable_share"] = (round(rest["renewable_kwh"] / rest["kwh"], 4)
+                                   if known and rest["kwh"] > 1e-9 else None)
+        rest["renewable_kwh"] = round(rest["renewable_kwh"], 3) if known else None
+    jobs = {job: _job_row(j) for job, j in jobs.items()}
+    if rest is not None:
+        jobs["(unattributed)"] = rest
     return {
         "ledger": {"site": genesis.get("site"), "gateway": genesis.get("gateway_id"),
                    "key_fingerprint": genesis.get("key_fingerprint"), **(verified or {})},
@@ -197,6 +237,10 @@ CSV_COLUMNS = ("period", "from", "to", "intervals", "total_energy_kwh", "it_ener
                "curtailment_kwh", "loads_kwh")
 
 
+JOB_COLUMNS = ("job", "label", "it_kwh", "kwh", "kg_location", "kg_market", "renewable_kwh", "renewable_share",
+               "basis", "measured_h", "announced_h", "moved_h", "intervals")
+
+
 def to_csv(report: dict) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -213,9 +257,9 @@ def to_csv(report: dict) -> str:
                     e["curtailment"], e["loads"]])
     if report["jobs"]:
         w.writerow([])
-        w.writerow(("job", "label", "it_kwh", "kwh", "kg_location", "kg_market", "intervals"))
+        w.writerow(JOB_COLUMNS)
         for job, j in report["jobs"].items():
-            w.writerow((job, j["label"], j["it_kwh"], j["kwh"], j["kg_location"], j["kg_market"], j["intervals"]))
+            w.writerow((job, *(j.get(k, "") for k in JOB_COLUMNS[1:])))
     return buf.getvalue()
 
 

@@ -1,16 +1,37 @@
 """The job book: what the compute platform announced and measured, per job, over time.
 
-Three users read it: the carbon ledger (`power_at`: IT kW per job for the per-job attribution), the
+Three users read it: the carbon ledger (`power_at`: IT kW per job for the per-job attribution, with the
+basis of each figure and the jobs deferred at that moment), the
 load forecast (`forecast_arrays`: the announced jobs in the layout controller/core/forecast.py's
 `load_forecast` takes), and the defer/resume policy (controller/compute/headroom.py). Measured per-job
 power (compute/power `jobs`) overrides the announcement while it is fresh (`max_age_s`), because the
-announcement is the platform's estimate and the exporter's reading is what the node drew.
+announcement is the platform's estimate and the exporter's reading is what the node drew. A job that a
+power sample leaves out after earlier samples measured it drew nothing at that sample (it ended, or it is
+held): a bridge publishes a sample only when all its queries answered (docs/bridge.md), so absence there is
+a reading of zero, not a gap.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from drivers.compute import MAX_JOBS, ITPower, JobAnnouncement, prune_jobs
+
+
+MEASURED, ANNOUNCED = "measured", "announced"
+
+
+class JobPower(dict):
+    """`JobBook.power_at`'s answer: {job: IT kW} (a plain dict to every reader) that also says, per job,
+    what the figure rests on (`basis[job]`: "measured" - the platform's per-job power, e.g. Kepler through
+    the bridge - or "announced" - the compute/job estimate), and which jobs the cabinet holds deferred at
+    that moment (`deferred`), so the ledger can state both per job and interval."""
+
+    __slots__ = ("basis", "deferred")
+
+    def __init__(self):
+        super().__init__()
+        self.basis: dict[str, str] = {}
+        self.deferred: frozenset = frozenset()
 
 
 def _as_job(j) -> JobAnnouncement:
@@ -52,9 +73,11 @@ class JobBook:
                 old.duration_s = max(0.0, min(old.duration_s, job.start_s + job.duration_s - old.start_s))
             self.deferred.pop(job.id, None)
             return
-        if job.state == "running" and job.id in self.deferred:
-            # the platform started it (its own guard released it at its latest start, or an operator did):
-            # what runs is what the plan follows and the ledger counts, whatever the cabinet asked
+        if job.state == "running" and job.id in self.deferred and (old is None or job.start_s > old.start_s + 1.0):
+            # the platform (re)started it (its own guard released it at its latest start, or an operator did):
+            # what runs is what the plan follows and the ledger counts, whatever the cabinet asked. A
+            # running announcement with the start it had when it was deferred is the bridge's periodic
+            # repeat for a suspended job (announced "running", docs/bridge.md): it stays deferred.
             self.deferred.pop(job.id)
             self.deferred_at.pop(job.id, None)
         self.jobs[job.id] = job
@@ -72,6 +95,14 @@ class JobBook:
 
     def measure_power(self, p: ITPower) -> None:
         self.last_power = p
+        for job, (kw, ts) in list(self.measured.items()):
+            if job in p.jobs or ts > p.t_s:
+                continue
+            j = self.jobs.get(job)
+            if kw == 0.0 and (j is None or j.state in ("done", "cancelled")):
+                del self.measured[job]                      # nothing left to say about it
+            else:
+                self.measured[job] = (0.0, float(p.t_s))    # measured before, left out now: drew nothing
         for job, kw in p.jobs.items():
             self.measure(job, kw, p.t_s)
 
@@ -79,11 +110,22 @@ class JobBook:
     def active(self, j: JobAnnouncement, t_s: float) -> bool:
         return j.state not in ("done", "cancelled") and j.id not in self.deferred and j.start_s <= t_s < j.end_s
 
-    def power_at(self, t_s: float) -> dict[str, float]:
-        out = {j.id: j.kw for j in self.jobs.values() if self.active(j, t_s)}
-        for job, (kw, ts) in self.measured.items():
-            if 0.0 <= t_s - ts <= self.max_age_s and job not in self.deferred:
+    def power_at(self, t_s: float) -> JobPower:
+        """IT kW per job at t_s (a JobPower: with each figure's basis and the deferred jobs). A fresh
+        measurement wins over the announcement, also for a job the cabinet deferred (the platform may have
+        refused or released it: the reading is what the node drew); a measured zero is left out."""
+        out = JobPower()
+        fresh = {job: kw for job, (kw, ts) in self.measured.items() if 0.0 <= t_s - ts <= self.max_age_s}
+        for j in self.jobs.values():
+            if j.id not in fresh and self.active(j, t_s):
+                out[j.id] = j.kw
+                out.basis[j.id] = ANNOUNCED
+        for job, kw in fresh.items():
+            if kw > 0.0:
                 out[job] = kw
+                out.basis[job] = MEASURED
+        if self.deferred:
+            out.deferred = frozenset(j for j in self.deferred if j not in out)
         return out
 
     def forecast_arrays(self, t_s: float):
