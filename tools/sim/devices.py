@@ -146,7 +146,8 @@ class SimCompute(SimDevice):
             t0 = self.site.scn.start.timestamp()
             job_kw, job_start = ev["kw"], t0 + start_h * 3600.0
             job_end = job_start + ev["duration_min"] * 60.0
-        return (("it_kw", s.at("it_kw", t)), ("cooling_kw", s.at("cooling_kw", t)), ("aux_kw", s.at("aux_kw", t)),
+        it_kw, cooling_kw = self.site.it_cooling_kw(t)      # the compute platform's jobs as they run
+        return (("it_kw", it_kw), ("cooling_kw", cooling_kw), ("aux_kw", s.at("aux_kw", t)),
                 ("job_kw", job_kw), ("job_start_s", job_start), ("job_end_s", job_end))
 
 

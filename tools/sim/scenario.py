@@ -70,6 +70,15 @@ SCENARIO_SCHEMA = Table({
         "fuel_pct": F("number", default=80.0, min=0, max=100),
         "fuel_tank_l": F("number", default=1000.0, min=0, min_exclusive=True),
     }),
+    # the simulated compute platform (tools/sim/compute_platform.py): which jobs may wait for the sun, and
+    # how it behaves; the defaults (no deferrable job) leave a run as it was before the platform existed
+    "compute": Table({
+        "deferrable_share": F("number", default=0.0, min=0, max=1),   # of the training batches, evenly spread
+        "deadline_slack_h": F("number", default=12.0, min=0, max=168),  # deadline = natural end + this
+        "flex": F("boolean", default=True),           # false: every job announced not deferrable (baseline)
+        "power_period_s": F("number", default=15.0, min=0, max=600),   # per-job power to the gateway; 0: none
+        "guard_s": F("number", default=60.0, min=0, max=3600),         # release before the latest start
+    }),
     "events": ArrayOf(Table({
         "kind": F("string", required=True, choices=EVENT_KINDS),
         "at_h": F("number", required=True, min=0),
@@ -83,6 +92,10 @@ SCENARIO_SCHEMA = Table({
         # sandstorm warning, the utility's maintenance notice); 0: unannounced
         "warn_min": F("number", default=0.0, min=0),
         "note": F("string", default=""),
+        # job_announce: the platform may hold it (compute/job deferrable) until its latest end deadline_h
+        # (hours from the start; -1: its natural end + compute.deadline_slack_h)
+        "deferrable": F("boolean", default=False),
+        "deadline_h": F("number", default=-1.0, min=-1),
     })),
 })
 
@@ -133,6 +146,12 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
                 validator.problem(f"events[{i}].fraction", "pv_derate needs fraction > 0 (share of PV lost)")
             if ev["kind"] == "job_announce" and (ev["kw"] <= 0 or ev["start_h"] < ev["at_h"]):
                 validator.problem(f"events[{i}]", "job_announce needs kw > 0 and start_h >= at_h")
+            if ev["deferrable"] and ev["kind"] != "job_announce":
+                validator.problem(f"events[{i}].deferrable", "only a job_announce event can be deferrable")
+            if ev["deadline_h"] >= 0 and (ev["kind"] != "job_announce"
+                                          or ev["deadline_h"] < ev["start_h"] + ev["duration_min"] / 60.0):
+                validator.problem(f"events[{i}].deadline_h", "a job_announce's latest end: at least start_h + "
+                                  "duration_min / 60")
     if validator.problems:
         raise ProfileError(validator.problems)
     site_ref = data["scenario"]["site"]

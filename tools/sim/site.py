@@ -41,7 +41,19 @@ class SimSite:
         self.gen_import_level_kw = self.import_max_kw - site["grid"].get("import_margin_kw", 0.0)
         self.pv_available_visible = True
         self._minute_next = 0.0
+        # the simulated compute platform (tools/sim/compute_platform.py) when the scenario has deferrable
+        # jobs: what it holds draws nothing, what it resumes draws again; None: the series' IT load as is
+        self.compute = None
         self.advance_to(0.0, first=True)
+
+    def it_cooling_kw(self, t_s: float) -> tuple[float, float]:
+        """IT and cooling kW at t_s: the series, corrected by the compute platform for the jobs it moved."""
+        s = self.series
+        it, cooling = s.at("it_kw", t_s), s.at("cooling_kw", t_s)
+        if self.compute is not None:
+            d_it, d_cooling = self.compute.delta_kw(t_s)
+            it, cooling = it + d_it, cooling + d_cooling
+        return it, cooling
 
     # --- the field devices' side ------------------------------------------------------------------
     def actuate_pcs(self, setpoint_kw: float) -> None:
@@ -69,7 +81,10 @@ class SimSite:
             return
         s = self.series
         now = self.t_s
-        load_kw = s.at("it_kw", now) + s.at("cooling_kw", now) + s.at("aux_kw", now)
+        if self.compute is not None:
+            self.compute.advance(now)            # releases, completions, its own guards, power samples
+        it_kw, cooling_kw = self.it_cooling_kw(now)
+        load_kw = it_kw + cooling_kw + s.at("aux_kw", now)
         pv_avail_kw = s.at("pv_avail_kw", now)
         grid_up = s.flag("grid_up", now)
         charge_lim, discharge_lim = self.battery.limits_kw()
@@ -80,14 +95,14 @@ class SimSite:
                     self.gen_follows_load, self.gen_import_level_kw)
         self.flows = f
         if dt_s > 0.0:
-            self._account(f, now, dt_s, s)
+            self._account(f, now, dt_s, s, it_kw)
             self.battery.advance(f.battery_kw, dt_s, s.at("ambient_c", now))
             if gen:
                 gen.power_kw = f.genset_kw
                 gen.advance(now, dt_s)
         self.t_s = t_s
 
-    def _account(self, f: Flows, now: float, dt_s: float, s: Series) -> None:
+    def _account(self, f: Flows, now: float, dt_s: float, s: Series, it_kw: float) -> None:
         m = self.meters
         h = dt_s / 3600.0
         price = s.at("price_per_kwh", now)
@@ -99,7 +114,7 @@ class SimSite:
         m.pv_used_kwh += f.pv_kw * h
         m.pv_avail_kwh += (f.pv_kw + f.curtailed_kw) * h
         m.load_kwh += f.load_kw * h
-        m.it_kwh += s.at("it_kw", now) * h
+        m.it_kwh += it_kw * h
         m.unserved_kwh += f.unserved_kw * h
         m.battery_charge_kwh += max(0.0, -f.battery_kw) * h
         m.battery_discharge_kwh += max(0.0, f.battery_kw) * h
