@@ -155,7 +155,8 @@ def cmd_sim(args) -> int:
         result = run_sim(scn, hours=args.hours, seed=args.seed, strategy=args.strategy, out_dir=args.out,
                          speed=args.speed, progress=lambda f: bar.update(task, completed=f), hooks=hooks,
                          wire=args.wire, wire_baud=args.wire_baud, ledger_on_record=_ledger_to_uplink(uplink),
-                         as_profiles=args.as_profiles, account=account)
+                         as_profiles=args.as_profiles, account=account,
+                         compute={"flex": False} if args.no_flex else None)
     _close_uplink(uplink)
     print(json.dumps(result.kpis, indent=2))
     if args.out:
@@ -307,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="publish the uplink to this broker (mqtts: ?ca=&cert=&key= files; user:pass@ in the URL; "
                         "&confirm=cloud: delete spooled rows on the cloud's .../ack receipts, not on PUBACK)")
     p.add_argument("--data-dir", default=None, help="uplink spool directory (default OUT/uplink or ./uplink)")
+    p.add_argument("--no-flex", action="store_true",
+                   help="the compute platform announces every job as not deferrable (the scenario's "
+                        "[compute] flex = false): the baseline for deferrable jobs (docs/compute.md)")
     p.set_defaults(func=cmd_sim)
 
     p = sub.add_parser("demo", help="a simulated day at the inner-mongolia-mine site, live, with a report")

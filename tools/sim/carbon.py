@@ -33,16 +33,19 @@ def sim_jobs(scn, series, seed: int | None = None, hours: float | None = None) -
 
 def sim_carbon_hook(scn, site, out_dir: Path, carbon: dict | None = None, seed: int | None = None,
                     hours: float | None = None, on_record: Callable[[dict], None] | None = None,
-                    account=None) -> CarbonHook:
+                    account=None, jobs: JobBook | None = None) -> CarbonHook:
     """`edge-ems sim`: a FRESH OUT/ledger signed with OUT/gateway.key (the simulated gateway's key, created
     on first use), the public key in OUT/ledger.pub, clock status 'simulated'. Each simulation run is a new
     simulated gateway whose clock restarts at the scenario's start, so a ledger left in OUT by an earlier
     run is deleted and replaced. Never use this for a real gateway: `make_carbon_hook(cfg, DataDir(...))`
-    appends to the gateway's one ledger."""
+    appends to the gateway's one ledger. `jobs`: the book of the simulated compute platform
+    (tools/sim/compute_platform.py: announced as they are submitted, measured as they run); default: the
+    scenario's jobs at their natural windows (`sim_jobs`)."""
     ledger = Path(out_dir) / "ledger"
     for stale in (ledger, ledger.with_name("ledger.pub")):
         if stale.exists():
             stale.unlink()
     return make_carbon_hook(scn.site, ledger, Path(out_dir) / "gateway.key",
-                            jobs=sim_jobs(scn, site.series, seed, hours), clock_status=lambda: "simulated",
+                            jobs=jobs if jobs is not None else sim_jobs(scn, site.series, seed, hours),
+                            clock_status=lambda: "simulated",
                             carbon=carbon, on_record=on_record, account=account)

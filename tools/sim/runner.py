@@ -93,7 +93,8 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
             progress: Callable[[float], None] | None = None, hooks: list | None = None,
             install_signals: bool = False, wire: bool = False, wire_baud: int | None = None,
             ledger: bool = True, ledger_on_record: Callable[[dict], None] | None = None,
-            series: Series | None = None, as_profiles: bool = False, account=None) -> SimResult:
+            series: Series | None = None, as_profiles: bool = False, account=None,
+            compute: dict | None = None) -> SimResult:
     """Simulate `hours` of the scenario with the real scan loop; write kpis.json, recording, events.
 
     ``wire``: the Modbus devices and the BMS behind real ports read by the real drivers (tools/sim/wire.py);
@@ -103,6 +104,8 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
     ``as_profiles``: the in-process devices offer only what their profiles carry, as on the wire
     (tools/sim/devices.limit_to_profiles). ``account``: the controller/carbon/account.py EnergyAccount the
     caller's uplink and IPC hooks read (the ledger integrates into it; one integration for all three).
+    ``compute``: keywords for the simulated compute platform (tools/sim/compute_platform.attach_platform,
+    e.g. ``{"flex": False}``); it runs when the scenario marks any job deferrable.
     """
     hours = float(hours if hours is not None else scn["scenario"]["hours"])
     cfg = scn.site
@@ -129,11 +132,13 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
             event_log.append((float(image["t_s"]), int(events[i, 0]), float(events[i, 1])))
 
     rt.add("record", "events", keep_events)
+    from tools.sim.compute_platform import attach_platform   # deferrable jobs: the platform + cabinet hook
+    compute_run = attach_platform(rt, scn, site, seed, hours, **(compute or {}))
     carbon = None
     if out_dir is not None and ledger:        # OUT/ledger + OUT/ledger.pub (controller/carbon)
         from tools.sim.carbon import sim_carbon_hook
         carbon = sim_carbon_hook(scn, site, Path(out_dir), seed=seed, hours=hours, on_record=ledger_on_record,
-                                 account=account)
+                                 account=account, jobs=compute_run.book if compute_run else None)
         rt.add("ledger", "carbon", carbon, carbon.close)
     for i, hook in enumerate(hooks or []):    # the caller's (uplink, IPC, watchdog...) after the ledger
         rt.add("uplink", getattr(hook, "hook_name", f"extra{i}"), hook)
@@ -148,6 +153,8 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
     rt.close()
     kpis = kpis_of(site, loop, hours, wall_s)
     kpis["wire"] = bool(wire)                    # which I/O path produced these figures
+    if compute_run is not None:                  # jobs_*: deadlines missed, hours moved (docs/compute.md)
+        kpis.update(compute_run.platform.kpis(site.t_s))
     # a part of the cycle that raised or blocked: say so, never hide it (slow: a call over loop.SLOW_PART_S)
     failed = {k: h.as_dict() for k, h in loop.health.items() if h.failures}
     slow = {k: h.as_dict() for k, h in loop.health.items() if h.slow and not h.failures}
@@ -166,6 +173,8 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
     output_errors: list[str] = []
     if out_dir is not None:
         output_errors = _write_outputs(Path(out_dir), kpis, event_log, site)
+        if compute_run is not None and (err := compute_run.platform.write(Path(out_dir), site.t_s)):
+            output_errors.append(err)
         if output_errors:
             kpis["output_errors"] = output_errors
     return SimResult(kpis, site, loop, wall_s)
