@@ -157,7 +157,7 @@ def check_ledger(data: bytes, t_from=None, t_to=None, fmt="json") -> None:
         assert out.startswith("period,from,to,"), out[:80]
 
 
-@H.budget(ci=200, long=10000)
+@H.budget(ci=120, long=10000)
 @given(ledgers())
 @example(b"\n".join(signed_lines([GOOD[0], ("interval", {**interval(0), "t_start": "0001-01-01T00:00:00+01:00"})]))
          + b"\n")
