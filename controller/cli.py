@@ -156,7 +156,7 @@ def cmd_sim(args) -> int:
                          speed=args.speed, progress=lambda f: bar.update(task, completed=f), hooks=hooks,
                          wire=args.wire, wire_baud=args.wire_baud, ledger_on_record=_ledger_to_uplink(uplink),
                          as_profiles=args.as_profiles, account=account,
-                         compute={"flex": False} if args.no_flex else None)
+                         compute={"flex": args.flex} if args.flex is not None else None)
     _close_uplink(uplink)
     print(json.dumps(result.kpis, indent=2))
     if args.out:
@@ -308,9 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="publish the uplink to this broker (mqtts: ?ca=&cert=&key= files; user:pass@ in the URL; "
                         "&confirm=cloud: delete spooled rows on the cloud's .../ack receipts, not on PUBACK)")
     p.add_argument("--data-dir", default=None, help="uplink spool directory (default OUT/uplink or ./uplink)")
-    p.add_argument("--no-flex", action="store_true",
-                   help="the compute platform announces every job as not deferrable (the scenario's "
-                        "[compute] flex = false): the baseline for deferrable jobs (docs/compute.md)")
+    flex = p.add_mutually_exclusive_group()
+    flex.add_argument("--flex", dest="flex", action="store_const", const=True, default=None,
+                      help="the compute platform may hold the scenario's deferrable jobs when the cabinet asks "
+                           "([compute] flex = true; the reference scenarios ship with it off, docs/compute.md)")
+    flex.add_argument("--no-flex", dest="flex", action="store_const", const=False,
+                      help="every job announced not deferrable ([compute] flex = false): the baseline")
     p.set_defaults(func=cmd_sim)
 
     p = sub.add_parser("demo", help="a simulated day at the inner-mongolia-mine site, live, with a report")

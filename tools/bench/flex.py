@@ -1,4 +1,4 @@
-"""The effect of deferrable jobs: each reference scenario with flexibility on and off (`--no-flex`), same
+"""The effect of deferrable jobs: each reference scenario with flexibility on (`--flex`) and off (`--no-flex`), same
 seed, same strategy, same jobs; the table of docs/compute.md.
 
     python -m tools.bench.flex [--hours 48] [--seed 1] [--strategy mpc] [--jobs 2] [--out out/flex]
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def run(scenario: str, flex: bool, args) -> dict:
     out = Path(args.out) / f"{scenario}-{'flex' if flex else 'noflex'}"
     cmd = [sys.executable, "-m", "controller.cli", "sim", "--scenario", scenario, "--hours", str(args.hours),
-           "--seed", str(args.seed), "--strategy", args.strategy, "--out", str(out)] + ([] if flex else ["--no-flex"])
+           "--seed", str(args.seed), "--strategy", args.strategy, "--out", str(out), "--flex" if flex else "--no-flex"]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if p.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stderr[-2000:]}")
