@@ -54,6 +54,8 @@ INBOUND_MAX_BYTES = 64 * 1024      # drivers/market.py MAX_BYTES: a bigger inbou
 INBOUND_RATE_PER_S = 2.0           # per kind: compute/power comes every 10-60 s, a market message hourly
 INBOUND_BURST = 32                 # a reconnect's retained messages and a platform's batch of announcements
 LIVE_QUEUE = 16                    # live signals waiting for the connection thread (one headroom a minute)
+MAX_ACK_BYTES = 64 * 1024          # a cloud receipt: a few ranges per batch, never this much
+MAX_ACK_RANGES = 1024
 
 
 class InboundGate:
@@ -524,10 +526,19 @@ class MqttUplink:
     def _on_cloud_ack(self, raw: bytes) -> None:
         """``{"acks": [[kind, first_seq, last_seq], ...]}``; anything else is ignored (and said so)."""
         try:
+            if len(raw) > MAX_ACK_BYTES:
+                raise ValueError(f"{len(raw)} bytes, at most {MAX_ACK_BYTES}")
             acks = json.loads(raw)["acks"]
-            ranges = [(str(k), int(a), int(b)) for k, a, b in acks]
-        except (ValueError, KeyError, TypeError) as exc:
-            print(f"uplink: ignoring a malformed ack on {self.topics.ack}: {exc!r}")
+            if not isinstance(acks, list) or len(acks) > MAX_ACK_RANGES:
+                raise ValueError(f"acks: expected a list of at most {MAX_ACK_RANGES} [kind, first, last]")
+            ranges = []
+            for r in acks:                   # seqs typed exactly: a float, a bool or a 30-digit int is refused
+                if not (isinstance(r, list) and len(r) == 3 and isinstance(r[0], str)
+                        and all(type(x) is int and 0 < x < 2 ** 63 for x in r[1:])):
+                    raise ValueError(f"acks: {str(r)[:60]} is not [kind, first_seq, last_seq] with 0 < seq < 2**63")
+                ranges.append((r[0], r[1], r[2]))
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:   # paho's thread must not end here
+            print(f"uplink: ignoring a malformed ack on {self.topics.ack}: {str(exc)[:200]}")
             return
         for kind, first, last in ranges:
             if kind in RECORD_KINDS and 0 < first <= last:
