@@ -39,11 +39,15 @@ deps-debian:
 demo: install
 	$(EMS) demo --out out/demo
 
+# two pytest workers, one test file at a time each (TEST_WORKERS=0: one process, in file order)
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: install deps-debian
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider $(XDIST)
 
 test-long: install deps-debian
-	$(PY) -m pytest -q -p no:cacheprovider --run-slow
+	$(PY) -m pytest -q -p no:cacheprovider $(XDIST) --run-slow
 
 deps-arm:
 	$(call apt_install,$(ARM_DEBS))
