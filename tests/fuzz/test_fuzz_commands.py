@@ -144,7 +144,7 @@ def _net_inputs():
     return _NET[0]
 
 
-@H.budget(ci=300, long=15000)
+@H.budget(ci=200, long=15000)
 @given(signed_commands())
 @example(envelope(json.dumps({**base_command("reserve_soc"), "counter": 10 ** 400}).encode()))
 @example(envelope(json.dumps({**base_command("reserve_soc"), "issued_s": 10 ** 400}).encode()))

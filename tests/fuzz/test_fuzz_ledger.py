@@ -157,7 +157,7 @@ def check_ledger(data: bytes, t_from=None, t_to=None, fmt="json") -> None:
         assert out.startswith("period,from,to,"), out[:80]
 
 
-@H.budget(ci=120, long=10000)
+@H.budget(ci=80, long=5000)
 @given(ledgers())
 @example(b"\n".join(signed_lines([GOOD[0], ("interval", {**interval(0), "t_start": "0001-01-01T00:00:00+01:00"})]))
          + b"\n")
@@ -173,7 +173,7 @@ def test_ledger_lines_verify_and_report(data):
     check_ledger(data)
 
 
-@H.budget(ci=60, long=3000)
+@H.budget(ci=60, long=1500)
 @given(ledgers(), st.one_of(st.none(), H.times, st.sampled_from(["2026", "2026-01", "0001", "9999-12"])),
        st.one_of(st.none(), H.times), st.sampled_from(["json", "csv"]))
 def test_ledger_report_periods_and_formats(data, t_from, t_to, fmt):

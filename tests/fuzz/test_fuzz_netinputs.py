@@ -100,7 +100,7 @@ def payloads(draw):
     return kind, H.dumps_loose(d)
 
 
-@H.budget(ci=400, long=20000)
+@H.budget(ci=250, long=10000)
 @given(payloads())
 @example((MK.KIND, json.dumps({**market_dict(), "valid_from": "0001-01-01T00:00:00+01:00"}).encode()))
 @example((MK.KIND, json.dumps({**market_dict(), "import_price_per_kwh": None}).encode()))
@@ -153,7 +153,7 @@ def _inputs():
     return N.NetworkInputs(_CFG, listeners=[book], utc=clock.utc, mono=clock.mono), clock, book
 
 
-@H.budget(ci=150, long=8000)
+@H.budget(ci=100, long=4000)
 @given(st.lists(payloads(), min_size=1, max_size=4), st.floats(-1e6, 1e6))
 @example([(MK.KIND, json.dumps({**market_dict(), "import_price_per_kwh": None}).encode())], 0.0)
 def test_network_inputs_feed_and_acquire(msgs, dt):

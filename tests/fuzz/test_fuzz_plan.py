@@ -45,7 +45,7 @@ def instances(draw):
     for _ in range(draw(st.integers(1, 3))):
         table = draw(st.sampled_from((None, None, "battery", "diesel")))
         t = d if table is None or not isinstance(d.get(table), dict) else d[table]
-        key = draw(st.one_of(st.sampled_from(sorted(t)), st.text(max_size=8)))
+        key = draw(st.one_of(st.sampled_from(sorted(t) or ["x"]), st.text(max_size=8)))
         r = draw(st.integers(0, 9))
         if r == 0:
             t.pop(key, None)

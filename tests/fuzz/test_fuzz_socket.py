@@ -1,7 +1,8 @@
 """Fuzz: request lines on the technician's socket, through the public protocol of a real IpcServer on a
 Unix socket (controller/ipc: another helper owns that code; this file only drives it and reports).
 
-The server runs as the hostile-socket tests run it (tests/test_hostile_socket.py): a real OperatorInputs,
+The server runs as the hostile-socket tests run it (tests/test_hostile_socket.py, with the reference
+site profile): a real OperatorInputs,
 the loop replaced by the two attributes the actions read. Two connections: one without a PIN session
 and one logged in, so the actions' argument checks are reached too. The rate limits
 (controller/ipc/ratelimit.py) are raised for this module: what is fuzzed here is what a request line
@@ -77,9 +78,9 @@ def server(tmp_path_factory):
     from controller.ipc import hash_pin, start_ipc
     from controller.ipc import ratelimit as RL
     from controller.operator import OperatorInputs
-    from tools.sim.scenario import load_scenario
+    from controller.config import load_site
     tmp = tmp_path_factory.mktemp("fuzz-ipc")
-    site = load_scenario("inner-mongolia-mine").site
+    site = load_site("inner-mongolia-mine")
     site["tui"] = {"pin_hash": hash_pin(PIN, kind="pbkdf2_sha256"), "lockout_after": 20, "lockout_s": 1.0,
                    "session_s": 86400.0}
     from controller.ipc import common
@@ -188,7 +189,7 @@ def check_exchange(srv, authed: bool, data: bytes) -> None:
     assert all(isinstance(v, float) and math.isfinite(v) for v in got.values()), got
 
 
-@H.budget(ci=250, long=10000)
+@H.budget(ci=150, long=10000)
 @given(lines(authed=False))
 @example(b'{"op": "subscribe", "hz": 1e999}')
 @example(b'{"op": "audit", "n": 100000000000000000000000000000000000000000000000000}')
@@ -198,7 +199,7 @@ def test_socket_lines_without_a_session(server, data):
     check_exchange(server, False, data)
 
 
-@H.budget(ci=250, long=10000)
+@H.budget(ci=150, long=10000)
 @given(lines(authed=True))
 @example(b'{"op": "action", "action": "ack", "bits": ' + str(2 ** 2000).encode() + b'}')
 @example(b'{"op": "action", "action": "battery_kw", "kw": NaN}')
