@@ -6,11 +6,11 @@ with EDGE_EMS_FUZZ=long, else "ci". Profiles are applied per target (fuzz_harnes
 globally, so the rest of the suite's hypothesis tests keep their own settings.
 
 At the end of a run that executed fuzz targets, a table of examples and seconds per target is printed;
-EDGE_EMS_FUZZ_REPORT=path also writes it as JSON (how docs/fuzzing.md's figures are measured).
+EDGE_EMS_FUZZ_REPORT=path also writes it as JSON (how docs/fuzzing.md's figures are measured). Under
+pytest-xdist each worker hands its counts to the controller, and tests/conftest.py prints their sum.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -42,16 +42,19 @@ def pytest_runtest_call(item):
         H.SECONDS[t] += dt / len(moved)
 
 
+def report() -> dict:
+    return {"profile": H.MODE, "targets": {t: {"examples": H.COUNTS[t], "seconds": round(H.SECONDS[t], 2)}
+                                           for t in sorted(H.COUNTS)}}
+
+
+def pytest_sessionfinish(session):
+    """Under pytest-xdist (make test: -n 2): hand this worker's counts to the controller, which sums the
+    workers' and prints the table (tests/conftest.py pytest_testnodedown / pytest_terminal_summary)."""
+    out = getattr(session.config, "workeroutput", None)
+    if out is not None and H.COUNTS:
+        out["fuzz_report"] = report()
+
+
 def pytest_terminal_summary(terminalreporter):
-    if not H.COUNTS:
-        return
-    tr = terminalreporter
-    tr.section(f"fuzz targets (profile {H.MODE})")
-    for t in sorted(H.COUNTS):
-        tr.write_line(f"{t:34s} {H.COUNTS[t]:8d} examples {H.SECONDS[t]:8.1f} s")
-    tr.write_line(f"{'total':34s} {sum(H.COUNTS.values()):8d} examples {sum(H.SECONDS.values()):8.1f} s")
-    out = os.environ.get("EDGE_EMS_FUZZ_REPORT")
-    if out:
-        with open(out, "w") as f:
-            json.dump({"profile": H.MODE, "targets": {t: {"examples": H.COUNTS[t], "seconds": round(H.SECONDS[t], 2)}
-                                                      for t in sorted(H.COUNTS)}}, f, indent=2)
+    if H.COUNTS and not hasattr(terminalreporter.config, "workerinput"):     # one process, no xdist
+        H.print_report(terminalreporter, report())

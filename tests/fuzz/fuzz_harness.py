@@ -46,6 +46,21 @@ def hit(target: str, n: int = 1) -> None:
     COUNTS[target] += n
 
 
+def print_report(tr, rep: dict) -> None:
+    """The examples-per-target table on pytest's terminal reporter `tr`, and EDGE_EMS_FUZZ_REPORT=path as
+    JSON; `rep` = {"profile", "targets": {name: {"examples", "seconds"}}} (one process, or xdist's sum)."""
+    targets = rep["targets"]
+    tr.section(f"fuzz targets (profile {rep['profile']})")
+    for t, v in targets.items():
+        tr.write_line(f"{t:34s} {v['examples']:8d} examples {v['seconds']:8.1f} s")
+    tr.write_line(f"{'total':34s} {sum(v['examples'] for v in targets.values()):8d} examples "
+                  f"{sum(v['seconds'] for v in targets.values()):8.1f} s")
+    out = os.environ.get("EDGE_EMS_FUZZ_REPORT")
+    if out:
+        with open(out, "w") as f:
+            json.dump(rep, f, indent=2)
+
+
 # -- strategies ---------------------------------------------------------------------------------------
 # numbers a decoder must bound exactly: huge ints (no float can hold them), edges of float, signs
 nasty_ints = st.sampled_from([0, 1, -1, 2 ** 31, 2 ** 53 + 1, 2 ** 63, 2 ** 64, -2 ** 63 - 1, 10 ** 20, 10 ** 400,
