@@ -35,7 +35,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from controller.diskio import write_all as _write_all
+from controller.diskio import fsync_dir, write_all as _write_all
 from controller.carbon.keys import fingerprint, public_b64, public_from_b64
 from drivers.isotime import utc_epoch
 
@@ -124,7 +124,7 @@ class LedgerWriter:
         self.broken = None
         try:
             if not size:
-                _fsync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
                 self.append("genesis", {**self.genesis, "pubkey": public_b64(self.pub),
                                         "key_fingerprint": fingerprint(self.pub), "format": FORMAT})
             elif frag:
@@ -223,19 +223,6 @@ class LedgerWriter:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @dataclass

@@ -26,6 +26,7 @@ import struct
 import zlib
 from pathlib import Path
 
+from controller.diskio import fsync_dir
 from controller.uplink.topics import RECORD_KINDS
 
 RESERVE_FILE = "reserve.bin"
@@ -79,7 +80,7 @@ class Reserve:
             while off < size:
                 off += os.pwrite(self.fd, zeros[:min(_CHUNK, size - off)], off)
             os.fsync(self.fd)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
             self.size = size
         except OSError as exc:
             self.problem = f"{self.path}: cannot allocate {size} bytes ({exc.strerror or exc}); reserve {old} bytes"
@@ -204,16 +205,3 @@ class Reserve:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
