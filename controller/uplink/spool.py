@@ -75,6 +75,17 @@ def iso_utc(t_s: float) -> str:
     return datetime.fromtimestamp(t_s, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Undo an open transaction, if SQLite has not already (on SQLITE_FULL it rolls back by itself, and a
+    second ROLLBACK would raise over the error that matters)."""
+    if db.in_transaction:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+
 class _Flush:
     def __init__(self):
         self.done = threading.Event()
@@ -363,11 +374,7 @@ class Spool:
         """Before a writer runs (at open, or after one died): the seq high-water mark and the reserve's
         waiting records from what is on disk, and whether the step a dead writer was in got done."""
         db = self._db
-        if db.in_transaction:                  # a dead writer's open transaction: it never happened
-            try:
-                db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
+        _rollback(db)                          # a dead writer's open transaction: it never happened
         db_top = self._db_top()
         res_top = max((r[0] for r in self.reserve.records()), default=0)
         step, self._step = self._step, None
@@ -540,11 +547,7 @@ class Spool:
             db.execute("COMMIT")
         except BaseException:
             self._step = None
-            if db.in_transaction:
-                try:
-                    db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
+            _rollback(db)
             raise
         hands.start += n                        # settled: a writer dying from here on does not redo them
         self._step = None
@@ -672,11 +675,7 @@ class Spool:
                 self.bytes_by_kind[EVENT] += len(payload) + ROW_OVERHEAD
                 self.rows_by_kind[EVENT] += 1
         except BaseException:
-            if db.in_transaction:
-                try:
-                    db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
+            _rollback(db)
             raise
         # only never-dropped records left over the quota: stop accepting telemetry (an alarm)
         self.refusing_telemetry = self.total_bytes > target and self.rows_by_kind.get(TELEMETRY, 0) == 0 \

@@ -23,6 +23,7 @@ from hypothesis import example, given, strategies as st
 
 import fuzz_harness as H
 from controller.uplink import commands as CMD
+from test_uplink_commands import Counter  # the replay counter stand-in, one copy
 
 NOW = 1_750_000_000.0
 KEY = Ed25519PrivateKey.generate()
@@ -39,17 +40,6 @@ GOOD_ARGS = {
     "grid_update": {"co2_kg_per_kwh": 0.61, "price_per_kwh": 0.5, "valid_from_s": NOW, "valid_to_s": NOW + 900,
                     "outage_start_s": NOW + 60, "outage_end_s": NOW + 120},
 }
-
-
-class Counter:
-    def __init__(self):
-        self.value = "0"
-
-    def get(self):
-        return self.value
-
-    def set(self, v):
-        self.value = v
 
 
 def verifier():
