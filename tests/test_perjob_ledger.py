@@ -167,3 +167,17 @@ def test_the_book_measured_zero_refused_defer_and_restart():
     assert "m" in b.deferred                                       # the same start: a repeat, still deferred
     b.announce(C.JobAnnouncement("m", 20.0, T0 + 600, 3400.0, True, T0 + 7200.0, state="running"))
     assert "m" not in b.deferred                                   # restarted after the defer: followed
+
+
+def test_per_job_fields_are_bounded_and_a_stale_meters_residual_is_not():
+    """A signed per-job field holding a 400-digit integer raised OverflowError out of `ledger report`; two of
+    1.7e308 summed to Infinity. A real interval whose sources read ~1e-9 kWh has a residual of ~1e11 %
+    that our own writer signs: it must verify."""
+    from controller.carbon.ledger import interval_type_problem
+    from controller.carbon.report import _job_num
+    for bad in (10 ** 400, 1.7e308, float("nan"), "1", None, True):
+        with pytest.raises(ValueError, match="jobs.J.measured_s"):
+            _job_num({"measured_s": bad}, "measured_s", "J")
+        assert "jobs.J.deferred_s" in interval_type_problem({"jobs": {"J": {"deferred_s": bad}}})
+    assert interval_type_problem({"energy_kwh": {"closure": {"residual_pct": -2e11}}}) is None
+    assert "residual_pct" in interval_type_problem({"energy_kwh": {"closure": {"residual_pct": 10 ** 400}}})

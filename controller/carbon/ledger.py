@@ -342,13 +342,22 @@ _NUMERIC_FIELDS = tuple(tuple(f.split(".")) for f in (
 MAX_FIELD_ABS = 1e9
 
 
+# A ratio, not a sum: an interval whose sources read ~1e-9 kWh (a stale meter) has a huge residual that our
+# own writer signs; it is only compared (the report's maximum), never added.
+_UNBOUNDED = {"energy_kwh.closure.residual_pct"}
+# the per-job figures `ledger report` sums (controller/carbon/report.py)
+JOB_FIELDS = ("it_kwh", "kwh", "kg_location", "kg_market", "renewable_kwh", "measured_s", "announced_s", "deferred_s")
+
+
 def _bad_number(value, where: str) -> str | None:
     # an int is compared exactly: math.isfinite of a 400-digit JSON integer raises OverflowError
     if isinstance(value, bool) or not isinstance(value, (int, float)) or \
             (isinstance(value, float) and not math.isfinite(value)):
         shown = repr(value) if isinstance(value, float) else type(value).__name__
         return f"{where}: expected a finite number, got {shown}"
-    if not -MAX_FIELD_ABS <= value <= MAX_FIELD_ABS:
+    if isinstance(value, int) and where in _UNBOUNDED and abs(value) > 1e300:
+        return f"{where}: expected a finite number, got a {len(str(abs(value)))}-digit integer"
+    if where not in _UNBOUNDED and not -MAX_FIELD_ABS <= value <= MAX_FIELD_ABS:
         return f"{where}: expected a magnitude of at most {MAX_FIELD_ABS:g}, got {str(value)[:40]}"
     return None
 
@@ -376,7 +385,7 @@ def interval_type_problem(p: dict) -> str | None:
         for job, d in jobs.items():
             if not isinstance(d, dict):
                 return f"jobs.{job}: expected an object, got {type(d).__name__}"
-            for k in ("it_kwh", "kwh", "kg_location", "kg_market"):
+            for k in JOB_FIELDS:
                 bad = _bad_number(d[k], f"jobs.{job}.{k}") if k in d else None
                 if bad:
                     return bad

@@ -21,6 +21,7 @@ import io
 import math
 from collections import defaultdict
 
+from controller.carbon.ledger import JOB_FIELDS, _bad_number
 from drivers.isotime import utc_epoch, utc_iso
 
 NOTES = [
@@ -141,7 +142,7 @@ def _add_interval(p, t_from, t_to, total, months, years, jobs) -> None:
     for acc in (total, months[p["t_start"][:7]], years[p["t_start"][:4]]):
         acc.add(p)
     for job, (label, vals, has_renewable) in rows.items():
-        j = jobs.setdefault(job, {"label": label, **dict.fromkeys(JOB_SUMS, 0.0), "intervals": 0,
+        j = jobs.setdefault(job, {"label": label, **dict.fromkeys(JOB_FIELDS, 0.0), "intervals": 0,
                                   "renewable_known": True})
         for k, v in vals.items():
             j[k] += v
@@ -149,15 +150,13 @@ def _add_interval(p, t_from, t_to, total, months, years, jobs) -> None:
         j["intervals"] += 1
 
 
-JOB_SUMS = ("it_kwh", "kwh", "kg_location", "kg_market", "renewable_kwh", "measured_s", "announced_s", "deferred_s")
-
-
 def _job_num(d: dict, key: str, job: str) -> float:
-    """A per-job figure added since the first ledgers (0 when absent); anything but a finite number is a
-    bad record, named."""
+    """A per-job figure added since the first ledgers (0 when absent); anything but a bounded finite
+    number is a bad record, named (the same rule as `ledger verify`)."""
     x = d.get(key, 0.0)
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-        raise ValueError(f"jobs.{job}.{key}: expected a finite number, got {type(x).__name__}")
+    bad = _bad_number(x, f"jobs.{job}.{key}")
+    if bad:
+        raise ValueError(bad)
     return float(x)
 
 
