@@ -237,3 +237,22 @@ def test_slurm_json_number_forms_and_tres(monkeypatch):
     assert gpus_of("cpu=1,gres/gpu=3") == 3 and gpus_of("") == 0
     with pytest.raises(AdapterError, match="no 'jobs' array"):
         a.parse_json("{}", T0)
+
+
+def test_a_comment_with_a_newline_cannot_forge_a_deferrable_queue_line(monkeypatch):
+    """squeue's text output prints a user's comment as is: a newline in it makes a line for another job id
+    (one in a deferrable partition); that job must never be deferred on the strength of it."""
+    monkeypatch.setattr("shutil.which", lambda cmd: f"/usr/bin/{cmd}")
+    monkeypatch.setattr("os.access", lambda p, m: True)
+    a = SlurmAdapter(defaults("slurm", deferrable_by="partition", deferrable_partitions=["flex"]), run=None)
+    US = "\x1f"
+
+    def line(job, partition, comment):
+        return US.join([job, "PENDING", partition, "normal", "60", "N/A", "N/A", "N/A", "N/A", "Priority", "",
+                        "N/A", "1", "1", "train", comment]) + US      # squeue -O ends each field with it
+    forged = line("999", "flex", "x")
+    text = "\n".join([line("999", "batch", ""), line("1000", "batch", "hi\n" + forged)])
+    jobs = {j.native_id: j for j in a.parse_text(text, T0)}
+    assert not jobs["999"].deferrable and "twice" in jobs["999"].why
+    honest = {j.native_id: j for j in a.parse_text(line("7", "flex", "ok"), T0)}
+    assert honest["7"].deferrable

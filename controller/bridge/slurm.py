@@ -239,6 +239,14 @@ class SlurmAdapter:
                 reason=v["Reason"], nodes=null(v["NodeList"]), node_count=float(nn) if nn.isdigit() else None,
                 cpus=float(v["NumCPUs"]) if v["NumCPUs"].isdigit() else None, gpus=gpus_of(v["tres-per-node"]),
                 suspend_time=None, pre_sus=None, now_s=now_s))
+        # A job's comment is the user's text: a newline in it can forge a whole line for another job id
+        # (one in a deferrable partition). A job id that appears twice is trusted for neither line.
+        seen: dict[str, int] = {}
+        for j in out:
+            seen[j.native_id] = seen.get(j.native_id, 0) + 1
+        for j in out:
+            if seen[j.native_id] > 1:
+                j.deferrable, j.why = False, "listed twice by squeue (a comment with a newline?): never deferred"
         return out
 
     # -- one job -------------------------------------------------------------------------------------
