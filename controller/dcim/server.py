@@ -43,7 +43,7 @@ class Publisher:
         self.builder, self.max_age_s, self.clock = builder, float(max_age_s), clock
         self.latest: tuple | None = None
         self._empty = builder.empty()
-        self._stale: tuple[int, bytes] = (-1, b"")
+        self._stale: tuple[bytes | None, bytes] = (None, b"")
         self.age_word = builder.word_of.get("age")
 
     def publish(self, block: bytes, stale_na: int) -> None:
@@ -57,10 +57,10 @@ class Publisher:
         block, t_pub, stale_na = latest
         age = max(0.0, self.clock() - t_pub)
         if age > self.max_age_s:
-            key, view = self._stale
-            if key != id(block):
+            held, view = self._stale              # the block itself, not its id(): a freed block's address
+            if held is not block:                  # is reused and would serve an older heartbeat
                 view = self.builder.stale_view(block, stale_na)
-                self._stale = (id(block), view)
+                self._stale = (block, view)
             block = view
         out = list(struct.unpack_from(f">{count}H", block, 2 * address))
         a = self.age_word
