@@ -14,7 +14,7 @@ ARM_DEBS := debootstrap:debootstrap qemu-aarch64-static:qemu-user-static update-
 
 # $(call apt_install,CMD:PKG ...): apt-get the packages whose command is missing (sudo when not root)
 define apt_install
-	@missing=""; for cp in $(1); do command -v $${cp%%:*} >/dev/null 2>&1 || missing="$$missing $${cp#*:}"; done; \
+	@missing=""; for cp in $(1); do PATH="$$PATH:/usr/sbin:/sbin" command -v $${cp%%:*} >/dev/null 2>&1 || missing="$$missing $${cp#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
