@@ -256,3 +256,21 @@ def test_a_comment_with_a_newline_cannot_forge_a_deferrable_queue_line(monkeypat
     assert not jobs["999"].deferrable and "twice" in jobs["999"].why
     honest = {j.native_id: j for j in a.parse_text(line("7", "flex", "ok"), T0)}
     assert honest["7"].deferrable
+
+
+def test_a_hold_the_bridge_could_forget_is_never_placed(tmp_path):
+    """The hold book is written before scontrol runs: with no state file, an unwritable one or an
+    unreadable one, the defer is refused and Slurm is never called (a restarted bridge could not release
+    such a hold: its guards would never see it)."""
+    log = ActionLog(str(tmp_path / "actions.jsonl"), stream=open("/dev/null", "w"), clock=lambda: T0)
+    bridge = defaults("bridge", site="s", gateway="g", mqtt="mqtt://127.0.0.1", release_when_silent_s=900.0)
+    sched = defaults("slurm", deferrable_by="partition", deferrable_partitions=["flex"], guard_s=60.0,
+                     min_hold_s=900.0, max_hold_h=12.0)
+    (tmp_path / "afile").write_text("")              # a directory that cannot be made: the save fails, even as root
+    (tmp_path / "bad.json").write_text("{not json")
+    for book in (HoldBook(""), HoldBook(str(tmp_path / "afile" / "holds.json")), HoldBook(str(tmp_path / "bad.json"))):
+        adapter = StandIn()
+        out = DeferApplier(adapter, log, book, bridge, sched, started_s=T0).request(req(1), {"slurm-1": job(1)}, T0 + 1)
+        assert out["action"] == "refuse" and "never placed" in out["reason"], (book.path, out)
+        assert adapter.calls == [] and book.held == {}
+    assert (tmp_path / "bad.json").read_text() == "{not json"      # the unreadable book is left for a human

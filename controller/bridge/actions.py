@@ -65,29 +65,41 @@ class HoldBook:
     def __init__(self, path: str = ""):
         self.path = Path(path) if path else None
         self.held: dict[str, dict] = {}
+        self.problem = "" if self.path is not None else "no bridge.state_file configured"
+        self._unreadable = False
         if self.path is not None and self.path.exists():
             try:
+                if self.path.stat().st_size > 4 << 20:
+                    raise ValueError("larger than 4 MiB")
                 doc = json.loads(self.path.read_text())
                 held = doc.get("held", {}) if isinstance(doc, dict) else {}
                 self.held = {k: v for k, v in held.items() if isinstance(v, dict)
                              and v.get("action") in ("hold", "suspend") and isinstance(v.get("native"), str)
                              and v["native"].isdigit() and isinstance(v.get("t_s"), (int, float))}
-            except (OSError, ValueError) as exc:
-                print(f"edge-ems bridge: state file {self.path}: unreadable ({exc}); starting with no holds",
-                      file=sys.stderr, flush=True)
+            except (OSError, ValueError, RecursionError) as exc:
+                # its holds are unknown: releasing nothing is safe only if nothing new is held on top
+                self._unreadable = True
+                self.problem = f"unreadable ({str(exc)[:120]}); no new holds until it is mended or removed"
+                print(f"edge-ems bridge: state file {self.path}: {self.problem}", file=sys.stderr, flush=True)
 
-    def add(self, job_id: str, native: str, action: str, t_s: float, reason: str, resume_by_s: float | None):
+    def add(self, job_id: str, native: str, action: str, t_s: float, reason: str, resume_by_s: float | None) -> bool:
+        """Remember a hold before it is placed; False (nothing remembered) when that is not durable."""
+        if self.path is None or self._unreadable:
+            return False
         self.held[job_id] = {"native": native, "action": action, "t_s": t_s, "reason": reason,
                              "resume_by_s": resume_by_s}
-        self._save()
+        if not self._save():
+            del self.held[job_id]
+            return False
+        return True
 
     def drop(self, job_id: str) -> None:
         if self.held.pop(job_id, None) is not None:
             self._save()
 
-    def _save(self) -> None:
-        if self.path is None:
-            return
+    def _save(self) -> bool:
+        if self.path is None or self._unreadable:
+            return False
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,4 +109,8 @@ class HoldBook:
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
         except OSError as exc:
+            self.problem = str(exc)[:200]
             print(f"edge-ems bridge: state file {self.path}: {exc}", file=sys.stderr, flush=True)
+            return False
+        self.problem = ""
+        return True

@@ -59,7 +59,7 @@ SCHEMA = Table({
         "queue_period_s": F("number", default=30.0, min=1.0, max=600.0),
         "announce_every_s": F("number", default=300.0, min=5.0, max=3600.0),
         "action_log": F("string", default="bridge-actions.jsonl"),
-        "state_file": F("string", default=""),
+        "state_file": F("string", default="bridge-holds.json"),   # without one no job is ever held
         "max_request_age_s": F("number", default=600.0, min=1.0),
         "release_when_silent_s": F("number", default=900.0, min=0.0),
     }, required=True),

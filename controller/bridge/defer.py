@@ -81,11 +81,17 @@ class DeferApplier:
                               **ctx)
 
     def _do(self, verb: str, j: SchedJob, req: DeferRequest, now_s: float, ctx: dict) -> dict:
+        # written ahead: a hold the bridge could forget (a crash after scontrol, a restart with the file
+        # lost or unwritable) would never be released by its guards, so it is not placed at all
+        if not self.holds.add(j.id, j.native_id, verb, now_s, req.reason, req.resume_by_s):
+            return self.log.write("refuse", j.id, f"{verb}: the hold book {self.holds.path} cannot be written "
+                                  f"({self.holds.problem}); a hold the bridge could forget is never placed",
+                                  native=j.native_id, **ctx)
         try:
             detail = getattr(self.adapter, verb)(j)
         except AdapterError as exc:
+            self.holds.drop(j.id)
             return self.log.write(verb, j.id, req.reason, ok=False, native=j.native_id, detail=str(exc), **ctx)
-        self.holds.add(j.id, j.native_id, verb, now_s, req.reason, req.resume_by_s)
         return self.log.write(verb, j.id, req.reason, native=j.native_id, detail=detail, **ctx)
 
     def _undo(self, job_id: str, entry: dict, j: SchedJob | None, reason: str, source: str, now_s: float,
