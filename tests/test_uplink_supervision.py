@@ -16,7 +16,7 @@ from controller.uplink import hook as H
 from controller.uplink.client import BrokerConfig, MqttUplink
 from controller.uplink.hook import Uplink
 from controller.uplink.spool import Spool
-from controller.uplink.topics import ALARM, EVENT, INTERVAL, RECORD_KINDS, Topics
+from controller.uplink.topics import ALARM, EVENT, INTERVAL, RECORD_KINDS, TELEMETRY, Topics
 
 SITE, GW = "inner-mongolia-mine", "imm-gw-01"
 T0 = 1.75e9
@@ -224,3 +224,26 @@ def test_a_killed_worker_process_and_a_dead_supervisor_thread_are_alarms_and_res
         up.close()
     raised = [b for b in alarm_bodies(up.spool) if b["alarm"] == "uplink_worker_fault"]
     assert raised and raised[0]["state"] == "raised"
+
+
+def test_a_lock_held_past_the_timeout_refuses_nothing(tmp_path):
+    """SQLITE_BUSY is not a full disk: a batch the writer could not commit because another connection held
+    the lock waits and is committed, telemetry included (it was counted as refused and dropped)."""
+    import sqlite3 as _sq
+    s = Spool(tmp_path / "spool", "site", "gw", min_free_bytes=0)
+    try:
+        s._db.execute("PRAGMA busy_timeout = 50")               # the writer's own connection, short for the test
+        other = _sq.connect(s.path, isolation_level=None, timeout=0.1)
+        other.execute("BEGIN IMMEDIATE")                        # as the worker's apply_acks would
+        for i in range(10):
+            s.put(TELEMETRY, 1.0e9 + i, {"i": i})
+        deadline = time.monotonic() + 10
+        while s.busy_retries == 0 and time.monotonic() < deadline:
+            s.wait_new(0.05)
+        assert s.busy_retries > 0 and not s.alarm and s.refused == 0, s.stats()
+        other.execute("COMMIT")
+        other.close()
+        assert s.flush(10)
+        assert len(s.pending(TELEMETRY, 0, 100)) == 10 and s.refused == 0
+    finally:
+        s.close(5)

@@ -76,6 +76,14 @@ def iso_utc(t_s: float) -> str:
 
 
 
+BUSY_RETRY_S = 1.0
+
+
+def _transient(exc: sqlite3.Error) -> bool:
+    """A lock another connection held past the timeout: the disk is fine, try again soon."""
+    return getattr(exc, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED")
+
+
 def _rollback(db: sqlite3.Connection) -> None:
     """Undo an open transaction, if SQLite has not already (on SQLITE_FULL it rolls back by itself, and a
     second ROLLBACK would raise over the error that matters)."""
@@ -155,6 +163,8 @@ class Spool:
         self.disk_low = False
         self.write_error: str | None = None
         self.writer_errors = 0                 # unexpected exceptions in the writer loop (it went on)
+        self.busy_retries = 0                  # commits retried because another connection held the lock
+        self._busy = False
         self.writer_error: str | None = None
         self.writer_restarts = 0               # writer threads that died and were started again
         self.writer_crash: str | None = None   # what the last one died of
@@ -226,7 +236,8 @@ class Spool:
     def alarm(self) -> bool:
         """The disk or the quota refuses (``uplink_spool_full``): telemetry refused, SQLite failing, or
         records waiting in the reserve."""
-        return self.refusing_telemetry or self.disk_low or self.write_error is not None or self.reserve_pending > 0
+        return (self.refusing_telemetry or self.disk_low or (self.write_error is not None and not self._busy)
+                or self.reserve_pending > 0)
 
     @property
     def writer_faults(self) -> int:
@@ -408,13 +419,19 @@ class Spool:
                 try:
                     if self._commit(hands, len(items)):
                         self.write_error = None     # a transaction went through: SQLite writes again
+                        self._busy = False
                 except sqlite3.Error as exc:    # disk full / I/O error: the reserve, and retry later
                     self.write_error = str(exc)
-                    self._next_try = time.monotonic() + RETRY_S
-                    self._degrade(self._hands)
+                    self._busy = _transient(exc) and not stop
+                    if self._busy:              # the worker holds the lock past the timeout: nothing is
+                        self.busy_retries += 1  # refused, the batch waits in the hands for a second
+                        self._next_try = time.monotonic() + BUSY_RETRY_S
+                    else:
+                        self._next_try = time.monotonic() + RETRY_S
+                        self._degrade(self._hands)
                 except Exception as exc:        # a fault no handler knows: counted, the loop goes on
                     self._commit_singly(hands, exc)
-            else:
+            elif not self._busy:
                 self._degrade(hands)
             with self._new:
                 self._new.notify_all()
@@ -689,7 +706,7 @@ class Spool:
         return {"last_seq": self.last_seq, "pending_rows": self.pending_rows, "bytes": self.total_bytes,
                 "quota_bytes": self.quota_bytes, "commits": self.commits, "committed_rows": self.committed_rows,
                 "evicted": self.evicted, "refused_telemetry": self.refused, "retry_dropped": self.retry_dropped,
-                "writer_errors": self.writer_errors, "writer_error": self.writer_error,
+                "writer_errors": self.writer_errors, "busy_retries": self.busy_retries, "writer_error": self.writer_error,
                 "writer_restarts": self.writer_restarts, "writer_crash": self.writer_crash,
                 "writer_alive": self.writer_alive, "write_error": self.write_error,
                 "reserve": {"bytes": r.size, "used": r.end, "pending": self.reserve_pending,
