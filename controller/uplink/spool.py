@@ -436,6 +436,11 @@ class Spool:
             with self._new:
                 self._new.notify_all()
             if stop:
+                lost = sum(1 for it in self._hands.rest() if it[0] == "rec")
+                if lost:                        # disk and reserve full at shutdown: say what dies with us
+                    self.retry_dropped += lost
+                    print(f"uplink spool: {lost} records not stored at shutdown (disk and reserve full)",
+                          file=sys.stderr, flush=True)
                 self._db.close()
                 return
 
