@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -195,9 +196,15 @@ def _write_outputs(out: Path, kpis: dict, event_log, site) -> list[str]:
     errors = []
     for name, mode, write in (("kpis.json", "w", kpis_file), ("events.jsonl", "w", events_file),
                               ("minutes.npy", "wb", lambda f: np.save(f, np.asarray(site.meters.log)))):
+        tmp = out / (name + ".tmp")                # whole or absent: never a half-written file under its name
         try:
-            with open(out / name, mode) as f:
+            with open(tmp, mode) as f:
                 write(f)
+            os.replace(tmp, out / name)
         except OSError as exc:
             errors.append(f"{out / name}: not written ({exc.strerror or exc})")
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
     return errors
