@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import Counter
 
 from controller.dcim.regmap import RegisterMap, decode
@@ -53,6 +54,7 @@ class WriteGate:
         self._repeated: Counter = Counter()
         self._window = (0.0, 0)
         self._seq = 0
+        self._boot = uuid.uuid4().hex[:8]           # ids stay unique across restarts in the cloud's audit
         self._lock = threading.Lock()
 
     def _now(self) -> float:
@@ -147,7 +149,7 @@ class WriteGate:
     def _audit(self, kind, reg, verdict: str, reason: str, peer: str, address: int, value=None,
                send: bool = True) -> dict:
         self._seq += 1
-        body = {"id": f"dcim-{self._seq}", "counter": None, "type": kind, "verdict": verdict, "reason": reason,
+        body = {"id": f"dcim-{self._boot}-{self._seq}", "counter": None, "type": kind, "verdict": verdict, "reason": reason,
                 "source": "dcim", "peer": str(peer)[:64], "register": reg.name if reg is not None else None,
                 "address": int(address), "value": value}
         if self.busy:
