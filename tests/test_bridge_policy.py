@@ -274,3 +274,19 @@ def test_a_hold_the_bridge_could_forget_is_never_placed(tmp_path):
         assert out["action"] == "refuse" and "never placed" in out["reason"], (book.path, out)
         assert adapter.calls == [] and book.held == {}
     assert (tmp_path / "bad.json").read_text() == "{not json"      # the unreadable book is left for a human
+
+
+def test_squeue_output_is_read_bounded_not_whole():
+    """A queue of 100k jobs is hundreds of MB of JSON: the bridge stops reading past slurm.max_output_bytes
+    and says so, instead of holding it all."""
+    import os
+    import time
+    from controller.bridge.adapter import AdapterError
+    a = SlurmAdapter.__new__(SlurmAdapter)
+    a.cfg, a.env = {"max_output_bytes": 1000, "command_timeout_s": 20.0}, dict(os.environ)
+    a._run = a._bounded_run
+    t0 = time.monotonic()
+    with pytest.raises(AdapterError, match="output over 1000 bytes"):
+        a._cmd(["/bin/sh", "-c", "yes x | head -c 1000000000"])
+    assert time.monotonic() - t0 < 10                   # stopped, not read to the end or to the timeout
+    assert a._cmd(["/bin/echo", "hello"]).strip() == "hello"

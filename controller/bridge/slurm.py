@@ -29,6 +29,7 @@ import calendar
 import json
 import os
 import re
+import selectors
 import shutil
 import subprocess
 import time
@@ -111,11 +112,11 @@ def _text_minutes(v: str) -> float | None:
 class SlurmAdapter:
     name = "slurm"
 
-    def __init__(self, cfg: dict, run=subprocess.run):
+    def __init__(self, cfg: dict, run=None):
         self.cfg = cfg
         self.can_suspend = bool(cfg["suspend_running"])
         self.prefix = cfg["job_id_prefix"]
-        self._run = run
+        self._run = run or self._bounded_run
         self.mode = cfg["squeue"]                   # auto -> json or text on the first read
         self.env = dict(os.environ, TZ="UTC")
         if cfg["conf"]:
@@ -129,6 +130,38 @@ class SlurmAdapter:
             self.bin[cmd] = path
 
     # -- commands ------------------------------------------------------------------------------------
+    def _bounded_run(self, args: list[str], capture_output: bool, env: dict, timeout: float):
+        """subprocess.run with stdout read at most to slurm.max_output_bytes + 1 (a queue of 100k jobs is
+        hundreds of MB of JSON: never held whole) and stderr to 64 KiB; the command is killed past either."""
+        limit = self.cfg["max_output_bytes"] + 1
+        with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as proc:
+            out, err = bytearray(), bytearray()
+            deadline = time.monotonic() + timeout
+            with selectors.DefaultSelector() as sel:
+                sel.register(proc.stdout, selectors.EVENT_READ, (out, limit))
+                sel.register(proc.stderr, selectors.EVENT_READ, (err, 65536))
+                over = False
+                while sel.get_map() and not over:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        proc.kill()
+                        raise subprocess.TimeoutExpired(args, timeout)
+                    for key, _ in sel.select(left):
+                        buf, cap = key.data
+                        chunk = os.read(key.fd, 65536)
+                        if not chunk:
+                            sel.unregister(key.fileobj)
+                            continue
+                        buf += chunk[:max(0, cap - len(buf))]
+                        if len(buf) >= cap:     # over the bound: what is read is enough to say so
+                            over = True
+                            break
+            if over:
+                proc.kill()
+                return subprocess.CompletedProcess(args, -9, bytes(out), bytes(err))
+            code = proc.wait(max(0.1, deadline - time.monotonic()))
+        return subprocess.CompletedProcess(args, code, bytes(out), bytes(err))
+
     def _cmd(self, args: list[str]) -> str:
         try:
             p = self._run(args, capture_output=True, env=self.env, timeout=self.cfg["command_timeout_s"])
