@@ -290,3 +290,39 @@ def test_squeue_output_is_read_bounded_not_whole():
         a._cmd(["/bin/sh", "-c", "yes x | head -c 1000000000"])
     assert time.monotonic() - t0 < 10                   # stopped, not read to the end or to the timeout
     assert a._cmd(["/bin/echo", "hello"]).strip() == "hello"
+
+
+def test_a_prometheus_that_trickles_its_answer_is_cut_at_the_timeout():
+    """The socket timeout bounds each read: a server sending one byte every 0.3 s never trips it, and held
+    the bridge (its defer guards included) for as long as it liked."""
+    import socket
+    import threading
+    import time
+    from controller.bridge.prom import PromClient, PromError
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    stop = threading.Event()
+
+    def trickle():
+        conn, _ = srv.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+        while not stop.is_set():
+            try:
+                conn.sendall(b" ")
+            except OSError:
+                break
+            time.sleep(0.3)
+        conn.close()
+    th = threading.Thread(target=trickle, daemon=True)
+    th.start()
+    try:
+        client = PromClient(f"http://127.0.0.1:{srv.getsockname()[1]}", timeout_s=1.5)
+        t0 = time.monotonic()
+        with pytest.raises(PromError, match="timeout_s"):
+            client.query("up")
+        assert time.monotonic() - t0 < 5
+    finally:
+        stop.set()
+        srv.close()

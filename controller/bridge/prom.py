@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -34,8 +35,22 @@ class Sample:
     value: float
 
 
-def _read_bounded(resp, max_bytes: int, what: str) -> bytes:
-    body = resp.read(max_bytes + 1)
+def _read_bounded(resp, max_bytes: int, what: str, deadline: float | None = None) -> bytes:
+    """At most max_bytes, and - with `deadline` (time.monotonic) - by then: the socket timeout bounds each
+    read, so a server sending a byte every few seconds would otherwise hold the bridge for hours."""
+    if deadline is None:
+        body = resp.read(max_bytes + 1)
+    else:
+        parts, n = [], 0
+        while n <= max_bytes:
+            if time.monotonic() > deadline:
+                raise PromError(f"{what}: response not complete within prometheus.timeout_s")
+            chunk = resp.read1(min(65536, max_bytes + 1 - n)) if hasattr(resp, "read1") else resp.read(65536)
+            if not chunk:
+                break
+            parts.append(chunk)
+            n += len(chunk)
+        body = b"".join(parts)
     if len(body) > max_bytes:
         raise PromError(f"{what}: response over {max_bytes} bytes (prometheus.max_bytes); narrow the query")
     return body
@@ -98,8 +113,9 @@ class PromClient:
                                      headers={"Content-Type": "application/x-www-form-urlencoded",
                                               "Accept": "application/json"})
         try:
+            deadline = time.monotonic() + self.timeout_s
             with self.open(req, timeout=self.timeout_s) as resp:
-                body = _read_bounded(resp, self.max_bytes, what)
+                body = _read_bounded(resp, self.max_bytes, what, deadline)
         except urllib.error.HTTPError as exc:      # 400 bad PromQL, 422 execution error, 503 overloaded
             try:
                 body = _read_bounded(exc, 64 * 1024, what)
