@@ -346,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bridge_parser(sub)                 # bridge --config FILE [--check] (controller/bridge/, docs/bridge.md)
 
     p = sub.add_parser("plan", help="solve one planning instance (JSON) and print the plan")
-    p.add_argument("instance")
+    p.add_argument("instance", help="FILE.json, or - for a stream: one instance per line on stdin, one plan per line out")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("read", help="read one Modbus device's points (commissioning)")
