@@ -521,7 +521,11 @@ def test_actions_reach_the_uplink_spool_and_a_stalled_client_never_blocks_the_lo
         bad = c.request({"op": "action", "action": "mode", "mode": "turbo"})
         assert not bad["ok"] and "auto, manual, standby" in bad["error"]
         snap = c.request({"op": "snapshot"})
-        assert snap["uplink"]["attached"] is True
+        while snap.get("type") != "snapshot" and time.monotonic() < deadline:
+            assert snap.get("error") == "no cycle has run yet", snap     # the loop is set before it publishes
+            time.sleep(0.05)
+            snap = c.request({"op": "snapshot"})
+        assert snap["uplink"]["attached"] is True, snap
     finally:
         th.join(timeout=60)
         c.close()
