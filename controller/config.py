@@ -244,17 +244,23 @@ def parse_toml(path: Path) -> tuple[dict, str]:
         raise ProfileError([Problem(str(path), "(syntax)", f"not valid TOML: {str(exc)[:120]}")]) from None
 
 
+def load_checked(path: Path, schema, cross_checks) -> dict:
+    """A TOML file walked through `schema`, then `cross_checks(data, validator)` when the keys are sound;
+    ProfileError listing every problem found (the site profile, the bridge's configuration)."""
+    doc, text = parse_toml(path)
+    validator = Validator(str(path), text)
+    data = validator.walk(schema, doc, "")
+    if not validator.problems:
+        cross_checks(data, validator)
+    if validator.problems:
+        raise ProfileError(validator.problems)
+    return data
+
+
 def load_site(name_or_path: str | Path) -> SiteConfig:
     """Load a site profile, raising ProfileError listing every problem found."""
     path = resolve_site(name_or_path)
-    doc, text = parse_toml(path)
-    validator = Validator(str(path), text)
-    data = validator.walk(SITE_SCHEMA, doc, "")
-    if not validator.problems:
-        _cross_checks(data, validator)
-    if validator.problems:
-        raise ProfileError(validator.problems)
-    cfg = SiteConfig(data)
+    cfg = SiteConfig(load_checked(path, SITE_SCHEMA, _cross_checks))
     cfg.path = path
     return cfg
 

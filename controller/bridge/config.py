@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from controller.config import parse_toml
-from controller.schema import ArrayOf, Field as F, MapOf, ProfileError, Table, Validator, _type_name
+from controller.config import load_checked
+from controller.schema import ArrayOf, Field as F, MapOf, Table, Validator, _type_name
 
 INTO = ("jobs", "nodes", "racks", "total", "cooling", "aux")
 MAP_INTO = ("jobs", "nodes", "racks")           # one entry per label value
@@ -99,13 +99,7 @@ SCHEMA = Table({
 def load_bridge_config(path: str | Path) -> dict:
     """The validated configuration; ProfileError listing every problem (the CLI exits 2 with them)."""
     path = Path(path)
-    doc, text = parse_toml(path)
-    v = Validator(str(path), text)
-    cfg = v.walk(SCHEMA, doc, "")
-    if not v.problems:
-        _cross_checks(cfg, v)
-    if v.problems:
-        raise ProfileError(v.problems)
+    cfg = load_checked(path, SCHEMA, _cross_checks)
     cfg["path"] = str(path)
     return cfg
 
