@@ -167,7 +167,7 @@ def rig(tmp_path_factory):
         log = SnapshotLog(sock)
         log.latest(timeout_s=300)             # a cold numba cache compiles the kernels before the first cycle
         con = Console(work, sock, "main")
-        con.wait_for(r"O\)verview", timeout=20)
+        con.wait_for(r"O\)verview", timeout=90)          # the first full draw, on a loaded machine
         yield {"con": con, "log": log, "proc": proc, "sock": sock, "work": work}
     finally:
         if con is not None:
