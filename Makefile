@@ -6,15 +6,16 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 EMS    := $(VENV)/bin/edge-ems
 # Debian packages as command:package (installed only when the command is missing); slurm-wlm, munge and
-# prometheus are the bridge's real peers in tests/test_bridge_*.py (docs/bridge.md)
+# prometheus are the bridge's real peers in tests/test_bridge_*.py (docs/bridge.md); postgresql the cloud's database
+# in tests/test_cloud_*.py (its server commands live in /usr/lib/postgresql/<major>/bin, looked up there too)
 DEBS   := mosquitto:mosquitto socat:socat tmux:tmux slurmctld:slurm-wlm sinfo:slurm-client munged:munge \
-          prometheus:prometheus
+          prometheus:prometheus initdb:postgresql pg_ctl:postgresql
 # make check-arm (the bundle on an emulated aarch64 gateway): command -> Debian package
 ARM_DEBS := debootstrap:debootstrap qemu-aarch64-static:qemu-user-static update-binfmts:binfmt-support
 
 # $(call apt_install,CMD:PKG ...): apt-get the packages whose command is missing (sudo when not root)
 define apt_install
-	@missing=""; for cp in $(1); do PATH="$$PATH:/usr/sbin:/sbin" command -v $${cp%%:*} >/dev/null 2>&1 || missing="$$missing $${cp#*:}"; done; \
+	@missing=""; for cp in $(1); do PATH="$$PATH:/usr/sbin:/sbin$$(for d in /usr/lib/postgresql/*/bin; do printf ':%s' "$$d"; done)" command -v $${cp%%:*} >/dev/null 2>&1 || missing="$$missing $${cp#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
