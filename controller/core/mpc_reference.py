@@ -19,7 +19,8 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from controller.core.plan_instance import PlanArrays, PlanInstance
 
-__all__ = ["ReferenceResult", "solve_reference", "check_plan", "plan_objective"]
+__all__ = ["ReferenceResult", "solve_reference", "check_plan", "plan_objective", "solve_reference_jobs", "with_jobs_as_load",
+           "check_jobs"]
 
 G, X, C, D, Q, U, L, Z, S, ON, ST = range(11)
 
@@ -211,3 +212,100 @@ def check_plan(inst: PlanInstance, plan) -> float:
         viol.append(float(np.max(np.where(on, q - dsl.p_max_kw, 0.0))))
         viol.append(float(np.max(np.where(on, 0.0, np.abs(q)))))
     return max(viol)
+
+
+def solve_reference_jobs(inst: PlanInstance, mip_rel_gap: float = 1e-6, time_limit_s: float = 120.0):
+    """The instance with its deferrable jobs (inst.jobs, issue 17) as HiGHS MILP decisions: a contiguous job
+    has one binary start variable per allowed start (sum = 1; it adds kw to the balance of every step it
+    covers), a splittable one a binary run variable per step of its window (sum = duration_steps).
+    Written from the contract, independently of controller/core/mpc/deferrable.py. Returns
+    (ReferenceResult for the load with the jobs as placed, run (n, H) bool)."""
+    t0 = time.perf_counter()
+    cost, lo, hi, A, clo, chi, integrality, nb = _build(inst)
+    H, n0 = inst.horizon, A.shape[1]
+    cols_rows, cols_cols, cols_vals = [], [], []     # extra columns: the balance rows are rows 0..H-1
+    sum_rows, sum_cols = [], []
+    sum_rhs = []
+    col_meta = []                                     # (job, start or step, contiguous)
+    k = n0
+    for j, job in enumerate(inst.jobs):
+        if job.splittable:
+            cands = range(job.earliest_step, job.deadline_step)
+            for tt in cands:
+                cols_rows.append(tt)
+                cols_cols.append(k)
+                cols_vals.append(-job.kw)
+                sum_rows.append(j)
+                sum_cols.append(k)
+                col_meta.append((j, tt, False))
+                k += 1
+            sum_rhs.append(float(job.duration_steps))
+        else:
+            for s in range(job.earliest_step, job.deadline_step - job.duration_steps + 1):
+                for tt in range(s, s + job.duration_steps):
+                    cols_rows.append(tt)
+                    cols_cols.append(k)
+                    cols_vals.append(-job.kw)
+                sum_rows.append(j)
+                sum_cols.append(k)
+                col_meta.append((j, s, True))
+                k += 1
+            sum_rhs.append(1.0)
+    n = k
+    nj = len(inst.jobs)
+    ext = sp.csr_matrix((cols_vals, (cols_rows, [c - n0 for c in cols_cols])), shape=(A.shape[0], n - n0))
+    A2 = sp.vstack([sp.hstack([A, ext]),
+                    sp.csr_matrix((np.ones(len(sum_cols)), (sum_rows, sum_cols)), shape=(nj, n))]).tocsr()
+    clo2 = np.concatenate([clo, sum_rhs])
+    chi2 = np.concatenate([chi, sum_rhs])
+    cost2 = np.concatenate([cost, np.zeros(n - n0)])
+    lo2 = np.concatenate([lo, np.zeros(n - n0)])
+    hi2 = np.concatenate([hi, np.ones(n - n0)])
+    integ2 = np.concatenate([integrality, np.ones(n - n0)])
+    t1 = time.perf_counter()
+    res = milp(cost2, constraints=LinearConstraint(A2, clo2, chi2), bounds=Bounds(lo2, hi2), integrality=integ2,
+               options={"mip_rel_gap": mip_rel_gap, "time_limit": time_limit_s, "presolve": True})
+    t2 = time.perf_counter()
+    if res.x is None:
+        raise RuntimeError(f"HiGHS failed: {res.message}")
+    run = np.zeros((nj, H), dtype=bool)
+    for c, (j, s, contiguous) in enumerate(col_meta):
+        if res.x[n0 + c] > 0.5:
+            if contiguous:
+                run[j, s:s + inst.jobs[j].duration_steps] = True
+            else:
+                run[j, s] = True
+    xv = res.x[: nb * H].reshape(nb, H)
+    q = xv[Q].copy()
+    on = (xv[ON] > 0.5) if inst.diesel is not None else np.zeros(H, dtype=bool)
+    q[~on] = 0.0
+    soc = np.concatenate([[inst.battery.soc0_pct], xv[S]])
+    plan = dict(grid_kw=xv[G].copy(), export_kw=xv[X].copy(), charge_kw=xv[C].copy(),
+                discharge_kw=xv[D].copy(), diesel_kw=q, curtail_kw=xv[U].copy(),
+                unserved_kw=xv[L].copy(), soc_pct=soc, diesel_on=on)
+    obj = plan_objective(inst, **plan)
+    return ReferenceResult(objective=obj, highs_objective=float(res.fun), solve_ms=(t2 - t1) * 1e3,
+                           build_ms=(t1 - t0) * 1e3, status=int(res.status), **plan), run
+
+
+def with_jobs_as_load(inst: PlanInstance, run) -> PlanInstance:
+    """The instance with its jobs added to load_kw as `run` places them (and no jobs): what check_plan and
+    plan_objective grade a placement's plan against."""
+    from dataclasses import replace
+    load = inst.load_kw.copy()
+    for job, r in zip(inst.jobs, run):
+        load = load + job.kw * np.asarray(r, dtype=float)
+    return replace(inst, load_kw=load, jobs=())
+
+
+def check_jobs(inst: PlanInstance, run) -> str | None:
+    """A placement's violation of the jobs' windows, durations and contiguity, or None."""
+    for j, (job, r) in enumerate(zip(inst.jobs, np.asarray(run, dtype=bool))):
+        on = np.flatnonzero(r)
+        if len(on) != job.duration_steps:
+            return f"job {j}: runs {len(on)} steps, expected {job.duration_steps}"
+        if len(on) and (on[0] < job.earliest_step or on[-1] >= job.deadline_step):
+            return f"job {j}: runs steps {on[0]}..{on[-1]}, outside [{job.earliest_step}, {job.deadline_step})"
+        if not job.splittable and len(on) and on[-1] - on[0] + 1 != len(on):
+            return f"job {j}: not contiguous"
+    return None

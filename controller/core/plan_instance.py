@@ -16,7 +16,7 @@ from typing import Any, Optional
 import numpy as np
 
 __all__ = [
-    "InstanceError", "Battery", "Diesel", "PlanInstance", "PlanArrays",
+    "InstanceError", "Battery", "Diesel", "Job", "PlanInstance", "PlanArrays",
     "load_instance", "instance_from_dict", "instance_to_dict", "result_to_json", "plan_main",
 ]
 
@@ -72,6 +72,20 @@ class Diesel:
 
 
 @dataclass(frozen=True)
+class Job:
+    """A deferrable job the planner places (issue 17): kw for duration_steps steps, all inside
+    [earliest_step, deadline_step) of the horizon; contiguous unless splittable."""
+    kw: float
+    duration_steps: int
+    earliest_step: int
+    deadline_step: int        # exclusive: the job has ended by the start of this step
+    splittable: bool = False
+
+
+MAX_JOBS = 8                  # deferrable jobs per instance: the search is n x (rounds + 1) re-plans
+
+
+@dataclass(frozen=True)
 class PlanInstance:
     dt_h: float
     load_kw: np.ndarray
@@ -87,6 +101,7 @@ class PlanInstance:
     soc_shortfall_penalty_per_kwh: float
     battery: Battery
     diesel: Optional[Diesel]
+    jobs: tuple = ()          # Job, ... : deferrable jobs the planner places (the load is without them)
 
     @property
     def horizon(self) -> int:
@@ -109,6 +124,7 @@ _TOP_SCALARS = ("dt_h", "export_max_kw", "carbon_price_per_kg", "peak_price_per_
 _BATTERY_KEYS = ("capacity_kwh", "soc0_pct", "soc_min_pct", "soc_max_pct", "charge_max_kw",
                  "discharge_max_kw", "eta_charge", "eta_discharge", "wear_cost_per_kwh",
                  "terminal_value_per_kwh", "reserve_pct")
+_JOB_KEYS = ("kw", "duration_steps", "earliest_step", "deadline_step", "splittable")
 _DIESEL_KEYS = ("p_min_kw", "p_max_kw", "fuel_l_per_kwh", "fuel_l_per_h_on", "fuel_price_per_l",
                 "co2_kg_per_l", "start_cost", "on0")
 # Arrays whose values must not be negative (prices and carbon intensities may be: negative prices exist).
@@ -218,8 +234,48 @@ def _diesel(obj: Any) -> Optional[Diesel]:
     return Diesel(on0=bool(on0), **vals)
 
 
+def _int(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InstanceError(f"{field}: expected an integer, got {value!r}")
+    return int(value)
+
+
+def _jobs(raw: Any, horizon: int) -> tuple:
+    """The optional `jobs` array: at most MAX_JOBS objects, each window inside the horizon and long
+    enough for its job."""
+    if not isinstance(raw, list):
+        raise InstanceError(f"jobs: expected an array of job objects, got {type(raw).__name__}")
+    if len(raw) > MAX_JOBS:
+        raise InstanceError(f"jobs: expected at most {MAX_JOBS} jobs, got {len(raw)}")
+    out = []
+    for i, obj in enumerate(raw):
+        where = f"jobs[{i}]"
+        _check_keys(obj, _JOB_KEYS, where)
+        kw = _number(obj["kw"], f"{where}.kw")
+        _require(kw >= 0, f"{where}.kw", "a value >= 0", kw)
+        dur = _int(obj["duration_steps"], f"{where}.duration_steps")
+        early = _int(obj["earliest_step"], f"{where}.earliest_step")
+        end = _int(obj["deadline_step"], f"{where}.deadline_step")
+        _require(1 <= dur <= horizon, f"{where}.duration_steps", f"an integer in [1, {horizon}] (the horizon)", dur)
+        _require(0 <= early <= horizon - dur, f"{where}.earliest_step",
+                 f"an integer in [0, {horizon - dur}] (horizon - duration_steps)", early)
+        _require(early + dur <= end <= horizon, f"{where}.deadline_step",
+                 f"an integer in [{early + dur}, {horizon}] (earliest_step + duration_steps .. horizon)", end)
+        split = obj["splittable"]
+        if not isinstance(split, bool):
+            raise InstanceError(f"{where}.splittable: expected true/false, got {split!r}")
+        out.append(Job(kw, dur, early, end, split))
+    return tuple(out)
+
+
 def instance_from_dict(obj: Any) -> PlanInstance:
     """Validate a decoded instance JSON and build a PlanInstance (raises InstanceError)."""
+    jobs = ()
+    if isinstance(obj, dict) and "jobs" in obj:
+        obj = dict(obj)
+        raw_jobs = obj.pop("jobs")
+    else:
+        raw_jobs = None
     _check_keys(obj, _TOP_ARRAYS + _TOP_SCALARS + ("battery", "diesel"), "instance")
     load = _array(obj["load_kw"], "load_kw", None)
     horizon = int(load.shape[0])
@@ -238,8 +294,10 @@ def instance_from_dict(obj: Any) -> PlanInstance:
     for k in ("export_max_kw", "peak_price_per_kw", "unserved_penalty_per_kwh",
               "soc_shortfall_penalty_per_kwh"):
         _require(scalars[k] >= 0, k, "a value >= 0", scalars[k])
+    if raw_jobs is not None:
+        jobs = _jobs(raw_jobs, horizon)
     return PlanInstance(battery=_battery(obj["battery"], horizon), diesel=_diesel(obj["diesel"]),
-                        **arrays, **scalars)
+                        jobs=jobs, **arrays, **scalars)
 
 
 def load_instance(path) -> PlanInstance:
@@ -327,6 +385,9 @@ def instance_to_dict(inst: PlanInstance) -> dict:
         d = {k: float(getattr(inst.diesel, k)) for k in _DIESEL_KEYS if k != "on0"}
         d["on0"] = bool(inst.diesel.on0)
         out["diesel"] = d
+    if inst.jobs:
+        out["jobs"] = [{"kw": float(j.kw), "duration_steps": int(j.duration_steps), "earliest_step": int(j.earliest_step),
+                        "deadline_step": int(j.deadline_step), "splittable": bool(j.splittable)} for j in inst.jobs]
     return out
 
 
@@ -348,6 +409,9 @@ def result_to_json(result) -> dict:
         "diesel_on": [bool(v) for v in result.diesel_on],
         "peak_kw": float(result.peak_kw),
         "gap_bound": float(result.gap_bound),
+        **({"jobs": [{"start_step": int(np.argmax(r)) if r.any() else None,
+                      "run_steps": [int(t) for t in np.flatnonzero(r)]} for r in result.job_run]}
+           if getattr(result, "job_run", None) is not None else {}),
     }
 
 
@@ -356,8 +420,13 @@ def _load_kernels() -> tuple[object, float]:
     first call used to pay inside its `solve_ms` (~330 ms against 0.2 ms for the solve itself)."""
     t0 = time.perf_counter()
     from controller.core.mpc import solve, warm_up  # imported here: loading numba is only needed to solve
+    from controller.core.mpc import deferrable
     warm_up()
-    return solve, (time.perf_counter() - t0) * 1e3
+    deferrable.warm_up()
+
+    def solve_any(inst):
+        return deferrable.solve_jobs(inst) if inst.jobs else solve(inst)
+    return solve_any, (time.perf_counter() - t0) * 1e3
 
 
 def plan_main(path) -> int:
