@@ -189,9 +189,12 @@ CREATE TABLE IF NOT EXISTS rejected (
     reason       text NOT NULL,
     record       jsonb,                            -- the record as received (when it parsed)
     raw          bytea,                            -- the message's first bytes (when it did not)
-    line         text                              -- the ledger line (intervals)
+    line         text,                             -- the ledger line (intervals)
+    digest       text NOT NULL                     -- SHA-256 of the message (no key) or of the record
 );
 CREATE UNIQUE INDEX IF NOT EXISTS rejected_record ON rejected (gateway_id, boot_id, seq);
+-- a message without a usable key, re-sent, is kept once
+CREATE UNIQUE INDEX IF NOT EXISTS rejected_message ON rejected (topic, digest) WHERE seq IS NULL;
 
 -- Commands audit: every command the cloud signed (or refused to sign), with the verdict the gateway sent.
 CREATE TABLE IF NOT EXISTS commands (
