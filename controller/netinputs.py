@@ -76,6 +76,7 @@ class Warning_:
     end_s: float
     cut: float
     ramp_s: float
+    grid_risk: float = 0.0   # probability the feeder trips during the event (docs/risk.md); 0: not said
 
 
 def parse_weather(payload) -> Warning_:
@@ -89,7 +90,8 @@ def parse_weather(payload) -> Warning_:
     sev = _num(a, "severity", 1, 5, WEATHER) if "severity" in a else 3.0
     cut = _num(a, "pv_cut_frac", 0, 1, WEATHER) if "pv_cut_frac" in a else min(1.0, PV_CUT[a["kind"]] * sev / 3.0)
     ramp = _num(a, "ramp_s", 0, 86400, WEATHER) if "ramp_s" in a else 0.0
-    return Warning_(start, end, cut, ramp)
+    risk = _num(a, "grid_risk", 0, 1, WEATHER) if "grid_risk" in a else 0.0
+    return Warning_(start, end, cut, ramp, risk)
 
 
 @dataclass
@@ -100,6 +102,7 @@ class GridUpdate:
     co2: float | None = None
     outage_start_s: float = 0.0
     outage_end_s: float = 0.0
+    outage_grid_risk: float = 1.0   # probability the announced outage happens (docs/risk.md); 1: certain
 
 
 def parse_grid_update(payload) -> GridUpdate:
@@ -117,6 +120,10 @@ def parse_grid_update(payload) -> GridUpdate:
         g.outage_end_s = _num(a, "outage_end_s", g.outage_start_s, 1e11, GRID_UPDATE)
         if g.outage_end_s <= g.outage_start_s:
             raise NetPayloadError(f"{GRID_UPDATE}: key 'outage_end_s': must be after outage_start_s")
+    if "grid_risk" in a:
+        if "outage_start_s" not in a:
+            raise NetPayloadError(f"{GRID_UPDATE}: key 'grid_risk': only with an outage (outage_start_s)")
+        g.outage_grid_risk = _num(a, "grid_risk", 0, 1, GRID_UPDATE)
     return g
 
 
@@ -190,11 +197,12 @@ class GridDevice(_NetDevice):
                 price = feed.import_price[k]
                 co2 = feed.co2[k] if feed.co2 is not None else None
         o_s = o_e = 0.0
+        o_risk = 1.0
         if g is not None and g.valid_from_s <= utc < g.valid_to_s:
             price = g.price if g.price is not None else price
             co2 = g.co2 if g.co2 is not None else co2
         if g is not None and g.outage_end_s > utc:
-            o_s, o_e = g.outage_start_s, g.outage_end_s
+            o_s, o_e, o_risk = g.outage_start_s, g.outage_end_s, g.outage_grid_risk
         name = self.name
         if price is not None:
             sink(name, "price_per_kwh", price, now_mono_s, QUALITY_OK)
@@ -202,6 +210,7 @@ class GridDevice(_NetDevice):
             sink(name, "co2_kg_per_kwh", co2, now_mono_s, QUALITY_OK)
         sink(name, "outage_start_s", o_s, now_mono_s, QUALITY_OK)
         sink(name, "outage_end_s", o_e, now_mono_s, QUALITY_OK)
+        sink(name, "outage_grid_risk", o_risk, now_mono_s, QUALITY_OK)
 
 
 class WeatherDevice(_NetDevice):
@@ -215,8 +224,8 @@ class WeatherDevice(_NetDevice):
             w = inp.weather
         if w is not None and w.end_s <= inp.utc():
             w = None
-        vals = (w.cut, w.start_s, w.end_s, w.ramp_s) if w is not None else (0.0, 0.0, 0.0, 0.0)
-        for point, v in zip(("pv_cut_frac", "warn_start_s", "warn_end_s", "warn_ramp_s"), vals):
+        vals = (w.cut, w.start_s, w.end_s, w.ramp_s, w.grid_risk) if w is not None else (0.0,) * 5
+        for point, v in zip(("pv_cut_frac", "warn_start_s", "warn_end_s", "warn_ramp_s", "grid_risk"), vals):
             sink(self.name, point, v, now_mono_s, QUALITY_OK)
 
 

@@ -93,7 +93,13 @@ CATALOGUE: tuple[Point, ...] = (
 ) + tuple(Point(f"mkt_{series}_{k:02d}", unit, "market", f"{series}_{k:02d}", MARKET, f"market: {what}, slot {k}")
           for series, unit, what in (("import", "cur/kWh", "import price"), ("export", "cur/kWh", "export price"),
                                      ("co2", "kgCO2e/kWh", "grid intensity"))
-          for k in range(MKT_SLOTS))
+          for k in range(MKT_SLOTS)) + (
+    # Risk-aware warnings (issue 16, docs/risk.md): the probability that the feeder trips during the warned
+    # event (the planner's two branches); appended so every index above keeps its place.
+    Point("wx_grid_risk", "frac", "weather", "grid_risk", SLOW, "weather warning: probability the feeder trips"),
+    Point("outage_grid_risk", "frac", "grid", "outage_grid_risk", SLOW,
+          "announced outage: probability it happens (1: certain)"),
+)
 
 N_POINTS = len(CATALOGUE)
 INDEX = {p.name: i for i, p in enumerate(CATALOGUE)}
@@ -110,6 +116,7 @@ JOB_KW, JOB_START_S, JOB_END_S, WX_PV_CUT, WX_START_S, WX_END_S, WX_RAMP_S = ran
 OUTAGE_START_S, OUTAGE_END_S, GRID_V = range(44, 47)
 MKT_T0_S, MKT_T1_S, MKT_STEP_S, MKT_SERIES = range(47, 51)
 MKT_IMPORT, MKT_EXPORT, MKT_CO2 = 51, 51 + MKT_SLOTS, 51 + 2 * MKT_SLOTS     # first slot of each series
+WX_GRID_RISK, OUTAGE_GRID_RISK = INDEX["wx_grid_risk"], INDEX["outage_grid_risk"]
 
 # Quality codes, as in drivers/base.py (kept equal by a test).
 Q_OK, Q_STALE, Q_ERROR = 0, 1, 2
@@ -147,6 +154,7 @@ def _check_layout() -> None:
              "job_kw job_start_s job_end_s wx_pv_cut wx_start_s wx_end_s wx_ramp_s "
              "outage_start_s outage_end_s grid_v mkt_t0_s mkt_t1_s mkt_step_s mkt_series").split()
     names += [f"mkt_{s}_{k:02d}" for s in ("import", "export", "co2") for k in range(MKT_SLOTS)]
+    names += ["wx_grid_risk", "outage_grid_risk"]
     assert [p.name for p in CATALOGUE] == names, "index constants out of step with CATALOGUE"
 
 

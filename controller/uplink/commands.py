@@ -227,7 +227,8 @@ class CommandVerifier:
             if not isinstance(a["alarm"], str) or not 0 < len(a["alarm"]) <= 64:
                 raise Refused("malformed: alarm must be a name")
         elif kind == "weather_warning":      # -> controller/netinputs.py, the weather device's points
-            _only(a, {"kind", "from_s", "to_s", "severity", "pv_cut_frac", "ramp_s"}, {"kind", "from_s", "to_s"})
+            _only(a, {"kind", "from_s", "to_s", "severity", "pv_cut_frac", "ramp_s", "grid_risk"},
+                  {"kind", "from_s", "to_s"})
             if a["kind"] not in WARNINGS:
                 raise Refused(f"out of limits: warning kind not one of {WARNINGS}")
             f = _num(a, "from_s", now_s - 86400, now_s + 7 * 86400)
@@ -240,9 +241,11 @@ class CommandVerifier:
                 _num(a, "pv_cut_frac", 0.0, 1.0)
             if "ramp_s" in a:
                 _num(a, "ramp_s", 0.0, 86400.0)
+            if "grid_risk" in a:             # the feeder's trip probability during the event (docs/risk.md)
+                _num(a, "grid_risk", 0.0, 1.0)
         elif kind == "grid_update":          # -> the grid device's price / intensity and announced outage
             _only(a, {"co2_kg_per_kwh", "price_per_kwh", "valid_from_s", "valid_to_s", "outage_start_s",
-                      "outage_end_s"}, {"valid_from_s", "valid_to_s"})
+                      "outage_end_s", "grid_risk"}, {"valid_from_s", "valid_to_s"})
             if not {"co2_kg_per_kwh", "price_per_kwh", "outage_start_s"} & set(a):
                 raise Refused("malformed: grid_update needs co2_kg_per_kwh, price_per_kwh or an outage")
             if "co2_kg_per_kwh" in a:
@@ -256,6 +259,10 @@ class CommandVerifier:
                 _num(a, "outage_end_s", o, o + 7 * 86400)
                 if a["outage_end_s"] <= o:
                     raise Refused("out of limits: outage_end_s must be after outage_start_s")
+            if "grid_risk" in a:             # the probability the announced outage happens
+                if "outage_start_s" not in a:
+                    raise Refused("malformed: grid_risk only with an outage (outage_start_s)")
+                _num(a, "grid_risk", 0.0, 1.0)
 
 
 # --- the cloud's side (tests, tools) ----------------------------------------------------------------
