@@ -83,11 +83,11 @@ def rotate_key(conn, gateway: str, pubkey_path: str, at: str | None = None) -> d
             raise RegistryError(f"gateway {gateway!r} is not registered")
         if conn.execute("SELECT 1 FROM gateway_keys WHERE fingerprint = %s", (fp,)).fetchone():
             raise RegistryError(f"key {fp} is already registered")
-        cur = conn.execute("SELECT fingerprint, valid_from FROM gateway_keys WHERE gateway_id = %s AND valid_to IS NULL",
+        cur = conn.execute("SELECT fingerprint FROM gateway_keys WHERE gateway_id = %s AND valid_to IS NULL",
                            (gateway,)).fetchone()
-        late = conn.execute("SELECT fingerprint FROM gateway_keys WHERE gateway_id = %s AND valid_from >= %s",
-                            (gateway, at_t)).fetchone()
-        if late or (cur and cur[1] >= at_t):
+        late = conn.execute("SELECT fingerprint FROM gateway_keys WHERE gateway_id = %s AND "
+                            "(valid_from >= %s OR valid_to > %s)", (gateway, at_t, at_t)).fetchone()
+        if late:
             raise RegistryError(f"gateway {gateway!r} has a key valid from {at_t.isoformat()} or later: rotate at a "
                                 "later time")
         if cur:

@@ -138,3 +138,82 @@ class Postgres:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# --- the cloud side around it (tests/test_cloud_*.py) ---------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cloud_cli(dsn: str, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`edge-ems-cloud --db DSN ARGV...` as a subprocess (the installed entry point's module)."""
+    import sys
+    return subprocess.run([sys.executable, "-m", "cloud.cli", "--db", dsn, *argv], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+class Ingest:
+    """`edge-ems-cloud ingest --workers N` as a process group of its own (kill() = SIGKILL to the parent; its
+    workers die with it by PR_SET_PDEATHSIG, as on a real host)."""
+
+    def __init__(self, dsn: str, broker_url: str, workers: int = 1, group: str = "edge-ems-ingest", log: Path | None = None):
+        self.argv = ["--db", dsn, "ingest", "--mqtt", broker_url, "--workers", str(workers), "--group", group]
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Ingest":
+        import sys
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL
+        self.proc = subprocess.Popen([sys.executable, "-m", "cloud.cli", *self.argv], cwd=REPO, stdout=out,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        if self.log:
+            out.close()
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.proc = None
+
+
+def wait_subscribed(port: int, topic: str, timeout: float = 60.0) -> None:
+    """Until a QoS 1 publish to `topic` is no longer answered 0x10 'no matching subscribers' (MQTT v5): the
+    ingest's shared subscription exists. The probe's payload is an empty status-like message the ingest
+    quarantines, so the topic should be one of a throwaway gateway."""
+    import threading
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+    codes: list = []
+    got = threading.Event()
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{os.getpid()}-{time.monotonic_ns()}",
+                    protocol=MQTTProtocolVersion.MQTTv5)
+
+    def on_publish(client, userdata, mid, reason_code, properties):
+        codes.append(reason_code.value)
+        got.set()
+    c.on_publish = on_publish
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            got.clear()
+            c.publish(topic, b"probe", qos=1)
+            assert got.wait(10), "no PUBACK for the probe"
+            if codes[-1] != 0x10:
+                return
+            assert time.monotonic() < deadline, f"nothing subscribed {topic} within {timeout} s"
+            time.sleep(0.1)
+    finally:
+        c.loop_stop()
+        c.disconnect()
