@@ -528,6 +528,7 @@ def write_report(out_dir, result_ctl, result_none) -> Path:
         f"<tr><td>{_e(local_time(ctx, (t - ctx.start_utc.timestamp()) / 3600.0).strftime('%d %b %H:%M:%S'))}"
         f"</td><td>{_e(event)}</td><td>{value:g}</td></tr>" for t, event, value in controller_events(result_ctl))
     seed = getattr(result_ctl, "seed", None)
+    from tools.bench.pareto_chart import demo_section as pareto_section   # the bench's saved sweep, no run
     seed_txt = f", seed {_e(seed)}" if seed is not None else ""
     doc = f"""<!DOCTYPE html>
 <html lang="en">
@@ -557,6 +558,8 @@ site, compared with the same site and weather without control (battery idle, gen
 interval. Diesel factor from the site's fuel curve: (fuel_l_per_kwh + fuel_l_per_h_on / P) × kg CO2e per litre.
 Energy from the battery counts as zero here: its carbon is booked when it is charged, which is why the
 intensity rises above the diesel factor while the genset carries the load and charges the battery.</p>
+<section id="pareto"><h2>Cost vs CO2 as the carbon price rises (bench sweep)</h2>
+{pareto_section(ctx.title)}</section>
 <h2>Scenario events</h2>
 <table class="events"><thead><tr><th>local time</th><th>duration</th><th>event</th><th>note</th></tr></thead>
 <tbody>{ev_rows or '<tr><td colspan="4">none in this horizon</td></tr>'}</tbody></table>
