@@ -31,8 +31,10 @@ CANONICAL_POINTS = {
     "genset": ("power_kw", "running", "available", "fuel_pct", "run_hours_h", "starts", "alarm_bits"),
     "pv_inverter": ("power_kw", "available_kw", "limit_kw"),
     "compute": ("it_kw", "cooling_kw", "aux_kw", "job_kw", "job_start_s", "job_end_s"),
-    "weather": ("ambient_c", "irradiance_w_m2", "pv_cut_frac", "warn_start_s", "warn_end_s", "warn_ramp_s"),
-    "grid": ("available", "price_per_kwh", "co2_kg_per_kwh", "import_max_kw", "outage_start_s", "outage_end_s"),
+    "weather": ("ambient_c", "irradiance_w_m2", "pv_cut_frac", "warn_start_s", "warn_end_s", "warn_ramp_s",
+                "grid_risk"),
+    "grid": ("available", "price_per_kwh", "co2_kg_per_kwh", "import_max_kw", "outage_start_s", "outage_end_s",
+             "outage_grid_risk"),
 }
 
 # Canonical commands per device class (write side).

@@ -32,6 +32,8 @@ import numpy as np
 from numba import njit
 
 from controller.core import mpc as M
+from controller.core import mpc_risk as R
+from controller.core.mpc import branch as B
 from controller.core.forecast import (
     N_DERATE_STATE, N_LOAD_STATE, N_PV_PARAMS, clear_pv_kw, derate_new_state, derate_update, event_factor,
     load_forecast, load_new_state, load_update, pv_forecast,
@@ -55,6 +57,7 @@ from controller.points import (
     MKT_IMPORT, MKT_SERIES, MKT_SLOTS, MKT_STEP_S, MKT_T0_S, MKT_T1_S, OUTAGE_END_S, OUTAGE_START_S,
     PV_AVAILABLE_KW, PV_KW, Q_OK, WX_END_S, WX_PV_CUT, WX_RAMP_S, WX_START_S,
 )
+from controller.points import OUTAGE_GRID_RISK, WX_GRID_RISK
 
 PEAK_WINDOW_S = 900.0        # demand charges are billed on 15-minute average import
 PV_SUBSAMPLES = 3
@@ -370,13 +373,31 @@ def _plan_key(value, quality, grid_up, gen_on, gen_ok):
     key = (1.0 if grid_up else 0.0) + (2.0 if gen_on else 0.0) + (4.0 if gen_ok else 0.0)
     ann = 0.0
     w = 1.0
-    for i in (JOB_START_S, JOB_KW, WX_START_S, WX_PV_CUT, OUTAGE_START_S, OUTAGE_END_S):
+    for i in (JOB_START_S, JOB_KW, WX_START_S, WX_PV_CUT, OUTAGE_START_S, OUTAGE_END_S, WX_GRID_RISK,
+              OUTAGE_GRID_RISK):
         if quality[i] == Q_OK:
             ann += w * value[i]
         w += 2.0
     if _market_ok(value, quality):          # a new market message (window or prices) re-plans at once
         ann += w * (value[MKT_T0_S] - value[MKT_T1_S]) + value[MKT_IMPORT] + value[MKT_IMPORT + MKT_SLOTS - 1]
     return key + 8.0 * ann
+
+
+@njit(cache=True)
+def _plan_branches(params, st, t_s, value, quality, soc_pct, load_kw, grid_up, gen_on, gen_ok, export_max_kw,
+                   reserve_pct, src, ev_s, ev_e, k0, p, steps, prm):
+    """A risk-aware warning (mpc_risk, docs/risk.md): the two-branch plan, both branches built by
+    build_weighted from their images ("holds" is the instance already built for a weather warning).
+    Returns (the holds branch's plan rows: its first k0 steps are the plan in force, tree objective)."""
+    v_h, q_h, v_t, q_t = R.branch_images(value, quality, src, ev_s, ev_e, t_s, k0, params[P_MPC_DT_H] * 3600.0)
+    if src == R.RISK_OUTAGE:
+        steps, prm, _ = build_weighted(params, st, t_s, v_h, q_h, soc_pct, load_kw, grid_up, gen_on, gen_ok,
+                                       export_max_kw, reserve_pct)
+    steps_t, prm_t, _ = build_weighted(params, st, t_s, v_t, q_t, soc_pct, load_kw, grid_up, gen_on, gen_ok,
+                                       export_max_kw, reserve_pct)
+    out, _, obj, _ = B.tree_kernel(steps, steps_t, prm, prm_t, k0, p, M.PEAK_EVALS,
+                                   int(params[P_MPC_GENSET_EVALS]))
+    return out, obj
 
 
 @njit(cache=True)
@@ -391,9 +412,18 @@ def mpc_plan(params, state, st, t_s, value, quality, soc_pct, load_kw, grid_up, 
     if state[S_PLAN_COUNT] > 0.0 and t_s - state[S_PLAN_T_S] < params[P_MPC_REPLAN_S] \
             and key == state[S_PLAN_KEY] and st[S_PEAK_KW] >= state[S_PEAK_KW]:
         return False
+    value, quality = R.down_through_event(value, quality, t_s, grid_up)   # a trip in a risk event: to its end
     steps, prm, w = build_weighted(params, st, t_s, value, quality, soc_pct, load_kw, grid_up, gen_on, gen_ok,
                                    export_max_kw, reserve_pct)
-    out, obj, _ = M.plan_kernel(steps, prm, M.PEAK_EVALS, int(params[P_MPC_GENSET_EVALS]))
+    src, ev_s, ev_e, p = R.risk_event(value, quality, t_s)
+    k0 = 0
+    if src != R.RISK_NONE and grid_up and w == 0.0:   # the carbon objective plans risk-blind (docs/risk.md)
+        k0, p = R.branch_point(t_s, ev_s, ev_e, p, steps.shape[1], params[P_MPC_DT_H] * 3600.0)
+    if k0 > 0:
+        out, obj = _plan_branches(params, st, t_s, value, quality, soc_pct, load_kw, grid_up, gen_on, gen_ok,
+                                  export_max_kw, reserve_pct, src, ev_s, ev_e, k0, p, steps, prm)
+    else:
+        out, obj, _ = M.plan_kernel(steps, prm, M.PEAK_EVALS, int(params[P_MPC_GENSET_EVALS]))
     if w > 0.0:
         obj /= w                            # the carbon objective in kg: K + C / W
     st[S_PLAN_T_S] = t_s

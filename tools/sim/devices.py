@@ -159,28 +159,31 @@ class SimGrid(SimDevice):
     def read(self):
         s, t = self.site.series, self.site.t_s
         start = end = 0.0
+        risk = 1.0
         hit = _announced(self.site, "grid_outage", lambda ev: ev["warn_min"] / 60.0)
         if hit is not None and hit[0]["warn_min"] > 0:   # the utility's maintenance notice
             ev, start_h = hit
             start = self.site.scn.start.timestamp() + start_h * 3600.0
             end = start + ev["duration_min"] * 60.0
+            risk = ev["grid_risk"] if ev["grid_risk"] >= 0 else 1.0
         return (("available", 1.0 if self.site.grid_up() else 0.0), ("price_per_kwh", s.at("price_per_kwh", t)),
-                ("co2_kg_per_kwh", s.at("co2_kg_per_kwh", t)), ("outage_start_s", start), ("outage_end_s", end))
+                ("co2_kg_per_kwh", s.at("co2_kg_per_kwh", t)), ("outage_start_s", start), ("outage_end_s", end),
+                ("outage_grid_risk", risk))
 
 
 class SimWeather(SimDevice):
     kind = "weather"
 
     def read(self):
-        cut = start = end = ramp = 0.0
+        cut = start = end = ramp = risk = 0.0
         hit = _announced(self.site, "pv_derate", lambda ev: ev["warn_min"] / 60.0)
         if hit is not None and hit[0]["warn_min"] > 0:   # a weather service's warning (sandstorm)
             ev, start_h = hit
-            cut, ramp = ev["fraction"], ev["ramp_min"] * 60.0
+            cut, ramp, risk = ev["fraction"], ev["ramp_min"] * 60.0, max(0.0, ev["grid_risk"])
             start = self.site.scn.start.timestamp() + start_h * 3600.0
             end = start + ev["duration_min"] * 60.0
         return (("ambient_c", self.site.series.at("ambient_c", self.site.t_s)), ("pv_cut_frac", cut),
-                ("warn_start_s", start), ("warn_end_s", end), ("warn_ramp_s", ramp))
+                ("warn_start_s", start), ("warn_end_s", end), ("warn_ramp_s", ramp), ("grid_risk", risk))
 
 
 SIM_DEVICE_BY_ROLE = {

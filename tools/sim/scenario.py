@@ -91,6 +91,9 @@ SCENARIO_SCHEMA = Table({
         # pv_derate / grid_outage: minutes of advance notice the gateway gets (a weather service's
         # sandstorm warning, the utility's maintenance notice); 0: unannounced
         "warn_min": F("number", default=0.0, min=0),
+        # pv_derate / grid_outage with warn_min > 0: the warning's grid_risk (docs/risk.md), the probability
+        # the feeder trips during a weather event / that an announced outage happens (-1: not said)
+        "grid_risk": F("number", default=-1.0, min=-1, max=1),
         "note": F("string", default=""),
         # job_announce: the platform may hold it (compute/job deferrable) until its latest end deadline_h
         # (hours from the start; -1: its natural end + compute.deadline_slack_h)
