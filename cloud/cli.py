@@ -118,7 +118,7 @@ def cmd_command(args) -> int:
     conn = _connect(args)
     try:
         issued = command.prepare(conn, key, args.gateway, args.type, cmd_args, args.ttl, args.clock,
-                                 args.operator or os.environ.get("USER", "cli"))
+                                 args.operator or os.environ.get("USER", "cli"), args.issued_s)
     except command.CommandError as exc:
         return _die(EXIT_BAD_INPUT, str(exc))
     if issued.status == "refused_by_cloud":
@@ -176,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the verdict")
     p.add_argument("--clock", choices=("system", "gateway"), default="system",
                    help="issued_s from the system clock or the gateway's (estimated from its latest record)")
+    p.add_argument("--issued-s", type=float, default=None,
+                   help="issued_s as the gateway's UTC epoch (a simulated gateway whose clock is not the system's)")
     p.add_argument("--operator", default=None, help="who issues it (audit; default $USER)")
     p.set_defaults(fn=cmd_command)
     return ap

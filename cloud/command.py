@@ -54,20 +54,22 @@ class Issued:
 
 def gateway_clock(conn, gateway: str) -> float:
     """The gateway's clock now, estimated from its latest stored record (t + time since received)."""
-    row = conn.execute(
+    row = conn.execute(   # records stamped with the controller's clock (uplink_boot carries the host's time)
         "SELECT extract(epoch FROM t)::float8 + extract(epoch FROM now() - received_at)::float8 FROM ("
         " SELECT t, received_at FROM telemetry WHERE gateway_id = %(g)s"
-        " UNION ALL SELECT t, received_at FROM events WHERE gateway_id = %(g)s"
+        " UNION ALL SELECT t, received_at FROM events WHERE gateway_id = %(g)s AND event <> 'uplink_boot'"
         " UNION ALL SELECT t, received_at FROM command_results WHERE gateway_id = %(g)s"
-        " ORDER BY received_at DESC LIMIT 1) x", {"g": gateway}).fetchone()
+        " UNION ALL SELECT t, received_at FROM provisional_intervals WHERE gateway_id = %(g)s"
+        " ORDER BY received_at DESC, t DESC LIMIT 1) x", {"g": gateway}).fetchone()
     if row is None or row[0] is None:
         raise CommandError(f"gateway {gateway!r} has no stored record to take its clock from (use --clock system)")
     return float(row[0])
 
 
 def prepare(conn, key, gateway: str, kind: str, args: dict, ttl_s: float = 600.0, clock: str = "system",
-            operator: str = "cli") -> Issued:
-    """Steps 1-3 and the audit row (committed). `key`: the cloud's Ed25519PrivateKey."""
+            operator: str = "cli", issued_s: float | None = None) -> Issued:
+    """Steps 1-3 and the audit row (committed). `key`: the cloud's Ed25519PrivateKey; `issued_s` (the
+    gateway's clock given by the operator) overrides `clock`."""
     if kind not in TYPES:
         raise CommandError(f"command type {kind!r}: expected one of {', '.join(TYPES)}")
     if not isinstance(args, dict):
@@ -80,7 +82,7 @@ def prepare(conn, key, gateway: str, kind: str, args: dict, ttl_s: float = 600.0
         if row is None:
             raise CommandError(f"gateway {gateway!r} is not registered")
         site, limits, last = row
-        now = gateway_clock(conn, gateway) if clock == "gateway" else time.time()
+        now = issued_s if issued_s is not None else gateway_clock(conn, gateway) if clock == "gateway" else time.time()
         counter = int(last) + 1
         cmd = {"v": 1, "id": f"c{counter}-{uuid.uuid4().hex[:8]}", "gateway": gateway, "counter": counter,
                "issued_s": round(now, 3), "expires_s": round(now + ttl_s, 3), "type": kind, "args": args}
