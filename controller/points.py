@@ -100,10 +100,24 @@ CATALOGUE: tuple[Point, ...] = (
     Point("outage_grid_risk", "frac", "grid", "outage_grid_risk", SLOW,
           "announced outage: probability it happens (1: certain)"),
 )
+# Deferrable jobs the MPC places (issue 17, docs/compute.md): N_DJOB slots from the compute platform's
+# announcements (drivers/compute.py deferrable_slots), earliest deadline first; appended, indices by name.
+N_DJOB = 3
+DJOB_FIELDS = (("kw", "kW", "extra IT power"), ("start_s", "s", "earliest start, or the start a running job runs from"),
+               ("dur_s", "s", "run time"), ("deadline_s", "s", "latest end (UTC epoch s)"),
+               ("state", "enum", "0 none, 1 waiting (announced or held), 2 running"))
+CATALOGUE = CATALOGUE + tuple(Point(f"djob{k}_{f}", unit, "compute", f"djob{k}_{f}", SLOW,
+                                    f"deferrable job {k}: {what}")
+                              for k in range(N_DJOB) for f, unit, what in DJOB_FIELDS)
+
+# On-site wind (issue 16, docs/cases.md): a second renewable generation meter beside PV. Appended last so
+# every index above keeps its place; its index is looked up (WIND_KW below), not a literal.
+CATALOGUE = CATALOGUE + (Point("wind_kw", "kW", "wind_meter", "power_kw", FAST, "on-site wind turbines' AC output"),)
 
 N_POINTS = len(CATALOGUE)
 INDEX = {p.name: i for i, p in enumerate(CATALOGUE)}
 BY_SOURCE = {(p.role, p.device_point): i for i, p in enumerate(CATALOGUE)}
+WIND_KW = INDEX["wind_kw"]
 
 # Compile-time indices for the kernels (numba treats module-level ints as constants).
 GRID_KW, PV_KW, PV_AVAILABLE_KW, BATTERY_KW, GENSET_KW, GENSET_RUNNING, GENSET_AVAILABLE, FUEL_PCT = range(8)
@@ -117,6 +131,10 @@ OUTAGE_START_S, OUTAGE_END_S, GRID_V = range(44, 47)
 MKT_T0_S, MKT_T1_S, MKT_STEP_S, MKT_SERIES = range(47, 51)
 MKT_IMPORT, MKT_EXPORT, MKT_CO2 = 51, 51 + MKT_SLOTS, 51 + 2 * MKT_SLOTS     # first slot of each series
 WX_GRID_RISK, OUTAGE_GRID_RISK = INDEX["wx_grid_risk"], INDEX["outage_grid_risk"]
+DJOB0 = INDEX["djob0_kw"]          # slot k, field f: DJOB0 + k * N_DJOB_FIELDS + f
+N_DJOB_FIELDS = len(DJOB_FIELDS)
+DJ_KW, DJ_START_S, DJ_DUR_S, DJ_DEADLINE_S, DJ_STATE = range(N_DJOB_FIELDS)
+DJOB_WAITING, DJOB_RUNNING = 1, 2
 
 # Quality codes, as in drivers/base.py (kept equal by a test).
 Q_OK, Q_STALE, Q_ERROR = 0, 1, 2
@@ -155,6 +173,8 @@ def _check_layout() -> None:
              "outage_start_s outage_end_s grid_v mkt_t0_s mkt_t1_s mkt_step_s mkt_series").split()
     names += [f"mkt_{s}_{k:02d}" for s in ("import", "export", "co2") for k in range(MKT_SLOTS)]
     names += ["wx_grid_risk", "outage_grid_risk"]
+    names += [f"djob{k}_{f[0]}" for k in range(N_DJOB) for f in DJOB_FIELDS]
+    names += ["wind_kw"]
     assert [p.name for p in CATALOGUE] == names, "index constants out of step with CATALOGUE"
 
 

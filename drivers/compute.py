@@ -252,9 +252,40 @@ def prune_jobs(jobs: dict, t_s: float, keep: int = MAX_JOBS // 2) -> None:
 
 
 def next_job(jobs, t_s: float) -> JobAnnouncement | None:
-    """The running or next announced job (earliest start among those not over, not done/cancelled)."""
-    live = [j for j in jobs if j.state not in ("done", "cancelled") and j.end_s > t_s]
+    """The running or next announced job that is not deferrable (earliest start among those not over, not
+    done/cancelled); deferrable jobs go to their own slots (deferrable_slots), where the MPC places them."""
+    live = [j for j in jobs if j.state not in ("done", "cancelled") and j.end_s > t_s and not j.deferrable]
     return min(live, key=lambda j: (j.start_s, j.id)) if live else None
+
+
+N_DJOB_SLOTS = 3                 # as controller/points.py N_DJOB
+DJOB_POINTS = tuple(f"djob{k}_{f}" for k in range(N_DJOB_SLOTS) for f in ("kw", "start_s", "dur_s", "deadline_s",
+                                                                             "state"))
+
+
+def deferrable_slots(jobs, t_s: float) -> list[tuple[str, float]]:
+    """The deferrable jobs the MPC places (issue 17) as the image's djob points, earliest deadline first (at
+    most N_DJOB_SLOTS; zeros for an empty slot): kW, the start (earliest start while waiting - announced or
+    held -, the start its run time counts from once running), run time, deadline, state (1 waiting, 2
+    running). A job is live until its deadline while waiting, until its end while running."""
+    live = []
+    for j in jobs:
+        if not j.deferrable or j.state in ("done", "cancelled"):
+            continue
+        running = j.state == "running"
+        if (j.end_s if running else j.latest_end_s) <= t_s:
+            continue
+        live.append((j.latest_end_s, j.id, j, running))
+    live.sort(key=lambda r: (r[0], r[1]))
+    out = []
+    for k in range(N_DJOB_SLOTS):
+        if k < len(live):
+            _, _, j, running = live[k]
+            vals = (j.kw, j.start_s, j.duration_s, j.latest_end_s, 2.0 if running else 1.0)
+        else:
+            vals = (0.0, 0.0, 0.0, 0.0, 0.0)
+        out.extend(zip(DJOB_POINTS[5 * k:5 * k + 5], vals))
+    return out
 
 
 class ComputeTelemetry:
@@ -312,13 +343,14 @@ class ComputeTelemetry:
         with self._lock:
             p, stamp = self.power, self.power_mono
             job = next_job(list(self.jobs.values()), self.utc())
+            slots = deferrable_slots(list(self.jobs.values()), self.utc())
         if p is not None:
             sink(self.name, "it_kw", p.total_kw, stamp, QUALITY_OK)
             for point in ("cooling_kw", "aux_kw"):
                 if getattr(p, point) is not None:
                     sink(self.name, point, getattr(p, point), stamp, QUALITY_OK)
         kw, start, end = (job.kw, job.start_s, job.end_s) if job is not None else (0.0, 0.0, 0.0)
-        for point, value in (("job_kw", kw), ("job_start_s", start), ("job_end_s", end)):
+        for point, value in (("job_kw", kw), ("job_start_s", start), ("job_end_s", end), *slots):
             sink(self.name, point, value, now_mono_s, QUALITY_OK)
 
     def actuate(self, commands: dict, now_mono_s: float) -> None:

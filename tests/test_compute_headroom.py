@@ -90,8 +90,9 @@ def test_compute_device_points_stamps_and_bad_messages():
     got = []
     sink = lambda *a: got.append(a)                     # noqa: E731  (device, point, value, t_mono, quality)
     dev.acquire(105.0, sink)
-    assert got == [("it", "job_kw", 0.0, 105.0, 0), ("it", "job_start_s", 0.0, 105.0, 0),
-                   ("it", "job_end_s", 0.0, 105.0, 0)]      # no telemetry yet: no it_kw at all
+    assert got[:3] == [("it", "job_kw", 0.0, 105.0, 0), ("it", "job_start_s", 0.0, 105.0, 0),
+                       ("it", "job_end_s", 0.0, 105.0, 0)]  # no telemetry yet: no it_kw at all
+    assert [g[1] for g in got[3:]] == list(C.DJOB_POINTS) and all(g[2] == 0.0 for g in got[3:])  # no deferrable job
     assert dev.feed(C.POWER, b'{"t":"2026-04-10T08:01:00Z","total_kw":61.5,"cooling_kw":5.5}')
     assert dev.feed(C.JOB, b'{"id":"b","kw":9,"start":"2026-04-10T10:00:00Z","duration_min":60}')
     assert dev.feed(C.JOB, b'{"id":"a","kw":7,"start":"2026-04-10T09:00:00Z","duration_min":60}')
@@ -260,7 +261,11 @@ def test_payloads_over_mosquitto_headroom_retained(tmp_path):
         assert book.power_at(T0 + 620) == {"job-17": 28.0}
         points = {}
         device.acquire(0.0, lambda dev, point, value, t, q: points.__setitem__(point, value))
-        assert points == {"it_kw": 75.0, "job_kw": 30.0, "job_start_s": T0, "job_end_s": T0 + 4 * 3600}
+        # a deferrable job is not the announced (fixed) job: it fills the first slot the MPC places
+        slots = {k: points.pop(k) for k in C.DJOB_POINTS}
+        assert points == {"it_kw": 75.0, "job_kw": 0.0, "job_start_s": 0.0, "job_end_s": 0.0}
+        assert (slots["djob0_kw"], slots["djob0_start_s"], slots["djob0_dur_s"], slots["djob0_deadline_s"],
+                slots["djob0_state"]) == (30.0, T0, 4 * 3600.0, T0 + 12 * 3600.0, 1.0)
         o = outlook([0] * 4, [120] * 4, soc=30.0)
         h = green_headroom(o)
         gw.publish(C.topic(topics, C.HEADROOM), C.encode_headroom(h, T0 + 600, "synchronised"), qos=1,

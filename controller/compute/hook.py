@@ -20,6 +20,7 @@ import numpy as np
 
 from controller.compute.headroom import Outlook, defer_decisions, green_headroom
 from controller.compute.jobs import JobBook
+from controller.compute.planned import planned_requests, planning
 from controller.core.forecast import (N_DERATE_STATE, N_LOAD_STATE, clear_pv_kw, derate_new_state, derate_update,
                                       event_factor, load_forecast, load_new_state, load_update, pv_forecast,
                                       pv_params)
@@ -114,7 +115,11 @@ class ComputeHook:
             load_f[0] = load_kw
         o = Outlook.from_site(self.cfg, pv_f, load_f, float(v[_SOC]), self.dt_h, it_share=max(0.05, self.it_share))
         h = green_headroom(o)
-        reqs = defer_decisions(self.book, o, t)
+        state = getattr(loop, "state", None)
+        if planning(state):     # the MPC places the deferrable jobs: its plan decides (controller/compute/planned.py)
+            reqs = planned_requests(self.book, v, q, state, t, margin_s=self.period_s)
+        else:                   # no plan (rule strategy): hold when short now, resume on green headroom
+            reqs = defer_decisions(self.book, o, t)
         for r in reqs:
             (self.book.mark_deferred if r["action"] == "defer" else self.book.mark_resumed)(r["job"], t)
         if self.publish is not None:

@@ -78,7 +78,8 @@ S_GEN_START_TIMES = S_ALARM_CLEAR_S + 32      # ring of the last GEN_START_RING 
 # (PV derate: forecast.N_DERATE_STATE = 6; load, price and grid-CO2 profiles: forecast.N_LOAD_STATE = 202 each).
 MPC_STATE_NAMES = (
     "mpc_ready plan_t_s plan_key plan_grid_kw plan_export_kw plan_battery_kw plan_diesel_kw plan_diesel_on "
-    "plan_soc_end_pct plan_objective plan_count peak_kw peak_win peak_win_kwh plan_peak_kw"
+    "plan_soc_end_pct plan_objective plan_count peak_kw peak_win peak_win_kwh plan_peak_kw "
+    "plan_job0_s plan_job1_s plan_job2_s"   # the planned start of each deferrable-job slot (UTC s; 0: none)
 ).split()
 S_DERATE = _constants("S", MPC_STATE_NAMES, S_GEN_START_TIMES + GEN_START_RING)
 S_LOADF = S_DERATE + 6

@@ -34,6 +34,7 @@ from numba import njit
 from controller.core import mpc as M
 from controller.core import mpc_risk as R
 from controller.core.mpc import branch as B
+from controller.core.mpc import deferrable as D
 from controller.core.forecast import (
     N_DERATE_STATE, N_LOAD_STATE, N_PV_PARAMS, clear_pv_kw, derate_new_state, derate_update, event_factor,
     load_forecast, load_new_state, load_update, pv_forecast,
@@ -46,16 +47,19 @@ from controller.core.layout import (
     P_MPC_REPLAN_S, P_OUTAGE_ASSUME_S, P_PEAK_PRICE, P_PV_RATED_KW, P_PV_VECTOR, P_RESERVE_PENALTY,
     P_SOC_MAX_PCT, P_SOC_MIN_PCT, P_STORM_RESERVE_PCT, P_TARIFF, P_TARIFF_SPOT, P_TERMINAL_FRAC, P_TZ_OFFSET_S,
     P_TZ_TABLE, P_MONTH_TABLE,
-    P_UNSERVED_PENALTY, P_WEAR_COST, S_CO2F, S_DERATE, S_GEN_FAILED, S_LOADF, S_MPC_READY, S_PEAK_KW,
+    P_UNSERVED_PENALTY, P_WEAR_COST, S_CO2F, S_PLAN_JOB0_S, S_DERATE, S_GEN_FAILED, S_LOADF, S_MPC_READY, S_PEAK_KW,
     S_PEAK_WIN, S_PEAK_WIN_KWH, S_PLAN_BATTERY_KW, S_PLAN_COUNT, S_PLAN_DIESEL_KW, S_PLAN_DIESEL_ON,
     S_PLAN_EXPORT_KW, S_PLAN_GRID_KW, S_PLAN_KEY, S_PLAN_OBJECTIVE, S_PLAN_PEAK_KW, S_PLAN_SOC_END_PCT, S_PLAN_T_S,
     S_PRICEF,
 )
 from controller.core.rule import running_set_kw
 from controller.points import (
+    DJOB0, DJ_DUR_S, DJ_DEADLINE_S, DJ_KW, DJ_START_S, DJ_STATE, DJOB_RUNNING, DJOB_WAITING, N_DJOB, N_DJOB_FIELDS,
+)
+from controller.points import (
     GENSET_AVAILABLE, GRID_CO2, GRID_KW, GRID_PRICE, JOB_END_S, JOB_KW, JOB_START_S, MKT_CO2, MKT_EXPORT,
     MKT_IMPORT, MKT_SERIES, MKT_SLOTS, MKT_STEP_S, MKT_T0_S, MKT_T1_S, OUTAGE_END_S, OUTAGE_START_S,
-    PV_AVAILABLE_KW, PV_KW, Q_OK, WX_END_S, WX_PV_CUT, WX_RAMP_S, WX_START_S,
+    PV_AVAILABLE_KW, PV_KW, Q_OK, WX_END_S, WX_PV_CUT, WX_RAMP_S, WX_START_S, WIND_KW,
 )
 from controller.points import OUTAGE_GRID_RISK, WX_GRID_RISK
 
@@ -64,6 +68,10 @@ PV_SUBSAMPLES = 3
 PEAK_RESERVE_PCT = 50.0      # with a demand charge, the plan's soft floor (see build_instance)
 STORM_WINDOW_S = 3600.0      # storm watch: the raised floor spans the event's start +- this
 STORM_PENALTY_FACTOR = 20.0  # and the reserve weighs this much more while a warning stands
+# On-site wind (docs/cases.md) joins the PV row as a persistence forecast fading with the lead time: the
+# hour-to-hour memory of the wind (the case's "forecasts local wind minutes to hours ahead" beyond this is
+# not implemented; a pushed wind forecast would replace it)
+WIND_PERSIST_S = 3.0 * 3600.0
 
 
 @njit(cache=True)
@@ -87,14 +95,48 @@ def _ok(value, quality, i):
 
 @njit(cache=True)
 def _job(value, quality):
-    """The announced job as the forecaster's arrays (one slot)."""
-    kw, start, dur = np.zeros(1), np.zeros(1), np.zeros(1)
+    """The fixed jobs as the forecaster's arrays: the announced job and every running deferrable job (a
+    running job is fixed load from the start it runs from; a waiting one is the planner's, _djobs)."""
+    kw, start, dur = np.zeros(1 + N_DJOB), np.zeros(1 + N_DJOB), np.zeros(1 + N_DJOB)
     n = 0
     if _ok(value, quality, JOB_KW) and quality[JOB_START_S] == Q_OK and quality[JOB_END_S] == Q_OK \
             and value[JOB_END_S] > value[JOB_START_S]:
         kw[0], start[0], dur[0] = value[JOB_KW], value[JOB_START_S], value[JOB_END_S] - value[JOB_START_S]
         n = 1
+    for k in range(N_DJOB):
+        b = DJOB0 + k * N_DJOB_FIELDS
+        if _djob_ok(value, quality, b) and value[b + DJ_STATE] == DJOB_RUNNING:
+            kw[n], start[n], dur[n] = value[b + DJ_KW], value[b + DJ_START_S], value[b + DJ_DUR_S]
+            n += 1
     return kw, start, dur, n
+
+
+@njit(cache=True)
+def _djob_ok(value, quality, b):
+    for f in range(N_DJOB_FIELDS):
+        if quality[b + f] != Q_OK:
+            return False
+    return value[b + DJ_KW] > 0.0 and value[b + DJ_DUR_S] > 0.0
+
+
+@njit(cache=True)
+def _djobs(value, quality, t_s, H, step_s):
+    """The waiting deferrable jobs (issue 17) as the planner's rows (deferrable.py: kW, run steps, first
+    and past-last allowed step; contiguous: a job is not suspended once it runs) and their slots."""
+    rows = np.zeros((N_DJOB, D.N_JOB))
+    slot = np.zeros(N_DJOB, np.int64)
+    n = 0
+    for k in range(N_DJOB):
+        b = DJOB0 + k * N_DJOB_FIELDS
+        if not (_djob_ok(value, quality, b) and value[b + DJ_STATE] == DJOB_WAITING):
+            continue
+        rows[n, D.J_KW] = value[b + DJ_KW]
+        rows[n, D.J_DUR] = math.ceil(value[b + DJ_DUR_S] / step_s - 1e-9)
+        rows[n, D.J_EARLY] = max(0.0, math.ceil((value[b + DJ_START_S] - t_s) / step_s - 1e-9))
+        rows[n, D.J_END] = math.floor((value[b + DJ_DEADLINE_S] - t_s) / step_s + 1e-9)
+        slot[n] = k
+        n += 1
+    return D.clip_jobs(rows[:n], H), slot[:n]
 
 
 @njit(cache=True)
@@ -243,6 +285,9 @@ def build_weighted(params, st, t_s, value, quality, soc_pct, load_kw, grid_up, g
         pv_forecast(t_s, H, dt_h, pv, st[S_DERATE:S_DERATE + N_DERATE_STATE], es, ee, ef, er, ne,
                     PV_SUBSAMPLES, row)
         steps[M.S_PV, :] = row
+    if quality[WIND_KW] == Q_OK and value[WIND_KW] > 0.0:
+        for k in range(H):
+            steps[M.S_PV, k] += value[WIND_KW] * math.exp(-k * step_s / WIND_PERSIST_S)
     price = np.zeros(H)
     if params[P_TARIFF_SPOT] > 0.5:
         load_forecast(t_s, H, dt_h, st[S_PRICEF:S_PRICEF + N_LOAD_STATE], jk, js, jd, 0, price)
@@ -378,6 +423,11 @@ def _plan_key(value, quality, grid_up, gen_on, gen_ok):
         if quality[i] == Q_OK:
             ann += w * value[i]
         w += 2.0
+    for k in range(N_DJOB):                 # a deferrable job announced, started or ended re-plans at once
+        b = DJOB0 + k * N_DJOB_FIELDS
+        if quality[b + DJ_STATE] == Q_OK:
+            ann += w * (value[b + DJ_STATE] + 3.0 * value[b + DJ_START_S])
+        w += 2.0
     if _market_ok(value, quality):          # a new market message (window or prices) re-plans at once
         ann += w * (value[MKT_T0_S] - value[MKT_T1_S]) + value[MKT_IMPORT] + value[MKT_IMPORT + MKT_SLOTS - 1]
     return key + 8.0 * ann
@@ -415,15 +465,28 @@ def mpc_plan(params, state, st, t_s, value, quality, soc_pct, load_kw, grid_up, 
     value, quality = R.down_through_event(value, quality, t_s, grid_up)   # a trip in a risk event: to its end
     steps, prm, w = build_weighted(params, st, t_s, value, quality, soc_pct, load_kw, grid_up, gen_on, gen_ok,
                                    export_max_kw, reserve_pct)
-    src, ev_s, ev_e, p = R.risk_event(value, quality, t_s)
-    k0 = 0
-    if src != R.RISK_NONE and grid_up and w == 0.0:   # the carbon objective plans risk-blind (docs/risk.md)
-        k0, p = R.branch_point(t_s, ev_s, ev_e, p, steps.shape[1], params[P_MPC_DT_H] * 3600.0)
-    if k0 > 0:
-        out, obj = _plan_branches(params, st, t_s, value, quality, soc_pct, load_kw, grid_up, gen_on, gen_ok,
-                                  export_max_kw, reserve_pct, src, ev_s, ev_e, k0, p, steps, prm)
+    H = steps.shape[1]
+    step_s = params[P_MPC_DT_H] * 3600.0
+    jobs, slot = _djobs(value, quality, t_s, H, step_s)
+    for k in range(N_DJOB):
+        st[S_PLAN_JOB0_S + k] = 0.0
+    if jobs.shape[0] > 0:                   # deferrable jobs waiting: their starts are the planner's too
+        out, obj, _, run = D.plan_jobs(steps, prm, jobs, M.PEAK_EVALS, int(params[P_MPC_GENSET_EVALS]), D.JOB_EVALS)
+        for i in range(jobs.shape[0]):
+            for t in range(H):
+                if run[i, t] > 0:
+                    st[S_PLAN_JOB0_S + slot[i]] = t_s + t * step_s
+                    break
     else:
-        out, obj, _ = M.plan_kernel(steps, prm, M.PEAK_EVALS, int(params[P_MPC_GENSET_EVALS]))
+        src, ev_s, ev_e, p = R.risk_event(value, quality, t_s)
+        k0 = 0
+        if src != R.RISK_NONE and grid_up and w == 0.0:   # the carbon objective plans risk-blind (docs/risk.md)
+            k0, p = R.branch_point(t_s, ev_s, ev_e, p, H, step_s)
+        if k0 > 0:
+            out, obj = _plan_branches(params, st, t_s, value, quality, soc_pct, load_kw, grid_up, gen_on, gen_ok,
+                                      export_max_kw, reserve_pct, src, ev_s, ev_e, k0, p, steps, prm)
+        else:
+            out, obj, _ = M.plan_kernel(steps, prm, M.PEAK_EVALS, int(params[P_MPC_GENSET_EVALS]))
     if w > 0.0:
         obj /= w                            # the carbon objective in kg: K + C / W
     st[S_PLAN_T_S] = t_s

@@ -53,6 +53,7 @@ from drivers.isotime import utc_iso
 
 SOURCE = "sim-platform"
 DEADLINE_TOL_S = 1.0        # a job ending within a cycle of its deadline has met it
+TRAIN_LEAD_S = 3600.0       # a deferrable training batch is in the queue (announced) this long before its release
 
 
 @dataclass
@@ -139,8 +140,11 @@ def platform_jobs(scn, series, seed: int, hours: float, flex: bool | None = None
         for k, (start_h, dur_h) in enumerate(_training_jobs(seed, load, hours), start=1):
             movable = _deferrable_batch(k, cfg["deferrable_share"])
             start_s, dur_s = start_h * 3600.0, dur_h * 3600.0
+            # a deferrable batch is submitted (announced) TRAIN_LEAD_S before it may start, so the cabinet can
+            # place it before it runs; the others are announced as they start (the run without the platform's)
             jobs.append(SimJob(f"train{k}", float(load["training_kw"]), start_s, dur_s, movable and flex, movable,
-                               deadline(movable, start_s, dur_s), "training batch (simulated)", start_s,
+                               deadline(movable, start_s, dur_s), "training batch (simulated)",
+                               max(0.0, start_s - TRAIN_LEAD_S) if movable and flex else start_s,
                                (start_h, start_h + dur_h)))
     return jobs
 
@@ -231,7 +235,7 @@ class SimPlatform:
         if self.power_sinks:
             nxt = min(nxt, self._next_sink)
         self._next = nxt
-        self._live = any(j.deferrable and j.done_s is None and (t >= j.release_s or j.held) for j in self.jobs.values())
+        self._live = any(j.deferrable and j.done_s is None and j.announced for j in self.jobs.values())
 
     def _step(self, j: SimJob, t: float) -> float:
         """One job's transitions at t; returns when it next needs looking at."""
@@ -327,7 +331,7 @@ class SimPlatform:
         self._log(t, j, "hold" if j.ran_s == 0.0 else "suspend", "cabinet", reason)
 
     def _release(self, j: SimJob, t: float, source: str, reason: str) -> None:
-        j.held_s += t - j.held_since
+        j.held_s += max(0.0, t - max(j.held_since, j.release_s))     # moved: held after it could have run
         j.held_since = None
         j.resume_by_s = None
         self.counts["guard_releases" if source == "guard" else "cabinet_releases"] += 1
@@ -363,9 +367,9 @@ class SimPlatform:
                        "not deferrable (flexibility off)" if j.movable else "not deferrable")
                 self._log(t, j, "refuse", "cabinet", f"defer: {why}", job_id=req.job)
                 return
-            if j.held or j.done_s is not None or t < j.release_s:
+            if j.held or j.done_s is not None or not j.announced:
                 self._log(t, j, "skip", "cabinet", "defer: " + ("already held" if j.held else "done"
-                                                                if j.done_s is not None else "not released"))
+                                                                if j.done_s is not None else "not announced"))
                 return
             if req.resume_by_s is not None:
                 j.resume_by_s = req.resume_by_s - self.t0
@@ -373,8 +377,8 @@ class SimPlatform:
         self._next = -1e18                               # look again in the next advance
 
     def live_deferrable(self) -> bool:
-        """A deferrable job released (or held) and not done: the cabinet has something to decide
-        (defer_decisions looks only at jobs whose start has come and at the ones it deferred)."""
+        """A deferrable job announced and not done: the cabinet has something to decide (the MPC's
+        placement holds a job before its release; defer_decisions looks at released and deferred ones)."""
         return self._live
 
     # -- messages -------------------------------------------------------------------------------------
@@ -411,7 +415,7 @@ class SimPlatform:
     def job_rows(self, t_end: float) -> list[dict]:
         rows = []
         for j in self.jobs.values():
-            held = j.held_s + (t_end - j.held_since if j.held else 0.0)
+            held = j.held_s + (max(0.0, t_end - max(j.held_since, j.release_s)) if j.held else 0.0)
             missed = j.deadline_s is not None and (
                 (j.done_s is not None and j.done_s > j.deadline_s + DEADLINE_TOL_S)
                 or (j.done_s is None and t_end > j.deadline_s + DEADLINE_TOL_S))

@@ -6,6 +6,7 @@ meter_silent) make a device say nothing, exactly as a dead RS-485 or CAN link wo
 from __future__ import annotations
 
 from drivers.base import QUALITY_OK, Sink
+from drivers.compute import deferrable_slots
 from tools.sim.site import SimSite
 
 
@@ -55,6 +56,15 @@ class SimPvMeter(SimDevice):
 
     def read(self):
         return (("power_kw", self.site.flows.pv_kw), ("import_kwh", self.site.meters.pv_used_kwh))
+
+
+class SimWindMeter(SimDevice):
+    """The meter on the turbines' feeder (a second generation meter beside PV; tools/sim/wind.py)."""
+
+    kind = "meter"
+
+    def read(self):
+        return (("power_kw", self.site.flows.wind_kw), ("import_kwh", self.site.meters.wind_used_kwh))
 
 
 class SimPvInverter(SimDevice):
@@ -134,21 +144,29 @@ def _announced(site: SimSite, kind: str, notice_h):
     return found
 
 
+EMPTY_SLOTS = tuple(deferrable_slots((), 0.0))
+
+
 class SimCompute(SimDevice):
     kind = "compute"
 
     def read(self):
         s, t = self.site.series, self.site.t_s
         job_kw = job_start = job_end = 0.0
+        platform = getattr(self.site, "compute", None)
+        flex = platform is not None and platform.flex
         hit = _announced(self.site, "job_announce", lambda ev: ev["start_h"] - ev["at_h"])
-        if hit is not None:       # the compute platform's announcement (MQTT in the field)
-            ev, start_h = hit
+        if hit is not None and not (flex and hit[0].get("deferrable", False)):
+            ev, start_h = hit     # the compute platform's announcement (MQTT in the field)
             t0 = self.site.scn.start.timestamp()
             job_kw, job_start = ev["kw"], t0 + start_h * 3600.0
             job_end = job_start + ev["duration_min"] * 60.0
         it_kw, cooling_kw = self.site.it_cooling_kw(t)      # the compute platform's jobs as they run
+        # deferrable jobs (flexibility on): the slots the MPC places, from what the platform announced to the
+        # gateway's consumer (drivers/compute.py deferrable_slots, as in the field)
+        slots = deferrable_slots(list(platform.telemetry.jobs.values()), platform.t0 + t) if flex else EMPTY_SLOTS
         return (("it_kw", it_kw), ("cooling_kw", cooling_kw), ("aux_kw", s.at("aux_kw", t)),
-                ("job_kw", job_kw), ("job_start_s", job_start), ("job_end_s", job_end))
+                ("job_kw", job_kw), ("job_start_s", job_start), ("job_end_s", job_end), *slots)
 
 
 class SimGrid(SimDevice):
@@ -189,6 +207,7 @@ class SimWeather(SimDevice):
 SIM_DEVICE_BY_ROLE = {
     "grid_meter": SimGridMeter, "pv_meter": SimPvMeter, "pv_inverter": SimPvInverter, "pcs": SimPcs,
     "bms": SimBms, "genset": SimGenset, "compute": SimCompute, "grid": SimGrid, "weather": SimWeather,
+    "wind_meter": SimWindMeter,
 }
 
 
