@@ -21,7 +21,8 @@ from controller.schema import ArrayOf, Field, MapOf, Problem, ProfileError, Tabl
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 SITES_DIR = PROFILES_DIR / "sites"
 
-ROLES = ("grid_meter", "pv_meter", "pcs", "bms", "genset", "compute", "pv_inverter", "weather", "grid", "market")
+ROLES = ("grid_meter", "pv_meter", "pcs", "bms", "genset", "compute", "pv_inverter", "weather", "grid", "market",
+         "wind_meter")
 STRATEGIES = ("rule", "none", "mpc")
 OBJECTIVES = ("cost", "carbon")     # [control] objective (controller/core/mpc/objective.py)
 BUS_KINDS = ("modbus_rtu", "modbus_tcp", "can", "network", "sim")

@@ -18,7 +18,7 @@ from drivers.modbus.profile import PROFILE_DIR, DeviceProfile, ProfileError, loa
 CAN_DIR = PROFILE_DIR.parent / "can"
 DEFAULT_CAN_PROFILE = "pylon_sma_bms"
 ROLE_KIND = {"grid_meter": "meter", "pv_meter": "meter", "pcs": "pcs", "bms": "bms", "genset": "genset",
-             "pv_inverter": "pv_inverter"}
+             "pv_inverter": "pv_inverter", "wind_meter": "meter"}
 _TYPE_MAX = {"uint16": 0xFFFF, "int16": 0x7FFF, "uint32": 0xFFFFFFFF, "int32": 0x7FFFFFFF, "float32": 3.4e38}
 
 

@@ -4,6 +4,8 @@ Per scan cycle (`Interval.add`), from the measured image points, over the time s
 (sample-and-hold of each reading over the span it closes; the simulator's meters integrate the same way):
 
   sources: PV (pv_kw), battery discharge (battery_kw > 0), grid import (grid_kw > 0), diesel (genset_kw)
+           (on-site wind, wind_kw from a wind_meter, joins PV: both on-site renewable at zero emissions, so
+           the "pv" source and a record's pv_kwh are on-site renewable generation; docs/cases.md)
   sinks:   loads = IT (it_kw) + cooling (cooling_kw) + aux (aux_kw), battery charge (battery_kw < 0),
            export (grid_kw < 0); curtailment = pv_available_kw - pv_kw (PV potential not generated)
 
@@ -62,6 +64,7 @@ _GRID, _PV, _PVAV, _BAT, _GEN, _GRUN = (INDEX[n] for n in (
     "grid_kw", "pv_kw", "pv_available_kw", "battery_kw", "genset_kw", "genset_running"))
 _IT, _COOL, _AUX, _CO2, _SOC = (INDEX[n] for n in ("it_kw", "cooling_kw", "aux_kw", "grid_co2_kg_per_kwh",
                                                     "soc_pct"))
+_WIND = INDEX["wind_kw"]
 SRC = ("pv", "battery", "grid", "diesel")
 SNK = ("loads", "charge", "export")
 
@@ -156,6 +159,8 @@ class Interval:
         """Integrate one span [t0, t0 + dt_s] with the image values v (list) and qualities q (list)."""
         h = dt_s / 3600.0
         grid, pv, bat, gen = v[_GRID], v[_PV], v[_BAT], v[_GEN]
+        wind = v[_WIND] if q[_WIND] == Q_OK and v[_WIND] > 0.0 else 0.0     # on-site renewable, with PV
+        pv += wind
         it, cool, aux = v[_IT], v[_COOL], v[_AUX]
         missing = [i for i in (_GRID, _PV, _BAT, _GEN, _IT, _COOL, _AUX) if q[i] != Q_OK]
         if missing:
@@ -181,7 +186,7 @@ class Interval:
         loads = it + cool + aux
         e = self.e
         e["pv"] += pv * h
-        pvav = v[_PVAV] if q[_PVAV] == Q_OK else pv
+        pvav = v[_PVAV] + wind if q[_PVAV] == Q_OK else pv
         e["pv_avail"] += (pvav if pvav > pv else pv) * h
         e["battery_discharge"] += dis * h
         e["grid_import"] += imp * h

@@ -33,7 +33,7 @@ from controller.core.rule import rule_setpoints
 from controller.points import (
     AUX_KW, BATTERY_KW, BMS_CCL_A, BMS_DCL_A, CELL_V_MIN, COOLING_KW, GENSET_KW, GENSET_RUNNING,
     GRID_AVAILABLE, GRID_KW, IT_KW, LOOP_LATE_CYCLES, OP_ACK_BITS, OP_BATTERY_KW, OP_GENSET, OP_MODE,
-    OP_RESERVE_PCT, PV_AVAILABLE_KW, PV_KW, Q_OK, SOC_PCT, CELL_V_MAX, GRID_V,
+    OP_RESERVE_PCT, PV_AVAILABLE_KW, PV_KW, Q_OK, SOC_PCT, CELL_V_MAX, GRID_V, WIND_KW,
 )
 
 BLACK_V = 50.0  # V: below this the grid meter sees a dead feeder
@@ -43,10 +43,14 @@ PV_PROBE_FRAC = 0.02  # of rated PV: the headroom offered to inverters that hide
 
 @njit(cache=True)
 def estimate_load_kw(value, quality, last_load_kw):
-    """Site load from the balance of the meters; the compute telemetry when a meter is stale."""
+    """Site load from the balance of the meters; the compute telemetry when a meter is stale.
+
+    On-site wind (a wind_meter, docs/cases.md) is a source on the bus like PV: its fresh reading joins the
+    balance (a site without one reads it stale, 0)."""
     if quality[GRID_KW] == Q_OK and quality[PV_KW] == Q_OK and quality[BATTERY_KW] == Q_OK:
         gen_kw = value[GENSET_KW] if quality[GENSET_KW] == Q_OK else 0.0
-        return max(0.0, value[GRID_KW] + value[PV_KW] + value[BATTERY_KW] + gen_kw), True
+        wind_kw = value[WIND_KW] if quality[WIND_KW] == Q_OK else 0.0
+        return max(0.0, value[GRID_KW] + value[PV_KW] + value[BATTERY_KW] + gen_kw + wind_kw), True
     if quality[IT_KW] == Q_OK and quality[COOLING_KW] == Q_OK:
         aux_kw = value[AUX_KW] if quality[AUX_KW] == Q_OK else 0.0
         return value[IT_KW] + value[COOLING_KW] + aux_kw, False
@@ -189,6 +193,11 @@ def step(params, state, t_s, value, quality):
     mpc = params[P_STRATEGY] == STRATEGY_MPC
     if mpc:                                            # forecasters learn in every mode
         mpc_learn(params, st, t_s, dt_s, value, quality, load_kw, meters_fresh, pv_kw)
+    # On-site wind (docs/cases.md): from here on "PV" is on-site renewable, PV + wind, for every strategy
+    # and fallback (the derate above learns the array alone; the MPC adds wind to its PV row itself).
+    wind_kw = value[WIND_KW] if quality[WIND_KW] == Q_OK and value[WIND_KW] > 0.0 else 0.0
+    pv_kw += wind_kw
+    pv_meas_kw += wind_kw
 
     # --- interlock limits first: the strategy may plan with them, the clamp below enforces them -----
     charge_lim_kw, discharge_lim_kw, c_reason, d_reason, hold_edge, force_edge = battery_limits(
@@ -289,7 +298,7 @@ def step(params, state, t_s, value, quality):
     # PV limit: what load, battery charging and export can take; none without a strategy.
     pv_limit_kw = params[P_PV_RATED_KW]
     if params[P_STRATEGY] == STRATEGY_RULE or mpc or conservative:
-        pv_limit_kw = min(pv_limit_kw, max(0.0, load_kw + charge_lim_kw + export_max_kw - gen_sp_kw))
+        pv_limit_kw = min(pv_limit_kw, max(0.0, load_kw + charge_lim_kw + export_max_kw - gen_sp_kw - wind_kw))
 
     # --- alarms -------------------------------------------------------------------------------------
     raise_m, present = alarm_conditions(params, value, quality, bms_safe, conservative, force, gen_failed,

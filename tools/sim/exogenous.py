@@ -43,6 +43,8 @@ class Series:
     cell_offset_v: np.ndarray      # added to the highest cell (cell_imbalance events)
     genset_fail: np.ndarray        # 1.0 while the genset will not start
     jobs: list                     # announced jobs: dicts with at_h, start_h, duration_min, kw
+    wind_kw: np.ndarray | None = None        # on-site wind AC kW available (tools/sim/wind.py); None: no [wind]
+    wind_speed_ms: np.ndarray | None = None  # at hub height
 
     def at(self, name: str, t_s: float) -> float:
         """Linear interpolation for continuous series."""
@@ -102,7 +104,7 @@ def pv_series_kw(scn: Scenario, times: pd.DatetimeIndex, ambient_c: np.ndarray) 
 
 
 DAY_MIN = 1440
-_STREAMS = {"ambient": 1, "it_noise": 2, "jobs": 3, "wind": 4, "spot": 5}
+_STREAMS = {"ambient": 1, "it_noise": 2, "jobs": 3, "wind": 4, "spot": 5, "windspeed": 6}
 
 
 def _day_rng(seed: int, stream: str, day: int) -> np.random.Generator:
@@ -199,7 +201,13 @@ def build_series(scn: Scenario, hours: float, seed: int) -> Series:
     aux_kw = np.full(n, load["aux_kw"])
 
     market = scn["market"]
-    wind = np.clip(market["wind_mean"] + _ar1(seed, "wind", n, market["wind_persistence"] ** (1 / 60), 0.25), 0, 1)
+    market_z = _ar1(seed, "wind", n, market["wind_persistence"] ** (1 / 60), 0.25)
+    wind = np.clip(market["wind_mean"] + market_z, 0, 1)
+    wind_kw = wind_speed = None
+    if scn.get("wind"):            # on-site turbines, their speed tied to the market's regional wind driver
+        from tools.sim.wind import wind_series_kw
+        wind_kw, wind_speed = wind_series_kw(scn, times, local_h, ambient_c,
+                                             lambda d: _day_rng(seed, "windspeed", d), market_z / 0.25)
     if market["kind"] == "spot":
         daily = np.exp(-((local_h - 8.0) ** 2) / 4.0) + np.exp(-((local_h - 18.0) ** 2) / 6.0)
         hourly_idx = (t_min // 60).astype(int)
@@ -215,7 +223,7 @@ def build_series(scn: Scenario, hours: float, seed: int) -> Series:
         price = table[local_h.astype(int) % 24]
         co2 = np.full(n, scn.site["emissions"]["grid_kg_per_kwh"])
     return Series(t_min, pv_avail_kw, pv_clear_kw, it_kw, cooling_kw, aux_kw, ambient_c, grid_up, price,
-                  co2, bms_silent, meter_silent, cell_offset_v, genset_fail, jobs)
+                  co2, bms_silent, meter_silent, cell_offset_v, genset_fail, jobs, wind_kw, wind_speed)
 
 
 def start_series_apart(scn: Scenario, hours: float, seed: int) -> Callable[[], Series]:
@@ -272,7 +280,8 @@ def _series_store_path(scn: Scenario, hours: float, seed: int):
         return None
     h = hashlib.sha256(Path(__file__).read_bytes())
     h.update(pickle.dumps((dict(scn), dict(scn.site), scn.start, float(hours), int(seed))))
-    for lib in ("pvlib", "pandas", "numpy"):
+    h.update(Path(__file__).with_name("wind.py").read_bytes())
+    for lib in ("pvlib", "pandas", "numpy", "windpowerlib"):
         try:
             h.update(f"{lib}={version(lib)}".encode())
         except PackageNotFoundError:

@@ -7,6 +7,9 @@ Balance rules (docs/scenarios.md, "Physics rules"): the PCS follows its setpoint
 physically capped at the feeder limit; a shortfall beyond grid and setpoint is picked up by the PCS's
 grid-forming backup (within the BMS discharge limit), then by a running genset, else it is unserved;
 a surplus beyond export is curtailed at the PV inverters (or absorbed by the grid-forming PCS in island).
+On-site wind (tools/sim/wind.py) is a source the controller does not limit: it feeds the bus as it blows,
+and a surplus left after the PV inverters are cut is shed by the turbines' own pitch control (their
+export limiter), before the genset backs off.
 
 A genset that takes no kW setpoint (a Deep Sea GenComm controller: run/stop keys only) follows the load
 instead: the grid carries up to the set's mains import level first, as a DSE set configured for mains
@@ -17,6 +20,7 @@ output through the battery setpoint.
 """
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +28,31 @@ import numpy as np
 # LFP open-circuit voltage per cell vs SOC (typical published LFP curve shape).
 OCV_SOC = np.array([0.0, 5.0, 10.0, 20.0, 30.0, 50.0, 70.0, 90.0, 95.0, 100.0])
 OCV_V = np.array([2.80, 3.05, 3.18, 3.24, 3.26, 3.29, 3.31, 3.33, 3.36, 3.50])
+_OCV = (tuple(OCV_SOC.tolist()), tuple(OCV_V.tolist()))
+_CCL_TAPER = ((0.0, 90.0, 97.0, 100.0), (1.0, 1.0, 0.3, 0.05))
+_DCL_TAPER = ((0.0, 3.0, 12.0, 100.0), (0.0, 0.0, 1.0, 1.0))
+
+
+def interp1(x: float, table: tuple) -> float:
+    """np.interp for one float, bit for bit (the same branches and the same two operations), without its
+    ~2 us of array overhead: the BMS model asks it several times per scan cycle."""
+    xp, fp = table
+    if x > xp[-1]:
+        return fp[-1]
+    if x < xp[0]:
+        return fp[0]
+    if x == xp[-1]:
+        return fp[-1]
+    j = bisect_right(xp, x) - 1
+    if xp[j] == x:
+        return fp[j]
+    slope = (fp[j + 1] - fp[j]) / (xp[j + 1] - xp[j])
+    y = slope * (x - xp[j]) + fp[j]
+    if y != y:                                   # NaN: numpy's fallback from the right end of the segment
+        y = slope * (x - xp[j + 1]) + fp[j + 1]
+        if y != y and fp[j] == fp[j + 1]:
+            y = fp[j]
+    return y
 
 
 @dataclass
@@ -45,7 +74,7 @@ class Battery:
     soh_pct: float = 97.0
 
     def ocv_cell_v(self) -> float:
-        return float(np.interp(self.soc_pct, OCV_SOC, OCV_V))
+        return interp1(self.soc_pct, _OCV)
 
     def current_a(self) -> float:
         return self.power_kw * 1000.0 / max(self.pack_v(), 1.0)
@@ -64,7 +93,7 @@ class Battery:
     def ccl_a(self) -> float:
         """Charge current limit: full up to 90 % SOC, tapering to 5 % at 100 %, zero outside 0-55 °C."""
         i_max = self.charge_max_kw * 1000.0 / self.nominal_v
-        taper = float(np.interp(self.soc_pct, [0.0, 90.0, 97.0, 100.0], [1.0, 1.0, 0.3, 0.05]))
+        taper = interp1(self.soc_pct, _CCL_TAPER)
         if self.temp_c <= 0.0 or self.temp_c >= 55.0:
             taper = 0.0
         elif self.temp_c < 10.0:
@@ -73,7 +102,7 @@ class Battery:
 
     def dcl_a(self) -> float:
         i_max = self.discharge_max_kw * 1000.0 / self.nominal_v
-        taper = float(np.interp(self.soc_pct, [0.0, 3.0, 12.0, 100.0], [0.0, 0.0, 1.0, 1.0]))
+        taper = interp1(self.soc_pct, _DCL_TAPER)
         if self.temp_c <= -20.0 or self.temp_c >= 60.0:
             taper = 0.0
         return i_max * taper
@@ -152,6 +181,8 @@ class Meters:
     unserved_kwh: float = 0.0
     battery_charge_kwh: float = 0.0
     battery_discharge_kwh: float = 0.0
+    wind_used_kwh: float = 0.0       # on-site wind into the bus (after the turbines shed a surplus)
+    wind_avail_kwh: float = 0.0
     cost: float = 0.0
     co2_kg_grid: float = 0.0
     soc_min_pct: float = 100.0
@@ -160,6 +191,7 @@ class Meters:
     window_start_s: float = 0.0
     peak_15min_kw: float = 0.0
     log: list = field(default_factory=list)
+    wind_log: list = field(default_factory=list)   # per minute beside `log`: (wind kW, wind shed kW)
 
 
 @dataclass
@@ -173,16 +205,19 @@ class Flows:
     genset_kw: float = 0.0
     unserved_kw: float = 0.0
     curtailed_kw: float = 0.0
+    wind_kw: float = 0.0
+    wind_curtailed_kw: float = 0.0
 
 
 def balance(load_kw, pv_avail_kw, pv_limit_kw, battery_sp_kw, charge_lim_kw, discharge_lim_kw,
             gen_running, gen_sp_kw, gen_min_kw, gen_rated_kw, grid_up, import_max_kw, export_max_kw,
-            gen_follows_load=False, gen_import_level_kw=None):
+            gen_follows_load=False, gen_import_level_kw=None, wind_avail_kw=0.0):
     """Resolve one interval's AC balance. Returns Flows. See the module docstring for the rules."""
     pv_kw = min(pv_avail_kw, max(0.0, pv_limit_kw))
+    wind_kw = max(0.0, wind_avail_kw)
     gen_kw = min(max(gen_min_kw if gen_follows_load else gen_sp_kw, gen_min_kw), gen_rated_kw) if gen_running else 0.0
     bat_kw = min(max(battery_sp_kw, -charge_lim_kw), discharge_lim_kw)
-    residual = load_kw - pv_kw - gen_kw - bat_kw
+    residual = load_kw - pv_kw - wind_kw - gen_kw - bat_kw
     grid_kw = 0.0
     if grid_up:
         grid_cap_kw = import_max_kw
@@ -212,6 +247,10 @@ def balance(load_kw, pv_avail_kw, pv_limit_kw, battery_sp_kw, charge_lim_kw, dis
         cut = min(-residual, pv_kw)
         pv_kw -= cut
         residual += cut
+        if residual < -1e-9:                     # the turbines pitch out what PV could not shed
+            cut = min(-residual, wind_kw)
+            wind_kw -= cut
+            residual += cut
         if residual < -1e-9 and gen_running:     # genset backs off to its minimum load
             back = min(-residual, max(0.0, gen_kw - gen_min_kw))
             gen_kw -= back
@@ -222,4 +261,5 @@ def balance(load_kw, pv_avail_kw, pv_limit_kw, battery_sp_kw, charge_lim_kw, dis
             else:                                # island: the set's governor follows the load
                 gen_kw = max(0.0, gen_kw + residual)
             residual = 0.0
-    return Flows(load_kw, pv_kw, grid_kw, bat_kw, gen_kw, unserved, pv_avail_kw - pv_kw)
+    return Flows(load_kw, pv_kw, grid_kw, bat_kw, gen_kw, unserved, pv_avail_kw - pv_kw, wind_kw,
+                 max(0.0, wind_avail_kw) - wind_kw)

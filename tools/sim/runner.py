@@ -23,6 +23,7 @@ from tools.sim.exogenous import Series
 from tools.sim.provider import SimClock, SimProvider  # noqa: F401  (SimClock re-exported for old callers)
 from tools.sim.scenario import Scenario
 from tools.sim.site import SimSite
+from tools.sim.study import apply_study, write_ledger_report
 
 
 EVENT_LOG_MAX = 200_000     # events kept for OUT/events.jsonl (a year is ~10^4; a flapping site is bounded)
@@ -34,6 +35,7 @@ class SimResult:
     site: SimSite
     loop: ScanLoop
     wall_s: float
+    report: dict | None = None      # the ledger's report (OUT/ledger-report.json): months, years, total
 
 
 def kpis_of(site: SimSite, loop: ScanLoop, hours: float, wall_s: float) -> dict:
@@ -49,11 +51,17 @@ def kpis_of(site: SimSite, loop: ScanLoop, hours: float, wall_s: float) -> dict:
     litres = g.litres if g else 0.0
     diesel_kwh = g.energy_kwh if g else 0.0
     gen_cfg = cfg.get("genset") or {}
+    # the demand charge bills each calendar month's highest 15-min import (site zone; tools/sim/study.py)
+    months = getattr(site, "month_peaks", None)
+    if months is not None and site.t_s - m.window_start_s >= 900:      # the last window, when complete
+        months.add(m.window_start_s, m.window_import_kwh / (900.0 / 3600.0))
+    billed = months.billed(site.t_s) if months is not None else {}
     peak_kw = max(m.peak_15min_kw, m.window_import_kwh / (900.0 / 3600.0) if site.t_s - m.window_start_s >= 900 else 0.0)
-    supplied = m.pv_used_kwh + m.grid_import_kwh + diesel_kwh
+    billed_kw = sum(billed.values()) if billed else peak_kw
+    supplied = m.pv_used_kwh + m.wind_used_kwh + m.grid_import_kwh + diesel_kwh     # wind: on-site renewable
     co2 = m.co2_kg_grid + litres * cfg["emissions"]["diesel_kg_per_l"]
     cost = (m.cost + litres * gen_cfg.get("fuel_price_per_l", 0.0) + (g.starts if g else 0) * gen_cfg.get("start_cost", 0.0)
-            + cfg["tariff"]["peak_price_per_kw"] * peak_kw)
+            + cfg["tariff"]["peak_price_per_kw"] * billed_kw)
     bat = site.battery
     soc0 = float(site.scn["init"]["soc_pct"])
     stored0, stored1 = bat.capacity_kwh * soc0 / 100.0, bat.capacity_kwh * bat.soc_pct / 100.0
@@ -68,10 +76,11 @@ def kpis_of(site: SimSite, loop: ScanLoop, hours: float, wall_s: float) -> dict:
         "objective": objective if int(loop.params[L.P_STRATEGY]) == L.STRATEGY_MPC else None,
         "currency": cfg["site"]["currency"],
         "grid_import_kwh": round(m.grid_import_kwh, 3), "grid_export_kwh": round(m.grid_export_kwh, 3),
-        "grid_peak_kw": round(peak_kw, 3), "pv_used_kwh": round(m.pv_used_kwh, 3),
+        "grid_peak_kw": round(peak_kw, 3), "grid_peak_by_month_kw": {k: round(v, 3) for k, v in billed.items()}, "pv_used_kwh": round(m.pv_used_kwh, 3),
         "pv_curtailed_kwh": round(m.pv_avail_kwh - m.pv_used_kwh, 3), "diesel_kwh": round(diesel_kwh, 3),
         "diesel_litres": round(litres, 3), "genset_starts": g.starts if g else 0,
-        "renewable_share": round(m.pv_used_kwh / supplied, 4) if supplied > 0 else 0.0,
+        "wind_used_kwh": round(m.wind_used_kwh, 3), "wind_curtailed_kwh": round(m.wind_avail_kwh - m.wind_used_kwh, 3),
+        "renewable_share": round((m.pv_used_kwh + m.wind_used_kwh) / supplied, 4) if supplied > 0 else 0.0,
         "co2_kg": round(co2, 3), "cost": round(cost, 2), "unserved_kwh": round(m.unserved_kwh, 3),
         "stored_start_kwh": round(stored0, 3), "stored_end_kwh": round(stored1, 3),
         "stored_credit_kwh": round(usable, 3), "credit_grid_kg_per_kwh": round(mean_co2, 5),
@@ -95,7 +104,8 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
             install_signals: bool = False, wire: bool = False, wire_baud: int | None = None,
             ledger: bool = True, ledger_on_record: Callable[[dict], None] | None = None,
             series: Series | None = None, as_profiles: bool = False, account=None,
-            compute: dict | None = None) -> SimResult:
+            compute: dict | None = None, period_s: float | None = None,
+            replan_s: float | None = None) -> SimResult:
     """Simulate `hours` of the scenario with the real scan loop; write kpis.json, recording, events.
 
     ``wire``: the Modbus devices and the BMS behind real ports read by the real drivers (tools/sim/wire.py);
@@ -106,7 +116,8 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
     (tools/sim/devices.limit_to_profiles). ``account``: the controller/carbon/account.py EnergyAccount the
     caller's uplink and IPC hooks read (the ledger integrates into it; one integration for all three).
     ``compute``: keywords for the simulated compute platform (tools/sim/compute_platform.attach_platform,
-    e.g. ``{"flex": False}``); it runs when the scenario marks any job deferrable.
+    e.g. ``{"flex": False}``); it runs when the scenario marks any job deferrable. ``period_s``,
+    ``replan_s``: a study's control period and MPC re-plan interval (tools/sim/study.py; `--study`).
     """
     hours = float(hours if hours is not None else scn["scenario"]["hours"])
     cfg = scn.site
@@ -114,6 +125,7 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
                            series=series).provide(cfg)
     site = provided.extra["site"]
     params = build_params(cfg, strategy, t_ref_s=scn.start.timestamp())
+    study = apply_study(params, period_s, replan_s)          # {} unless a study setting was given
     state0 = L.new_state(provided.clock.utc_s() - params[L.P_PERIOD_S])
     recorder = None
     if out_dir is not None:
@@ -154,6 +166,8 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
     rt.close()
     kpis = kpis_of(site, loop, hours, wall_s)
     kpis["wire"] = bool(wire)                    # which I/O path produced these figures
+    if study:
+        kpis["study"] = study
     if compute_run is not None:                  # jobs_*: deadlines missed, hours moved (docs/compute.md)
         kpis.update(compute_run.platform.kpis(site.t_s))
     # a part of the cycle that raised or blocked: say so, never hide it (slow: a call over loop.SLOW_PART_S)
@@ -176,8 +190,14 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
         output_errors = _write_outputs(Path(out_dir), kpis, event_log, site)
         if compute_run is not None and (err := compute_run.platform.write(Path(out_dir), site.t_s)):
             output_errors.append(err)
+        report = None
+        if carbon is not None:                   # the ledger's monthly / annual report beside kpis.json
+            report, err = write_ledger_report(Path(out_dir))
+            if err:
+                output_errors.append(err)
         if output_errors:
             kpis["output_errors"] = output_errors
+        return SimResult(kpis, site, loop, wall_s, report)
     return SimResult(kpis, site, loop, wall_s)
 
 

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from controller.config import PROFILES_DIR, load_site, parse_toml, resolve_site, SiteConfig
-from controller.schema import ArrayOf, Field as F, ProfileError, Table, Validator
+from controller.schema import ArrayOf, Field as F, Problem, ProfileError, Table, Validator
 
 SCENARIOS_DIR = PROFILES_DIR / "scenarios"
 EVENT_KINDS = ("grid_outage", "pv_derate", "load_step", "bms_silent", "meter_silent", "job_announce",
@@ -63,6 +63,28 @@ SCENARIO_SCHEMA = Table({
         "co2_wind_coeff": F("number", default=0.0, min=0, max=2),
         "wind_mean": F("number", default=0.5, min=0, max=1),
         "wind_persistence": F("number", default=0.9, min=0, max=0.999),
+    }),
+    # on-site wind turbines (tools/sim/wind.py, docs/cases.md): the resource as a wind atlas gives it (mean
+    # speed at a height, Weibull k), its time structure, and a turbine of windpowerlib's library scaled to
+    # rated_kw; the site profile needs a wind_meter device for the controller and the ledger to see it
+    "wind": Table({
+        "rated_kw": F("number", required=True, min=0),
+        "count": F("integer", default=1, min=0, max=1000),
+        "turbine_type": F("string", default="E-53/800"),     # windpowerlib (oedb) name: the curve's shape
+        "hub_height_m": F("number", default=60.0, min=5, max=250),
+        "mean_speed_ms": F("number", required=True, min=0.5, max=20),
+        "speed_height_m": F("number", default=100.0, min=2, max=250),
+        "weibull_k": F("number", default=2.0, min=1.0, max=5.0),
+        "roughness_length_m": F("number", default=0.1, min=0.0001, max=3),
+        "persistence_per_h": F("number", default=0.97, min=0, max=0.9999),
+        "market_correlation": F("number", default=0.0, min=0, max=0.99),   # with [market]'s wind driver
+        "seasonal_amp": F("number", default=0.0, min=0, max=0.6),
+        "seasonal_peak_doy": F("number", default=15.0, min=1, max=366),
+        "diurnal_amp": F("number", default=0.0, min=0, max=0.6),
+        "diurnal_peak_hour": F("number", default=15.0, min=0, max=24),
+        "turbulence": F("number", default=0.05, min=0, max=0.3),
+        "electrical_loss": F("number", default=0.03, min=0, max=0.5),
+        "availability": F("number", default=0.97, min=0, max=1),
     }),
     "init": Table({
         "soc_pct": F("number", default=50.0, min=0, max=100),
@@ -155,6 +177,10 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
                                           or ev["deadline_h"] < ev["start_h"] + ev["duration_min"] / 60.0):
                 validator.problem(f"events[{i}].deadline_h", "a job_announce's latest end: at least start_h + "
                                   "duration_min / 60")
+        if data.get("wind"):
+            from tools.sim.wind import turbine_problem
+            if (why := turbine_problem(data["wind"]["turbine_type"])) is not None:
+                validator.problem("wind.turbine_type", why)
     if validator.problems:
         raise ProfileError(validator.problems)
     site_ref = data["scenario"]["site"]
@@ -165,4 +191,8 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
     scenario.path = path
     scenario.site = load_site(site_path)
     scenario.start = start
+    if data.get("wind") and not any(d["role"] == "wind_meter" for d in scenario.site["devices"]):
+        raise ProfileError([Problem(str(path), "wind", f"the turbines' output needs a meter: site {site_path} "
+                                    "has no device with role 'wind_meter' (the controller and the carbon ledger "
+                                    "would not see it)")])
     return scenario

@@ -4,6 +4,7 @@ from __future__ import annotations
 from tools.sim.exogenous import Series, build_series
 from tools.sim.physics import Battery, Flows, Genset, Meters, balance
 from tools.sim.scenario import Scenario
+from tools.sim.study import MinuteLog, MonthPeaks
 
 DEMAND_WINDOW_S = 900.0   # demand charges are billed on 15-minute average import
 
@@ -28,6 +29,8 @@ class SimSite:
         self.export_price = site["tariff"]["export_price_per_kwh"]
         self.pv_rated_kw = max(scn["pv"]["kwp"], 1e-9)
         self.meters = Meters()
+        self.meters.log = MinuteLog(len(self.series.t_min), 12)     # bounded: preallocated for the run
+        self.month_peaks = MonthPeaks(site["site"]["timezone"], scn.start.timestamp(), hours)
         self.flows = Flows()
         self.t_s = 0.0
         # Last actuated commands (canonical), as the field devices would hold them.
@@ -86,13 +89,14 @@ class SimSite:
         it_kw, cooling_kw = self.it_cooling_kw(now)
         load_kw = it_kw + cooling_kw + s.at("aux_kw", now)
         pv_avail_kw = s.at("pv_avail_kw", now)
+        wind_avail_kw = s.at("wind_kw", now) if s.wind_kw is not None else 0.0
         grid_up = s.flag("grid_up", now)
         charge_lim, discharge_lim = self.battery.limits_kw()
         gen = self.genset
         f = balance(load_kw, pv_avail_kw, self.pv_limit_kw, self.battery_sp_kw, charge_lim, discharge_lim,
                     bool(gen and gen.running), self.gen_sp_kw, gen.p_min_kw if gen else 0.0,
                     gen.rated_kw if gen else 0.0, grid_up, self.import_max_kw, self.export_max_kw,
-                    self.gen_follows_load, self.gen_import_level_kw)
+                    self.gen_follows_load, self.gen_import_level_kw, wind_avail_kw)
         self.flows = f
         if dt_s > 0.0:
             self._account(f, now, dt_s, s, it_kw)
@@ -113,6 +117,8 @@ class SimSite:
         m.grid_export_kwh += exp
         m.pv_used_kwh += f.pv_kw * h
         m.pv_avail_kwh += (f.pv_kw + f.curtailed_kw) * h
+        m.wind_used_kwh += f.wind_kw * h
+        m.wind_avail_kwh += (f.wind_kw + f.wind_curtailed_kw) * h
         m.load_kwh += f.load_kw * h
         m.it_kwh += it_kw * h
         m.unserved_kwh += f.unserved_kw * h
@@ -125,9 +131,11 @@ class SimSite:
         m.soc_max_pct = max(m.soc_max_pct, soc)
         if now - m.window_start_s >= DEMAND_WINDOW_S:
             m.peak_15min_kw = max(m.peak_15min_kw, m.window_import_kwh / (DEMAND_WINDOW_S / 3600.0))
+            self.month_peaks.add(m.window_start_s, m.window_import_kwh / (DEMAND_WINDOW_S / 3600.0))
             m.window_import_kwh, m.window_start_s = 0.0, now
         m.window_import_kwh += imp
         if now >= self._minute_next:
             self._minute_next += 60.0
             m.log.append((now / 3600.0, soc, f.pv_kw, f.load_kw, f.grid_kw, f.battery_kw, f.genset_kw,
                           f.unserved_kw, f.curtailed_kw, co2, price, s.at("pv_avail_kw", now)))
+            m.wind_log.append((f.wind_kw, f.wind_curtailed_kw))

@@ -49,9 +49,9 @@ from tools.sim.site import SimSite
 
 log = logging.getLogger(__name__)
 
-MODBUS_ROLES = ("grid_meter", "pv_meter", "pcs", "genset", "pv_inverter")
+MODBUS_ROLES = ("grid_meter", "pv_meter", "pcs", "genset", "pv_inverter", "wind_meter")
 ROLE_KIND = {"grid_meter": "meter", "pv_meter": "meter", "pcs": "pcs", "genset": "genset",
-             "pv_inverter": "pv_inverter"}
+             "pv_inverter": "pv_inverter", "wind_meter": "meter"}
 PV_INVERTER_PROFILE = "sunspec_pv_inverter"
 NOMINAL_CLIENT_BAUD = 115200   # pty without emulation: only sets minimalmodbus' inter-frame silence (1.75 ms floor)
 DSE_KEYS = {35700: "stop", 35701: "auto", 35702: "manual", 35705: "start", 35734: "reset"}
@@ -164,9 +164,9 @@ def _sim_values(role: str, sim_dev, site: SimSite) -> dict:
     """The canonical values the in-process device would report, plus what the register map carries."""
     vals = dict(sim_dev.read())
     up = site.grid_up()
-    if role in ("grid_meter", "pv_meter"):
+    if role in ("grid_meter", "pv_meter", "wind_meter"):
         p = vals.get("power_kw", 0.0)
-        v = vals.get("voltage_v", 230.0 if up or role == "pv_meter" else 0.0)
+        v = vals.get("voltage_v", 230.0 if up or role != "grid_meter" else 0.0)
         vals.setdefault("voltage_v", v)
         vals.setdefault("frequency_hz", 50.0 if v > 0 else 0.0)
         vals["current_a"] = abs(p) * 1000.0 / v if v > 0 else 0.0   # sum of the three line currents
