@@ -145,7 +145,8 @@ def cmd_sim(args) -> int:
         scn.site["control"]["objective"] = args.objective
     if args.strategy == "oracle":                   # perfect foresight: one MILP over the run (tools/sim/oracle.py)
         from tools.sim.oracle import write_oracle
-        print(json.dumps(write_oracle(scn, args.hours, args.seed, args.out), indent=2))
+        flex = args.flex if args.flex is not None else bool(scn["compute"].get("flex", False))   # jobs as decisions
+        print(json.dumps(write_oracle(scn, args.hours, args.seed, args.out, flex=flex), indent=2))
         return EXIT_OK
     from controller.carbon.account import EnergyAccount
     account = EnergyAccount(scn.site)

@@ -83,9 +83,11 @@ def build_inputs(scn: Scenario, series, hours: float, step_min: int) -> dict:
 
 def solve_plan(scn: Scenario, inp: dict, genset: str = "mip", reserve: bool = False,
                unserved_penalty_per_kwh: float = 50.0, mip_rel_gap: float = 1e-4,
-               time_limit_s: float = 60.0, objective: str = "cost") -> OraclePlan:
+               time_limit_s: float = 60.0, objective: str = "cost", jobs: list | None = None) -> OraclePlan:
     """The whole-run MILP (or LP with genset='lp'). Variable blocks of N: g x c d q u l s z [on st], then P, zT.
-    objective "carbon": two solves, carbon tier then money within K <= K* (1 + 1e-9) (module docstring)."""
+    objective "carbon": two solves, carbon tier then money within K <= K* (1 + 1e-9) (module docstring).
+    jobs: deferrable jobs as decisions (issue 17, oracle_jobs): their series load (`baked_kw`) is taken out
+    and one binary start variable per allowed start step adds `kw_t` (site kW per step) over its run."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective: expected one of {', '.join(OBJECTIVES)}, got {objective!r}")
     cfg = scn.site
@@ -162,6 +164,8 @@ def solve_plan(scn: Scenario, inp: dict, genset: str = "mip", reserve: bool = Fa
 
     k_soc = 100.0 * dt / cap
     net = inp["load_kw"] - inp["pv_kw"]
+    for job in jobs or ():
+        net = net - job["baked_kw"]
     add([(ix("g"), 1), (ix("d"), 1), (ix("q"), 1), (ix("l"), 1), (ix("c"), -1), (ix("x"), -1), (ix("u"), -1)],
         net, net)
     # soc_t - soc_{t-1} - k*eta_c*c_t + k/eta_d*d_t = 0
@@ -208,7 +212,30 @@ def solve_plan(scn: Scenario, inp: dict, genset: str = "mip", reserve: bool = Fa
             integrality[ix("on")] = 1
         elif genset != "lp":
             raise ValueError(f"genset must be 'mip' or 'lp', got {genset!r}")
-    A = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(nrow[0], nv))
+    job_cols = []                         # (job, start step) per binary start column, after the nv columns
+    for j, job in enumerate(jobs or ()):
+        first = nv + len(job_cols)
+        for st_k in range(job["early"], job["end"] - job["dur"] + 1):
+            c = nv + len(job_cols)
+            tt = np.arange(st_k, st_k + job["dur"])
+            rows.append(tt)                               # the balance rows are rows 0..N-1
+            cols.append(np.full(len(tt), c))
+            vals.append(-job["kw_t"][tt])
+            job_cols.append((j, st_k))
+        last = nv + len(job_cols)
+        rows.append(np.full(last - first, nrow[0]))       # exactly one start
+        cols.append(np.arange(first, last))
+        vals.append(np.ones(last - first))
+        rlo.append(np.ones(1))
+        rhi.append(np.ones(1))
+        nrow[0] += 1
+    if job_cols:
+        ny = len(job_cols)
+        cost, kg = np.concatenate([cost, np.zeros(ny)]), np.concatenate([kg, np.zeros(ny)])
+        lo, hi = np.concatenate([lo, np.zeros(ny)]), np.concatenate([hi, np.ones(ny)])
+        integrality = np.concatenate([integrality, np.ones(ny)])
+    nv_all = nv + len(job_cols)
+    A = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(nrow[0], nv_all))
     t0 = time.perf_counter()
     opts = {"mip_rel_gap": mip_rel_gap, "time_limit": time_limit_s, "presolve": True}
     integ = integrality if integrality.any() else None
@@ -245,13 +272,17 @@ def solve_plan(scn: Scenario, inp: dict, genset: str = "mip", reserve: bool = Fa
         on = (on > 0.5).astype(float)
         q[on < 0.5] = 0.0
     gap = getattr(res, "mip_gap", 0.0) if integrality.any() else 0.0
+    job_start = {}
+    for c, (j, st_k) in enumerate(job_cols):
+        if res.x[nv + c] > 0.5:
+            job_start[j] = st_k
     return OraclePlan(grid_kw=xv[B["g"]], export_kw=xv[B["x"]], charge_kw=xv[B["c"]], discharge_kw=xv[B["d"]],
                       diesel_kw=q, curtail_kw=xv[B["u"]], unserved_kw=xv[B["l"]],
                       soc_pct=np.concatenate([[soc0], xv[B["s"]]]), diesel_on=on, peak_kw=float(res.x[iP]),
                       objective=float(res.fun), status=int(res.status), message=str(res.message),
                       solve_s=solve_s, mip_gap=float(gap if gap is not None else 0.0), n_vars=nv, n_rows=nrow[0],
                       genset=genset if has_g else "none", objective_mode=objective,
-                      plan_co2_kg=float(kg @ res.x), kappa=kappa)
+                      plan_co2_kg=float(kg @ res.x), kappa=kappa, job_start=job_start)
 
 
 def simulate_plan(scn: Scenario, site: SimSite, plan: OraclePlan, inp: dict, hours: float,
@@ -275,7 +306,8 @@ def simulate_plan(scn: Scenario, site: SimSite, plan: OraclePlan, inp: dict, hou
             block = k
             err_pct = plan.soc_pct[k] - site.battery.soc_pct
             corr_kw = soc_gain * err_pct * cap / 100.0 / inp["dt_h"]   # + : charge more than planned
-        load = s.at("it_kw", now) + s.at("cooling_kw", now) + s.at("aux_kw", now)
+        it, cooling = site.it_cooling_kw(now)     # the series, with the oracle's job moves (oracle_jobs)
+        load = it + cooling + s.at("aux_kw", now)
         pv_avail = s.at("pv_avail_kw", now)
         up = s.flag("grid_up", now)
         pv_k = inp["pv_kw"][k]
@@ -329,10 +361,56 @@ def energy_closure_kwh(site: SimSite) -> float:
                           - m.battery_charge_kwh + diesel + m.unserved_kwh))
 
 
+def oracle_jobs(scn: Scenario, site: SimSite, inp: dict, seed: int, hours: float):
+    """The scenario's deferrable jobs (tools/sim/compute_platform.py platform_jobs, flexibility on) as the
+    oracle's decisions: per job the site kW per step of running (IT + the cooling it draws at the step's
+    mean ambient), its series load per step (to take out) and its window in steps (release .. deadline).
+    Returns (platform, job dicts) - the platform replays the chosen starts (ScheduledRuns)."""
+    from drivers import compute as C
+    from tools.sim.compute_platform import SimPlatform, platform_jobs
+    jobs = [j for j in platform_jobs(scn, site.series, seed, hours, flex=True)]
+    t0 = scn.start.timestamp()
+    tel = C.ComputeTelemetry("oracle", utc=lambda: t0 + site.t_s, mono=lambda: site.t_s)
+    platform = SimPlatform(scn, site.series, jobs, t0, lambda: site.t_s, tel, power_period_s=0.0)
+    n, m, step_s = inp["n"], inp["m"], inp["dt_h"] * 3600.0
+    amb = np.asarray(site.series.ambient_c[:n * m], dtype=float).reshape(n, m).mean(axis=1)
+    base, per_c, below = platform.cool
+    frac = base + per_c * np.maximum(0.0, amb - below)
+    minute_h = np.arange(n * m) / 60.0
+    out = []
+    for j in platform._deviated:
+        dur = int(math.ceil(j.duration_s / step_s - 1e-9))
+        early = int(math.ceil(j.release_s / step_s - 1e-9))
+        end = min(n, int(math.floor(j.deadline_s / step_s + 1e-9)))
+        if dur < 1 or early + dur > end:
+            continue                                  # no room to move it: left where the series has it
+        s_h, e_h = j.baked
+        share = ((minute_h >= s_h) & (minute_h < e_h)).reshape(n, m).mean(axis=1)
+        out.append({"id": j.id, "kw_t": j.kw * (1.0 + frac), "baked_kw": j.kw * (1.0 + frac) * share, "dur": dur,
+                    "early": early, "end": end, "job": j})
+    return platform, out
+
+
+class ScheduledRuns:
+    """A compute platform that runs each moved job from the oracle's chosen start (SimSite.compute)."""
+
+    def __init__(self, platform, starts: dict):
+        self.platform, self.starts = platform, starts      # job id -> start (s from the run's start)
+
+    def advance(self, t: float) -> None:
+        pass                                               # nothing to decide: the plan fixed every start
+
+    def delta_kw(self, t: float):
+        for j in self.platform._deviated:
+            a = self.starts.get(j.id, j.release_s)        # a job with no room to move runs at its hours
+            j.running_since = a if a <= t < a + j.duration_s else None
+        return self.platform.delta_kw(t)
+
+
 def run_oracle(scn: Scenario | str, hours: float | None = None, seed: int = 1, step_min: int = 15,
                genset: str = "mip", reserve: bool = False, sim_step_s: float = 60.0,
                unserved_penalty_per_kwh: float | None = None, return_details: bool = False,
-               objective: str | None = None) -> dict:
+               objective: str | None = None, flex: bool = False) -> dict:
     """Perfect-foresight optimum of a run: plan with the true future, replay it through the physics.
     objective: "cost" | "carbon" (default the site's [control] objective); unserved_penalty_per_kwh: default
     the site's [control] voll_per_kwh, as the planner's.
@@ -352,8 +430,15 @@ def run_oracle(scn: Scenario | str, hours: float | None = None, seed: int = 1, s
     objective = objective or scn.site["control"]["objective"]
     if unserved_penalty_per_kwh is None:
         unserved_penalty_per_kwh = scn.site["control"]["voll_per_kwh"]
+    platform, jobs = oracle_jobs(scn, site, inp, seed, hours) if flex else (None, [])
     plan = solve_plan(scn, inp, genset=genset, reserve=reserve, unserved_penalty_per_kwh=unserved_penalty_per_kwh,
-                      objective=objective)
+                      objective=objective, jobs=jobs)
+    moved = {}
+    if jobs:                                          # the jobs run from the chosen starts (and nowhere else)
+        step_s = inp["dt_h"] * 3600.0
+        starts = {job["id"]: plan.job_start[i] * step_s for i, job in enumerate(jobs)}
+        site.compute = ScheduledRuns(platform, starts)
+        moved = {job["id"]: round((starts[job["id"]] - job["job"].release_s) / 3600.0, 3) for job in jobs}
     simulate_plan(scn, site, plan, inp, hours, sim_step_s)
     wall_s = time.perf_counter() - wall0
     kpis = _kpis(scn, site, hours, wall_s)
@@ -367,18 +452,23 @@ def run_oracle(scn: Scenario | str, hours: float | None = None, seed: int = 1, s
         "plan_unserved_kwh": round(float(np.sum(plan.unserved_kw) * inp["dt_h"]), 3),
         "objective_mode": objective, "plan_co2_tier_kg": round(plan.plan_co2_kg, 3), "kappa": round(plan.kappa, 6),
         "energy_closure_kwh": round(energy_closure_kwh(site), 6),
+        "flex": bool(flex), "jobs_moved_h": moved,
     }
+    if flex:
+        kpis["jobs_moved_hours"] = round(sum(max(0.0, v) for v in moved.values()), 3)
+        kpis["jobs_deadline_missed"] = 0          # every start is inside its window by construction
     if return_details:
         return kpis, plan, site, inp
     return kpis
 
 
-def write_oracle(scn: Scenario | str, hours: float | None, seed: int, out_dir=None, objective: str | None = None) -> dict:
+def write_oracle(scn: Scenario | str, hours: float | None, seed: int, out_dir=None, objective: str | None = None,
+                 flex: bool = False) -> dict:
     """`edge-ems sim --strategy oracle`: run_oracle, then OUT/kpis.json and OUT/minutes.npy like a sim.
-    objective: "cost" | "carbon" (default the site's [control] objective)."""
+    objective: "cost" | "carbon" (default the site's [control] objective); flex: deferrable jobs as decisions."""
     import json
     from pathlib import Path
-    kpis, plan, site, inp = run_oracle(scn, hours, seed, return_details=True, objective=objective)
+    kpis, plan, site, inp = run_oracle(scn, hours, seed, return_details=True, objective=objective, flex=flex)
     kpis = json.loads(json.dumps(kpis, default=float))
     if out_dir is not None:
         out = Path(out_dir)
