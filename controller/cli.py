@@ -149,6 +149,11 @@ def cmd_sim(args) -> int:
         print(json.dumps(write_oracle(scn, args.hours, args.seed, args.out, flex=flex), indent=2))
         return EXIT_OK
     from controller.carbon.account import EnergyAccount
+    from tools.sim.study import STUDY_PERIOD_S, STUDY_REPLAN_S, study_problem
+    period_s = args.period_s if args.period_s is not None else STUDY_PERIOD_S if args.study else None
+    replan_s = args.replan_s if args.replan_s is not None else STUDY_REPLAN_S if args.study else None
+    if (bad := study_problem(period_s, replan_s)) is not None:
+        return _die_bad_input(bad)
     account = EnergyAccount(scn.site)
     hooks, uplink = _start_uplink(scn.site, args, "sim", account)
     with Progress(transient=True) as bar:
@@ -157,9 +162,13 @@ def cmd_sim(args) -> int:
                          speed=args.speed, progress=lambda f: bar.update(task, completed=f), hooks=hooks,
                          wire=args.wire, wire_baud=args.wire_baud, ledger_on_record=_ledger_to_uplink(uplink),
                          as_profiles=args.as_profiles, account=account,
-                         compute={"flex": args.flex} if args.flex is not None else None)
+                         compute={"flex": args.flex} if args.flex is not None else None,
+                         period_s=period_s, replan_s=replan_s)
     _close_uplink(uplink)
     print(json.dumps(result.kpis, indent=2))
+    if result.report is not None:                   # the ledger's months / years (OUT/ledger-report.json)
+        from controller.carbon.report import to_text
+        print(to_text(result.report), file=sys.stderr, end="")
     if args.out:
         problems = list(result.kpis.get("output_errors", []))
         if "recording_degraded" in result.kpis:
@@ -315,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "([compute] flex = true; the reference scenarios ship with it off, docs/compute.md)")
     flex.add_argument("--no-flex", dest="flex", action="store_const", const=False,
                       help="every job announced not deferrable ([compute] flex = false): the baseline")
+    p.add_argument("--study", action="store_true",
+                   help="a long study (a year): control period 10 s, MPC re-plan every 300 s (field: the profile's "
+                        "period, 60 s); their effect on the KPIs is measured in docs/year.md")
+    p.add_argument("--period-s", type=float, default=None, help="the control period of this run (overrides --study)")
+    p.add_argument("--replan-s", type=float, default=None, help="seconds between MPC plans (overrides --study)")
     p.set_defaults(func=cmd_sim)
 
     p = sub.add_parser("demo", help="a simulated day at the inner-mongolia-mine site, live, with a report")

@@ -20,6 +20,7 @@ import csv
 import io
 import math
 from collections import defaultdict
+from typing import Iterable, Iterator
 
 from controller.carbon.ledger import JOB_FIELDS, _bad_number
 from drivers.isotime import utc_epoch, utc_iso
@@ -175,14 +176,28 @@ def _job_row(j: dict) -> dict:
     return out
 
 
-def build_report(payloads: list[dict], t_from: float | None = None, t_to: float | None = None,
+def iter_payloads(path) -> "Iterator[dict]":
+    """Every record that parses, in file order, one at a time (no verification; `ledger verify` first):
+    a year's ledger is ~35 000 records, whose parsed dicts would take hundreds of MB held all at once."""
+    from controller.carbon.ledger import LineError, parse_line
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                yield parse_line(line.rstrip(b"\n"))[0]
+            except LineError:
+                continue
+
+
+def build_report(payloads: "Iterable[dict]", t_from: float | None = None, t_to: float | None = None,
                  verified: dict | None = None) -> dict:
     """Raises ValueError naming the first interval record whose fields cannot be summed."""
     from controller.carbon.ledger import interval_type_problem
-    genesis = next((p for p in payloads if p.get("kind") == "genesis"), {})
+    genesis: dict = {}
     total, months, years = _Acc(), defaultdict(_Acc), defaultdict(_Acc)
     jobs: dict[str, dict] = {}
-    for p in payloads:
+    for p in payloads:               # any iterable, read once (a year's ledger streams: iter_payloads)
+        if p.get("kind") == "genesis" and not genesis:
+            genesis = p
         if p.get("kind") != "interval":
             continue
         bad = interval_type_problem(p)
@@ -240,12 +255,77 @@ JOB_COLUMNS = ("job", "label", "it_kwh", "kwh", "kg_location", "kg_market", "ren
                "basis", "measured_h", "announced_h", "moved_h", "intervals")
 
 
-def to_csv(report: dict) -> str:
+BY = ("month", "year", "total")
+
+
+def report_rows(report: dict, by: str = "month") -> list[tuple[str, dict]]:
+    """(name, figures) rows: by month -> every month, the years and the total; by year -> the years and
+    the total; by total -> the total (months and years are UTC calendar periods: intervals are UTC)."""
+    if by not in BY:
+        raise ValueError(f"--by: expected one of {', '.join(BY)}, got {by!r}")
+    rows = [(f"month {k}", r) for k, r in report.get("months", {}).items()] if by == "month" else []
+    rows += [(f"year {k}", r) for k, r in report.get("years", {}).items()] if by in ("month", "year") else []
+    return rows + [("total", report["total"])]
+
+
+def select(report: dict, by: str = "month") -> dict:
+    """The report with only the periods `--by` asks for (JSON output)."""
+    report_rows(report, by)                     # validates `by`
+    out = dict(report)
+    if by != "month":
+        out.pop("months", None)
+    if by == "total":
+        out.pop("years", None)
+    return out
+
+
+TEXT_COLUMNS = (  # (header, width, getter): energy by source, renewable share, REF, PUE, CUE, Scope 1 / 2
+    ("period", 13, lambda r: r["_name"]),
+    ("E_DC kWh", 11, lambda r: r["kpi"]["total_energy_kwh"]),
+    ("IT kWh", 10, lambda r: r["kpi"]["it_energy_kwh"]),
+    ("PV kWh", 10, lambda r: r["energy_kwh"]["pv"]),
+    ("grid kWh", 10, lambda r: r["energy_kwh"]["grid"]),
+    ("diesel kWh", 10, lambda r: r["energy_kwh"]["diesel"]),
+    ("diesel L", 9, lambda r: r["diesel_litres"]),
+    ("renew %", 7, lambda r: None if r["kpi"]["renewable_share"] is None else 100.0 * r["kpi"]["renewable_share"]),
+    ("REF", 6, lambda r: r["kpi"]["ref"]),
+    ("CFE %", 6, lambda r: r["kpi"]["cfe_pct"]),
+    ("PUE", 6, lambda r: r["kpi"]["pue"]),
+    ("PUEel", 6, lambda r: r["kpi"]["pue_electric"]),
+    ("Scope1 kg", 10, lambda r: r["scope1_kg"]),
+    ("Scope2 kg", 10, lambda r: r["scope2_location_kg"]),
+    ("S2 mkt kg", 10, lambda r: r["scope2_market_kg"]),
+    ("CUE kg/kWh", 10, lambda r: r["kpi"]["cue_location"]),
+)
+
+
+def to_text(report: dict, by: str = "month") -> str:
+    """A table a person reads at the end of a year run: one line per month, year and the total."""
+    def cell(x, w):
+        if x is None:
+            return "-".rjust(w)
+        if isinstance(x, str):
+            return x.ljust(w)
+        return (f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}" if abs(x) < 10 else f"{x:.1f}").rjust(w)
+    led = report.get("ledger", {})
+    lines = [f"ledger report: site {led.get('site')}, gateway {led.get('gateway')}, "
+             f"{'verified' if led.get('verified') else 'NOT verified'} ({led.get('verify', '')})",
+             " ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w, _) in enumerate(TEXT_COLUMNS))]
+    for name, r in report_rows(report, by):
+        row = {**r, "_name": name.removeprefix("month ")}
+        lines.append(" ".join(cell(get(row), w) for _, w, get in TEXT_COLUMNS))
+    t = report["total"]
+    lines.append(f"total: {t['intervals']} intervals from {t['from']} to {t['to']} ({t['partial_intervals']} partial); "
+                 f"CO2 {t['co2_kg']:,.1f} kg location / {t['co2_kg_market']:,.1f} kg market-based; "
+                 f"largest closure residual {t['max_closure_residual_pct']} %; months and years are UTC periods")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(report: dict, by: str = "month") -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
-    rows = [(f"month {k}", r) for k, r in report["months"].items()] + \
-           [(f"year {k}", r) for k, r in report["years"].items()] + [("total", report["total"])]
+    rows = report_rows(report, by)
     for name, r in rows:
         e, kpi = r["energy_kwh"], r["kpi"]
         w.writerow([name, r["from"], r["to"], r["intervals"], kpi["total_energy_kwh"], kpi["it_energy_kwh"],
@@ -287,19 +367,20 @@ def ledger_verify_main(args) -> int:
 
 
 def ledger_report_main(args) -> int:
-    """`edge-ems ledger report FILE [--from T] [--to T] [--format csv|json] [--pubkey K]`."""
+    """`edge-ems ledger report FILE [--from T] [--to T] [--format csv|json|text] [--by month|year|total]
+    [--pubkey K]`."""
     import json
     import sys
     from controller.carbon.keys import load_public_key
-    from controller.carbon.ledger import read_payloads, verify
+    from controller.carbon.ledger import verify
     try:
         pub = load_public_key(args.pubkey) if args.pubkey else None
-        res = verify(args.file, pub, keep=True)
+        res = verify(args.file, pub)
         t_from, t_to = parse_when(args.t_from, "--from"), parse_when(args.t_to, "--to")
     except (OSError, ValueError) as exc:
         print(f"edge-ems: {exc}", file=sys.stderr)
         return 2
-    payloads = res.payloads if res.ok else read_payloads(args.file)
+    payloads = iter_payloads(args.file)     # streamed: a year's records are never all held at once
     if not res.ok:
         print(f"WARNING: the ledger does not verify ({res.message}); figures below are not evidence",
               file=sys.stderr)
@@ -309,7 +390,13 @@ def ledger_report_main(args) -> int:
     except ValueError as exc:                 # a record whose fields cannot be summed
         print(f"edge-ems: {args.file}: {exc}", file=sys.stderr)
         return 2
-    print(to_csv(rep) if args.format == "csv" else json.dumps(rep, indent=2), end="" if args.format == "csv" else "\n")
+    by = getattr(args, "by", "month")
+    if args.format == "csv":
+        print(to_csv(rep, by), end="")
+    elif args.format == "text":
+        print(to_text(rep, by), end="")
+    else:
+        print(json.dumps(select(rep, by), indent=2))
     return 0 if res.ok else 1
 
 
@@ -325,6 +412,9 @@ def add_ledger_parser(sub) -> None:
     r.add_argument("file")
     r.add_argument("--from", dest="t_from", help="UTC start, e.g. 2026-04 or 2026-04-10T00:00:00Z")
     r.add_argument("--to", dest="t_to", help="UTC end (exclusive)")
-    r.add_argument("--format", choices=("json", "csv"), default="json")
+    r.add_argument("--format", choices=("json", "csv", "text"), default="json",
+                   help="text: one line per period (energy by source, renewable share, REF, CFE, PUE, Scope 1/2, CUE)")
+    r.add_argument("--by", choices=BY, default="month",
+                   help="the periods shown: month (months, years, total), year (years, total) or total")
     r.add_argument("--pubkey")
     r.set_defaults(func=ledger_report_main)

@@ -28,7 +28,46 @@ def sim_jobs(scn, series, seed: int | None = None, hours: float | None = None) -
             start = t0 + start_h * 3600.0
             jobs.append({"id": f"train{i}", "kw": scn["load"]["training_kw"], "start_s": start,
                          "end_s": start + dur_h * 3600.0, "label": "training batch (simulated, unannounced)"})
-    return JobBook(jobs)
+    return RollingJobBook(jobs)
+
+
+class RollingJobBook(JobBook):
+    """The simulated platform's book as a platform fills it: each job is announced LEAD_S before it starts
+    and forgotten KEEP_S after it ended. Why: a year holds ~550-730 training batches; the book keeps at most
+    MAX_JOBS (it pruned the later ones at once, so their kWh went unattributed after ~3 months) and
+    `power_at` looks at every job each cycle. A 48 h run attributes exactly what the whole book did."""
+
+    LEAD_S = 3600.0
+    KEEP_S = 86400.0
+
+    def __init__(self, jobs: list[dict]):
+        super().__init__()
+        self._ahead = sorted(jobs, key=lambda j: j["start_s"])
+        self._next = 0
+        self._next_prune = -float("inf")
+        self._all_labels = {j["id"]: j.get("label", "") for j in jobs}
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return self._all_labels
+
+    def _roll(self, t_s: float) -> None:
+        ahead = self._ahead
+        while self._next < len(ahead) and ahead[self._next]["start_s"] - self.LEAD_S <= t_s:
+            self.announce(ahead[self._next])
+            self._next += 1
+        if t_s >= self._next_prune:
+            self._next_prune = t_s + 3600.0
+            for job in [k for k, j in self.jobs.items() if j.end_s < t_s - self.KEEP_S]:
+                del self.jobs[job]
+
+    def power_at(self, t_s: float):
+        self._roll(t_s)
+        return super().power_at(t_s)
+
+    def forecast_arrays(self, t_s: float):
+        self._roll(t_s)
+        return super().forecast_arrays(t_s)
 
 
 def sim_carbon_hook(scn, site, out_dir: Path, carbon: dict | None = None, seed: int | None = None,
@@ -45,7 +84,9 @@ def sim_carbon_hook(scn, site, out_dir: Path, carbon: dict | None = None, seed: 
     for stale in (ledger, ledger.with_name("ledger.pub")):
         if stale.exists():
             stale.unlink()
-    return make_carbon_hook(scn.site, ledger, Path(out_dir) / "gateway.key",
+    hook = make_carbon_hook(scn.site, ledger, Path(out_dir) / "gateway.key",
                             jobs=jobs if jobs is not None else sim_jobs(scn, site.series, seed, hours),
                             clock_status=lambda: "simulated",
                             carbon=carbon, on_record=on_record, account=account)
+    hook.writer.durable = False      # a throwaway simulated ledger: written whole, not fsync'd per record
+    return hook
