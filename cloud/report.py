@@ -54,8 +54,8 @@ def site_lines(conn, sites=None, t_from=None, t_to=None):
     where, args = _where(sites, t_from, t_to)
     sql = ("SELECT DISTINCT ON (site, gateway_id, t_start, line_sha256) site, gateway_id, line FROM intervals"
            f"{where} ORDER BY site, gateway_id, t_start, line_sha256")
-    with conn.cursor(name="report_lines") as cur:        # server-side: a year of a fleet does not sit in memory
-        cur.itersize = 2000
+    with conn.transaction(), conn.cursor(name="report_lines") as cur:   # server-side (needs a transaction):
+        cur.itersize = 2000                                             # a fleet's year never sits in memory
         cur.execute(sql, args)
         yield from cur
 

@@ -151,7 +151,8 @@ def merge(parts: list[dict]) -> dict:
         return round(lags[min(len(lags) - 1, int(p * len(lags)))], 4) if lags else None
     out = {k: sum(p[k] for p in parts) for k in ("gateways", "connected", "records", "ledger_lines", "messages",
                                                   "batches", "resends", "nacks", "payload_bytes", "confirmed", "unconfirmed",
-                                                  "disconnects", "connect_failures", "publish_errors", "cpu_s")}
+                                                  "disconnects", "connect_failures", "publish_errors", "cpu_s",
+                                                  "confirmed_at_stop", "sent_at_stop")}
     out["wall_s"] = max(p["wall_s"] for p in parts)
     out["virtual_s"] = min(p["virtual_s"] for p in parts)
     out["speed"] = parts[0]["speed"]

@@ -85,6 +85,7 @@ class SimGateway:
         self.batches = 0
         self.resends = 0
         self.nacks = 0
+        self.sent = 0                                      # records in messages published (not held)
         self.payload_bytes = 0
         self.confirmed = 0
         self.lags: list[float] = []                        # first publish -> receipt, seconds (wall)
@@ -154,6 +155,7 @@ class SimGateway:
                 if self.confirm_cloud:
                     self.awaiting[key] = [topic, payload, wall, wall, len(take)]
                 self.messages += 1
+                self.sent += len(take)
                 self.payload_bytes += len(payload)
                 out.append((topic, payload, key))
             if kind == TELEMETRY:

@@ -227,6 +227,8 @@ class FleetLoop:
             nxt = heap[0][0] if heap else end_v
             wait = min(TICK_S, max(0.0, (nxt - self.vnow(time.monotonic())) / self.speed), next_sweep - time.monotonic())
             self._io(max(0.0, wait))
+        confirmed_at_stop = sum(g.confirmed for g in self.gws)   # what the cloud had committed while publishing
+        sent_at_stop = sum(g.sent for g in self.gws)             # what had been published (telemetry is held)
         v_end = min(self.vnow(time.monotonic()), end_v)
         for gw, conn in zip(self.gws, self.conns):           # records due at the very end too
             gw.advance(v_end, time.time())
@@ -245,7 +247,11 @@ class FleetLoop:
                     if gw.awaiting:
                         self._publish(conn, gw.messages_due(time.time()))
                 self._retry(time.monotonic())
-        return self.stats(t_wall0, wall_pub, cpu_pub, virtual_done)
+        st = self.stats(t_wall0, wall_pub, cpu_pub, virtual_done)
+        st["confirmed_at_stop"] = confirmed_at_stop
+        st["sent_at_stop"] = sent_at_stop
+        st["drain_s"] = round(time.monotonic() - self.wall0 - wall_pub, 3)
+        return st
 
     def close(self) -> None:
         """A clean stop: retained `offline`, DISCONNECT (no last will), sockets closed, ledgers closed."""

@@ -61,6 +61,9 @@ def record(scenario: str, hours: float, out_dir, seed: int = 1, strategy: str = 
     spool_dir = out / "uplink"
     if (spool_dir / "uplink-spool.sqlite").exists():
         raise FileExistsError(f"{spool_dir}: a spool from an earlier recording; use a fresh --out")
+    from controller.warmup import compile_apart, warmup
+    compile_apart()                   # as `edge-ems run`: a cold kernel cache compiles in a child process
+    warmup()
     scn = load_scenario(scenario)
     account = EnergyAccount(scn.site)
     hook, up = make_uplink_hook(scn.site, None, spool_dir, clock_status="sim", account=account)
