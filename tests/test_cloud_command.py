@@ -1,7 +1,8 @@
 """Signed commands from the cloud to real `edge-ems sim --mqtt` gateways (issue 18): the counter and expiry the
 gateway checks, limits refused by the cloud before sending (and audited), the verdict from cmd/result, a
 command signed for one gateway refused by another, a replay refused; every command in the audit table.
-The registry's bad inputs exit 2 with a message naming what was wrong."""
+The gateways run at 30x real time (their clock is the scenario's, not the system's: the tool is given it
+with --issued-s). The registry's bad inputs exit 2 with a message naming what was wrong."""
 import json
 import subprocess
 import sys
@@ -14,10 +15,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from controller.carbon.keys import generate_key, write_public_key
 from pg_env import REPO, Ingest, Postgres, cloud_cli, wait_subscribed
-from tools.sim.scenario import load_scenario
 from uplink_broker import Broker, wait_for
 
 A, B = ("gansu-edge", "gs-qy-gw-07"), ("inner-mongolia-mine", "imm-gw-01")
+SPEED = 30            # the gateways run 30x real time: their first telemetry batch (5 simulated min) in ~10 s
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def fleet(tmp_path_factory):
     r = cloud_cli(pg.dsn, "keygen", str(d / "cloud.key"))
     assert r.returncode == 0, r.stderr
     ingest = Ingest(pg.dsn, broker.url, group="t-cmd", log=d / "ingest.log").start()
-    procs, starts = {}, {}
+    procs = {}
     try:
         for site, gw in (A, B):
             out = d / gw
@@ -38,18 +39,17 @@ def fleet(tmp_path_factory):
             r = cloud_cli(pg.dsn, "gateway", "add", "--profile", site, "--pubkey", str(out / "registered.pub"))
             assert r.returncode == 0, r.stderr
         wait_subscribed(broker.port, "edge-ems/v1/probe/probe-gw/event")
-        for site, gw in (A, B):         # real time: the gateway's clock is the scenario's start + elapsed
+        for site, gw in (A, B):
             out = d / gw
-            starts[gw] = (time.time(), load_scenario(site).start.timestamp())
-            procs[gw] = subprocess.Popen([sys.executable, "-m", "controller.cli", "sim", "--scenario", site, "--hours", "1",
-                                          "--speed", "1", "--strategy", "rule", "--mqtt", broker.url + "?confirm=cloud",
+            procs[gw] = subprocess.Popen([sys.executable, "-m", "controller.cli", "sim", "--scenario", site, "--hours", "3",
+                                          "--speed", str(SPEED), "--strategy", "rule", "--mqtt", broker.url + "?confirm=cloud",
                                           "--out", str(out), "--data-dir", str(out / "data")], cwd=REPO,
                                          stdout=open(out / "sim.log", "wb"), stderr=subprocess.STDOUT)
         conn = psycopg.connect(pg.dsn, autocommit=True)
-        # the gateways are up when their boot event is stored
-        wait_for(lambda: conn.execute("SELECT count(DISTINCT gateway_id) FROM events WHERE event = 'uplink_boot'")
-                 .fetchone()[0] == 2, 300, "both gateways online")
-        yield {"dir": d, "pg": pg, "broker": broker, "conn": conn, "starts": starts}
+        # the gateways' loops run (and their clocks can be read) once their first telemetry is stored
+        wait_for(lambda: conn.execute("SELECT count(DISTINCT gateway_id) FROM telemetry").fetchone()[0] == 2, 300,
+                 "telemetry of both gateways")
+        yield {"dir": d, "pg": pg, "broker": broker, "conn": conn}
     finally:
         for p in procs.values():
             p.kill()
@@ -60,15 +60,18 @@ def fleet(tmp_path_factory):
 
 
 def clock(fleet, gw):
-    """The simulated gateway's UTC now (its scenario start + the wall time since it was launched; the loop
-    starts a little later, so this runs a few seconds ahead - within the gateway's 300 s skew)."""
-    wall0, sim0 = fleet["starts"][gw]
-    return sim0 + (time.time() - wall0)
+    """The simulated gateway's UTC now: its latest stored record's time + SPEED x the time since it arrived
+    (`--clock gateway` does the same for a gateway at real time). A little behind: the command is issued
+    in its recent past, well inside its ttl."""
+    t, age = fleet["conn"].execute("SELECT extract(epoch FROM t)::float8, extract(epoch FROM now() - received_at)::float8 "
+                                   "FROM telemetry WHERE gateway_id = %s ORDER BY t DESC LIMIT 1", (gw,)).fetchone()
+    return t + SPEED * age
 
 
 def command(fleet, gw, kind, args, **kw):
     argv = ["command", "--gateway", gw, "--type", kind, "--args", json.dumps(args), "--key", str(fleet["dir"] / "cloud.key"),
-            "--mqtt", fleet["broker"].url, "--issued-s", str(kw.get("issued_s", clock(fleet, gw))), "--wait", "60"]
+            "--mqtt", fleet["broker"].url, "--issued-s", str(kw.get("issued_s", clock(fleet, gw))), "--wait", "60",
+            "--ttl", "3600"]
     r = cloud_cli(fleet["pg"].dsn, *argv)
     return r.returncode, (json.loads(r.stdout.splitlines()[-1]) if r.stdout.strip() else None), r.stderr
 
@@ -90,15 +93,15 @@ def result_of(conn, gw, cmd_id):
 def test_accepted_refused_by_cloud_wrong_gateway_and_replay(fleet):
     conn = fleet["conn"]
     rc, out, err = command(fleet, A[1], "reserve_soc", {"reserve_pct": 40})
-    assert rc == 0 and out["status"] == "accepted" and out["counter"] == 1, (out, err)
+    assert rc == 0 and out["status"] == "accepted" and out["counter"] == 1, (out["reason"], err)
     first = out
     # out of the site profile's SOC window (gansu-edge: 10..95 %): refused here, never published
     rc, out, err = command(fleet, A[1], "reserve_soc", {"reserve_pct": 99})
     assert rc == 1 and out["status"] == "refused_by_cloud" and "out of limits" in out["reason"], (out, err)
     # a ttl the gateway would refuse
-    r = cloud_cli(fleet["pg"].dsn, "command", "--gateway", A[1], "--type", "mode", "--args", '{"mode":"auto"}',
-                  "--key", str(fleet["dir"] / "cloud.key"), "--mqtt", fleet["broker"].url, "--ttl", "90000")
-    assert r.returncode == 2 and "--ttl" in r.stderr
+    rc, _, err = _cli(fleet["pg"].dsn, "command", "--gateway", A[1], "--type", "mode", "--args", '{"mode":"auto"}',
+                      "--key", str(fleet["dir"] / "cloud.key"), "--mqtt", fleet["broker"].url, "--ttl", "90000")
+    assert rc == 2 and "--ttl" in err
     # the envelope signed for A, delivered to B (a misrouted or replayed command): B refuses it
     envelope = conn.execute("SELECT envelope FROM commands WHERE id = %s", (first["id"],)).fetchone()[0]
     publish(fleet, *B, envelope.encode())
@@ -123,23 +126,40 @@ def test_accepted_refused_by_cloud_wrong_gateway_and_replay(fleet):
                                   (A[1],)).fetchone()[0] >= 2, 60, "command_applied events")
 
 
+def _cli(dsn, *argv):
+    """edge-ems-cloud in this process (the bad-input paths; the entry point itself runs as a subprocess above)."""
+    import contextlib
+    import io
+    from cloud.cli import main
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()) as out:
+        try:
+            rc = main(["--db", dsn, *argv])
+        except SystemExit as exc:
+            rc = exc.code
+    return rc, out.getvalue(), err.getvalue()
+
+
 def test_registry_bad_inputs_exit_2_naming_the_problem(fleet):
     dsn, d = fleet["pg"].dsn, fleet["dir"]
-    r = cloud_cli(dsn, "gateway", "add", "--profile", A[0], "--pubkey", str(d / A[1] / "registered.pub"))
-    assert r.returncode == 2 and "already registered" in r.stderr
-    r = cloud_cli(dsn, "gateway", "add", "--profile", "no-such-site", "--pubkey", str(d / A[1] / "registered.pub"))
-    assert r.returncode == 2 and "site profile no-such-site" in r.stderr
+    rc, _, err = _cli(dsn, "gateway", "add", "--profile", A[0], "--pubkey", str(d / A[1] / "registered.pub"))
+    assert rc == 2 and "already registered" in err
+    rc, _, err = _cli(dsn, "gateway", "add", "--profile", "no-such-site", "--pubkey", str(d / A[1] / "registered.pub"))
+    assert rc == 2 and "site profile no-such-site" in err
     (d / "garbage.pub").write_text("not a key")
-    r = cloud_cli(dsn, "gateway", "add", "--profile", "nordic-wind", "--pubkey", str(d / "garbage.pub"))
-    assert r.returncode == 2 and "garbage.pub" in r.stderr and "Ed25519" in r.stderr
-    r = cloud_cli(dsn, "gateway", "add", "--profile", "nordic-wind", "--pubkey", str(d / A[1] / "registered.pub"))
-    assert r.returncode == 2 and "already registered for gateway 'gs-qy-gw-07'" in r.stderr
-    r = cloud_cli(dsn, "gateway", "rotate-key", "--id", "nobody", "--pubkey", str(d / "cloud.key.pub"))
-    assert r.returncode == 2 and "not registered" in r.stderr
-    r = cloud_cli(dsn, "command", "--gateway", "nobody", "--type", "mode", "--args", "{}", "--key",
-                  str(d / "cloud.key"), "--mqtt", fleet["broker"].url)
-    assert r.returncode == 2 and "'nobody' is not registered" in r.stderr
-    r = cloud_cli("host=127.0.0.1 port=1 connect_timeout=2", "gateway", "list")
-    assert r.returncode == 3 and "database" in r.stderr
-    listing = cloud_cli(dsn, "gateway", "list")
-    assert listing.returncode == 0 and "gs-qy-gw-07" in listing.stdout and "imm-gw-01" in listing.stdout
+    rc, _, err = _cli(dsn, "gateway", "add", "--profile", "nordic-wind", "--pubkey", str(d / "garbage.pub"))
+    assert rc == 2 and "garbage.pub" in err and "Ed25519" in err
+    rc, _, err = _cli(dsn, "gateway", "add", "--profile", "nordic-wind", "--pubkey", str(d / A[1] / "registered.pub"))
+    assert rc == 2 and "already registered for gateway 'gs-qy-gw-07'" in err
+    rc, _, err = _cli(dsn, "gateway", "rotate-key", "--id", "nobody", "--pubkey", str(d / "cloud.key.pub"))
+    assert rc == 2 and "not registered" in err
+    rc, _, err = _cli(dsn, "command", "--gateway", "nobody", "--type", "mode", "--args", "{}", "--key",
+                      str(d / "cloud.key"), "--mqtt", fleet["broker"].url)
+    assert rc == 2 and "'nobody' is not registered" in err
+    rc, _, err = _cli(dsn, "command", "--gateway", A[1], "--type", "mode", "--args", "{not json", "--key",
+                      str(d / "cloud.key"), "--mqtt", fleet["broker"].url)
+    assert rc == 2 and "--args: not JSON" in err
+    rc, _, err = _cli("host=127.0.0.1 port=1 connect_timeout=2", "gateway", "list")
+    assert rc == 3 and "database" in err
+    rc, out, _ = _cli(dsn, "gateway", "list")
+    assert rc == 0 and "gs-qy-gw-07" in out and "imm-gw-01" in out
