@@ -7,6 +7,7 @@
     edge-ems-cloud [--db DSN] gateway list [--json]
     edge-ems-cloud keygen PATH            (the cloud's command key: PATH and PATH.pub, the gateway's cloud_pubkey.pem)
     edge-ems-cloud [--db DSN] command --gateway GW --type T --args JSON --key PATH --mqtt URL [--ttl S] [--wait S]
+    edge-ems-cloud [--db DSN] report ...     (cloud/report.py: per site and fleet, docs/cloud-scale.md)
 
 ``--db`` defaults to $EDGE_EMS_CLOUD_DB (a libpq connection string or URI). Exit codes: 0 ok, 1 a command
 refused or without a verdict, 2 bad input (arguments, profile, key, unknown gateway), 3 database unreachable.
@@ -180,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="issued_s as the gateway's UTC epoch (a simulated gateway whose clock is not the system's)")
     p.add_argument("--operator", default=None, help="who issues it (audit; default $USER)")
     p.set_defaults(fn=cmd_command)
+    from cloud.report import add_report_parser      # `report`: H2's fleet report (cloud/report.py)
+    add_report_parser(sub)
     return ap
 
 
