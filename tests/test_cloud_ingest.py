@@ -266,3 +266,21 @@ def test_ingest_killed_mid_stream_loses_and_doubles_nothing(env):
         assert (n, lo, hi) == (total, 1, total)
     wait_for(lambda: {("telemetry", m * per + 1, m * per + per) for m in range(n_msgs)} <= set(pub.receipts), 60,
              "a receipt for every message")
+
+
+def test_a_dead_worker_process_is_logged_and_started_again(env):
+    """The --workers parent starts a worker that ended (here: SIGKILL) again and says so; records keep coming."""
+    import os
+    import signal as sig
+    parent = env["ingest"].proc.pid
+    children = [int(p) for p in open(f"/proc/{parent}/task/{parent}/children").read().split()]
+    assert len(children) == 1
+    os.kill(children[0], sig.SIGKILL)
+    log = env["dir"] / "ingest.log"
+    wait_for(lambda: f"(pid {children[0]}) ended with -9" in log.read_text(), 30, "the parent noticing")
+    boot = "b00t0000cafe0004"
+    env["pub"].send("event", [record("event", 1, {"event": "after_restart"}, boot=boot)])
+    with db(env) as c:
+        wait_for(lambda: c.execute("SELECT count(*) FROM events WHERE boot_id = %s", (boot,)).fetchone()[0] == 1, 60,
+                 "the restarted worker storing")
+    assert "starting it again" in log.read_text()
