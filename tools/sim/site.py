@@ -30,6 +30,7 @@ class SimSite:
         self.pv_rated_kw = max(scn["pv"]["kwp"], 1e-9)
         self.meters = Meters()
         self.meters.log = MinuteLog(len(self.series.t_min), 12)     # bounded: preallocated for the run
+        self.meters.wind_log = MinuteLog(len(self.series.t_min), 2)  # beside it: wind kW, wind shed kW
         self.month_peaks = MonthPeaks(site["site"]["timezone"], scn.start.timestamp(), hours)
         self.flows = Flows()
         self.t_s = 0.0
