@@ -42,8 +42,10 @@ def _connect(args):
     return conn
 
 
-def _broker(url: str):
+def _broker(url: str | None):
     from controller.uplink.client import BrokerConfig
+    if not url:
+        raise SystemExit(_die(EXIT_BAD_INPUT, "no broker: pass --mqtt URL or set EDGE_EMS_CLOUD_MQTT"))
     try:
         return BrokerConfig.from_url(url)
     except ValueError as exc:
@@ -67,9 +69,10 @@ def cmd_ingest(args) -> int:
     if args.workers < 1 or args.workers > 64:
         return _die(EXIT_BAD_INPUT, f"--workers {args.workers}: expected 1..64")
     _connect(args).close()                     # schema in place (and the database reachable) before the workers
-    base = ["--db", args.db, "ingest", "--mqtt", args.mqtt, "--group", args.group, "--batch", str(args.batch),
-            "--stats-every", str(args.stats_every)]
-    return run_parent(lambda i: [*base, "--worker-index", str(i)], args.workers)
+    # the DSN and the broker URL (passwords) reach the workers in their environment, never in their argv
+    env = {"EDGE_EMS_CLOUD_DB": args.db, "EDGE_EMS_CLOUD_MQTT": args.mqtt}
+    base = ["ingest", "--group", args.group, "--batch", str(args.batch), "--stats-every", str(args.stats_every)]
+    return run_parent(lambda i: [*base, "--worker-index", str(i)], args.workers, env)
 
 
 def cmd_gateway(args) -> int:
@@ -141,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="create or upgrade the schema")
     p.set_defaults(fn=cmd_init)
     p = sub.add_parser("ingest", help="the fleet's uplink into PostgreSQL (MQTT v5 shared subscription)")
-    p.add_argument("--mqtt", required=True, metavar="mqtt[s]://[user:pass@]HOST:PORT[?ca=&cert=&key=]")
+    p.add_argument("--mqtt", default=os.environ.get("EDGE_EMS_CLOUD_MQTT"),
+                   metavar="mqtt[s]://[user:pass@]HOST:PORT[?ca=&cert=&key=]", help="default $EDGE_EMS_CLOUD_MQTT")
     p.add_argument("--workers", type=int, default=1, help="worker processes in the shared subscription")
     p.add_argument("--group", default="edge-ems-ingest", help="shared subscription group (and client id prefix)")
     p.add_argument("--batch", type=int, default=200, help="messages per database transaction, at most")
@@ -172,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", required=True)
     p.add_argument("--args", default="{}", help="the command's args as JSON")
     p.add_argument("--key", default=None, help="the cloud's private key (default $EDGE_EMS_CLOUD_SIGNING_KEY)")
-    p.add_argument("--mqtt", required=True)
+    p.add_argument("--mqtt", default=os.environ.get("EDGE_EMS_CLOUD_MQTT"), help="default $EDGE_EMS_CLOUD_MQTT")
     p.add_argument("--ttl", type=float, default=600.0, help="seconds until it expires (at most 86400)")
     p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the verdict")
     p.add_argument("--clock", choices=("system", "gateway"), default="system",

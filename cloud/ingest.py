@@ -317,7 +317,7 @@ def run_worker(dsn: str, broker, group: str, index: int, batch_messages: int = 2
     return rc
 
 
-def run_parent(argv_for_worker, workers: int) -> int:
+def run_parent(argv_for_worker, workers: int, env: dict | None = None) -> int:
     """``--workers N``: N worker processes, each started again when it ends (back-off 0.5 s doubling to
     30 s; reset after 60 s of life). SIGTERM/SIGINT stops them all."""
     done = threading.Event()
@@ -330,7 +330,7 @@ def run_parent(argv_for_worker, workers: int) -> int:
 
     def spawn(i: int) -> None:
         procs[i] = subprocess.Popen([sys.executable, "-m", "cloud.cli", *argv_for_worker(i)],
-                                    preexec_fn=die_with_parent)
+                                    preexec_fn=die_with_parent, env={**os.environ, **(env or {})})
         started[i] = time.monotonic()
     while not done.is_set():
         now = time.monotonic()
