@@ -14,7 +14,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from controller.carbon.keys import generate_key, write_public_key
-from pg_env import REPO, Ingest, Postgres, cloud_cli, wait_subscribed
+from pg_env import REPO, Ingest, Postgres, wait_subscribed
 from uplink_broker import Broker, wait_for
 
 A, B = ("gansu-edge", "gs-qy-gw-07"), ("inner-mongolia-mine", "imm-gw-01")
@@ -26,18 +26,20 @@ def fleet(tmp_path_factory):
     d = tmp_path_factory.mktemp("cmd")
     pg = Postgres().start()
     broker = Broker(d / "broker").start()
-    r = cloud_cli(pg.dsn, "keygen", str(d / "cloud.key"))
-    assert r.returncode == 0, r.stderr
+    rc, _, err = _cli(pg.dsn, "keygen", str(d / "cloud.key"))
+    assert rc == 0, err
     ingest = Ingest(pg.dsn, broker.url, group="t-cmd", log=d / "ingest.log").start()
     procs = {}
     try:
-        for site, gw in (A, B):
-            out = d / gw
-            (out / "data").mkdir(parents=True)
-            write_public_key(generate_key(out / "gateway.key"), out / "registered.pub")
-            (out / "data" / "cloud_pubkey.pem").write_bytes((d / "cloud.key.pub").read_bytes())
-            r = cloud_cli(pg.dsn, "gateway", "add", "--profile", site, "--pubkey", str(out / "registered.pub"))
-            assert r.returncode == 0, r.stderr
+        from cloud import registry, schema
+        with psycopg.connect(pg.dsn, autocommit=True) as c:
+            schema.apply(c)
+            for site, gw in (A, B):
+                out = d / gw
+                (out / "data").mkdir(parents=True)
+                write_public_key(generate_key(out / "gateway.key"), out / "registered.pub")
+                (out / "data" / "cloud_pubkey.pem").write_bytes((d / "cloud.key.pub").read_bytes())
+                registry.add(c, site, str(out / "registered.pub"))
         wait_subscribed(broker.port, "edge-ems/v1/probe/probe-gw/event")
         for site, gw in (A, B):
             out = d / gw
@@ -72,8 +74,8 @@ def command(fleet, gw, kind, args, **kw):
     argv = ["command", "--gateway", gw, "--type", kind, "--args", json.dumps(args), "--key", str(fleet["dir"] / "cloud.key"),
             "--mqtt", fleet["broker"].url, "--issued-s", str(kw.get("issued_s", clock(fleet, gw))), "--wait", "60",
             "--ttl", "3600"]
-    r = cloud_cli(fleet["pg"].dsn, *argv)
-    return r.returncode, (json.loads(r.stdout.splitlines()[-1]) if r.stdout.strip() else None), r.stderr
+    rc, out, err = _cli(fleet["pg"].dsn, *argv)
+    return rc, (json.loads(out.splitlines()[-1]) if out.strip() else None), err
 
 
 def publish(fleet, site, gw, envelope: bytes):
@@ -127,7 +129,7 @@ def test_accepted_refused_by_cloud_wrong_gateway_and_replay(fleet):
 
 
 def _cli(dsn, *argv):
-    """edge-ems-cloud in this process (the bad-input paths; the entry point itself runs as a subprocess above)."""
+    """edge-ems-cloud in this process (`python -m cloud.cli` runs as a subprocess in tests/test_cloud_ingest.py)."""
     import contextlib
     import io
     from cloud.cli import main
