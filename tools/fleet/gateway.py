@@ -152,8 +152,8 @@ class SimGateway:
                     topic, payload = self.topics.batch(kind), encode_batch(kind, take, self.drain.zlib_level)
                     self.batches += 1
                 key = (kind, take[0][0], take[-1][0])
-                if self.confirm_cloud:
-                    self.awaiting[key] = [topic, payload, wall, wall, len(take)]
+                if self.confirm_cloud:        # publish time set by `published` when it is on the wire
+                    self.awaiting[key] = [topic, payload, None, wall, len(take)]
                 self.messages += 1
                 self.sent += len(take)
                 self.payload_bytes += len(payload)
@@ -163,11 +163,18 @@ class SimGateway:
                 self.tele_first = self.drain.telemetry_batch_min
         if self.awaiting:
             for key, a in self.awaiting.items():
-                if wall - a[3] > self.resend_s and a[3] != wall:
+                if a[2] is not None and wall - a[3] > self.resend_s and a[3] != wall:
                     a[3] = wall
                     self.resends += 1
                     out.append((a[0], a[1], key))
         return out
+
+    def published(self, key: tuple, t: float) -> None:
+        """The first time a message went out: the start of its end-to-end lag (taken per message, not per loop
+        round: a round serving a thousand gateways' quarter-hour burst takes a while)."""
+        a = self.awaiting.get(key)
+        if a is not None and a[2] is None:
+            a[2] = a[3] = t
 
     def nacked(self, key: tuple, wall: float, retry_s: float = 0.5) -> None:
         """PUBACK 0x10 (no matching subscribers: the cloud's ingest not subscribed yet): offer it again after
@@ -186,7 +193,7 @@ class SimGateway:
         for r in ranges:
             a = self.awaiting.pop(tuple(r), None)
             if a is not None:
-                self.lags.append(wall - a[2])
+                self.lags.append(wall - (a[2] if a[2] is not None else wall))
                 self.confirmed += a[4]
                 n += a[4]
         return n

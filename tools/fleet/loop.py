@@ -120,6 +120,7 @@ class FleetLoop:
         conn.mids.clear()
         for topic, payload, key in gw.unconfirmed():     # everything without a receipt, again
             conn.mids[client.publish(topic, payload, qos=1).mid] = key
+            gw.published(key, time.time())
         self.dirty.add(conn)
 
     def _on_disconnect(self, client, conn: _Conn, flags, reason_code, properties):
@@ -186,6 +187,7 @@ class FleetLoop:
                 self.publish_errors += 1
             elif key is not None:
                 conn.mids[info.mid] = key
+                conn.gw.published(key, time.time())
         self.dirty.add(conn)
 
     def vnow(self, wall: float) -> float:
@@ -217,7 +219,7 @@ class FleetLoop:
             if now >= next_sweep:                            # holds, resends, keepalives, reconnects
                 next_sweep = now + 1.0
                 for gw, conn in zip(self.gws, self.conns):
-                    if gw.awaiting or gw.pending["telemetry"]:
+                    if gw.awaiting or any(gw.pending.values()):
                         self._publish(conn, gw.messages_due(wall))
                     if conn.sock is not None:
                         if conn.client.loop_misc() != mqtt.MQTT_ERR_SUCCESS:
