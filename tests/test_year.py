@@ -1,5 +1,5 @@
 """A year run (issue 16): the study setting, the bounded per-run state, the billed peak per month, the
-ledger's monthly / annual report. Default run: unit checks and 6 days of nordic-wind (Europe/Stockholm)
+ledger's monthly / annual report. Default run: unit checks and 4 days of nordic-wind (Europe/Stockholm)
 across the March DST change and the 1st of April at the study period; the full year is marked slow."""
 from __future__ import annotations
 
@@ -71,21 +71,21 @@ def test_rolling_job_book_stays_small_and_attributes_every_job():
 
 @pytest.fixture(scope="module")
 def dst_run(tmp_path_factory):
-    """6 days of nordic-wind from local midnight 28 March 2026: DST starts on the 29th, April on the 1st."""
+    """4 days of nordic-wind from local midnight 28 March 2026: DST starts on the 29th, April on the 1st."""
     from tools.sim.runner import run_sim
     from tools.sim.scenario import load_scenario
     scn = load_scenario("nordic-wind")
     scn["scenario"]["start_utc"] = "2026-03-27T23:00:00Z"
     scn.start = datetime(2026, 3, 27, 23, 0, tzinfo=timezone.utc)
     out = tmp_path_factory.mktemp("year-dst")
-    res = run_sim(scn, hours=6 * 24, seed=1, strategy="mpc", out_dir=out, period_s=10.0, replan_s=300.0)
+    res = run_sim(scn, hours=4 * 24, seed=1, strategy="mpc", out_dir=out, period_s=10.0, replan_s=300.0)
     return res, out
 
 
 def test_dst_and_month_boundary_at_the_study_period(dst_run):
     res, out = dst_run
     k = res.kpis
-    assert k["study"] == {"period_s": 10.0, "replan_s": 300.0} and k["cycles"] == 6 * 24 * 360
+    assert k["study"] == {"period_s": 10.0, "replan_s": 300.0} and k["cycles"] == 4 * 24 * 360
     assert set(k["grid_peak_by_month_kw"]) == {"2026-03", "2026-04"}
     assert k["grid_peak_kw"] == max(k["grid_peak_by_month_kw"].values())
     # the controller's billed peak restarted on the 1st (local): it holds April's peak, not the run's
@@ -94,7 +94,7 @@ def test_dst_and_month_boundary_at_the_study_period(dst_run):
     # the DST change is in the controller's zone table (local hours for the plan)
     changes = [res.loop.params[L.P_TZ_TABLE + 1 + 2 * i] for i in range(int(res.loop.params[L.P_TZ_TABLE]))]
     assert utc("2026-03-29T01:00:00Z") in changes
-    assert np.asarray(res.site.meters.log).shape == (6 * 1440, 12)
+    assert np.asarray(res.site.meters.log).shape == (4 * 1440, 12)
     assert k["unserved_kwh"] == 0.0 and k["interlock_trips"] == 0
     assert json.loads((out / "kpis.json").read_text())["grid_peak_by_month_kw"] == k["grid_peak_by_month_kw"]
 
@@ -104,7 +104,7 @@ def test_ledger_report_by_month_and_year(dst_run):
     rep = res.report
     assert rep["ledger"]["verified"] and "0 15-min slot(s) without a record" in rep["ledger"]["verify"]
     assert list(rep["months"]) == ["2026-03", "2026-04"] and list(rep["years"]) == ["2026"]
-    assert sum(m["intervals"] for m in rep["months"].values()) == rep["total"]["intervals"] == 6 * 96
+    assert sum(m["intervals"] for m in rep["months"].values()) == rep["total"]["intervals"] == 4 * 96
     e = rep["total"]["energy_kwh"]
     assert e["grid"] == pytest.approx(res.kpis["grid_import_kwh"], rel=0.005)
     assert rep["total"]["co2_kg"] == pytest.approx(res.kpis["co2_kg"], rel=0.005)
