@@ -114,3 +114,44 @@ def test_branches_must_agree_before_the_event():
     st[0, 0] += 1.0
     with pytest.raises(ValueError, match="differ before the event step"):
         check_branches(sh, st, k0, p)
+
+
+# -- the strategy: a warning's grid_risk in the plan (controller/core/mpc_risk.py) --------------------------
+def _plan_with_risk(risk: float, soc_pct: float = 70.0, grid_up: bool = True, hour: int = 17,
+                    feeder_kw: float = 150.0):
+    """One plan of the mine's MPC at `hour` local, a sandstorm warned from an hour later for 3 h with `risk`,
+    on a feeder of `feeder_kw` (the mine's own 54 kW is at its cap whenever the load is: nothing to decide
+    but the genset; a stronger feeder leaves the grid's headroom to charge ahead with).
+    Returns (planned battery kW now (+ discharge), SOC planned at the step's end, objective)."""
+    from datetime import datetime, timezone
+
+    from controller.config import load_site
+    from controller.core import layout as L
+    from controller.core.mpc_strategy import mpc_learn, mpc_plan
+    from controller.params import build_params
+    from controller.points import N_POINTS, Q_STALE
+
+    t = datetime(2026, 4, 10, hour - 8, 0, tzinfo=timezone.utc).timestamp()     # UTC+8 in Ordos
+    cfg = load_site("inner-mongolia-mine")
+    cfg["grid"]["import_max_kw"] = feeder_kw
+    params = build_params(cfg, "mpc", t_ref_s=t)
+    state = L.new_state(t)
+    st = state.copy()
+    value, quality = np.zeros(N_POINTS), np.full(N_POINTS, Q_STALE, np.uint8)
+    for name, v in (("wx_pv_cut", 0.7), ("wx_start_s", t + 3600), ("wx_end_s", t + 4 * 3600), ("wx_ramp_s", 3600),
+                    ("wx_grid_risk", risk), ("pv_kw", 90.0)):
+        value[INDEX[name]], quality[INDEX[name]] = v, Q_OK
+    mpc_learn(params, st, t, 1.0, value, quality, 80.0, True, 90.0)
+    assert mpc_plan(params, state, st, t, value, quality, soc_pct, 80.0, grid_up, False, 0.0, 35.0)
+    return st[L.S_PLAN_BATTERY_KW], st[L.S_PLAN_SOC_END_PCT], st[L.S_PLAN_OBJECTIVE]
+
+
+def test_grid_risk_charges_ahead_and_replans_the_same():
+    # 15:00, SOC 70 %, storm 16:00-19:00 (measured: blind -31.3 kW, risk 0.5 -31.3, risk 1 -179.3 kW)
+    blind = _plan_with_risk(0.0, 70.0, hour=15)
+    risky = _plan_with_risk(0.5, 70.0, hour=15)
+    certain = _plan_with_risk(1.0, 70.0, hour=15)
+    print(f"planned battery kW now (+ discharge): blind {blind[0]:.1f}, risk 0.5 {risky[0]:.1f}, risk 1 {certain[0]:.1f}")
+    assert certain[0] < blind[0] - 1.0             # a certain trip: charges ahead from the feeder's headroom
+    assert risky[0] <= blind[0] + 1e-9             # a possible one: never less than risk-blind
+    assert _plan_with_risk(0.5, 70.0, hour=15) == risky    # a function of the image: replay makes the same plan
