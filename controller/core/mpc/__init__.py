@@ -22,9 +22,12 @@ certifies the result (PEAK_TOL) and is reported. At most PEAK_EVALS passes.
 
 With a genset the problem is mixed-integer (p_min, start cost). The convex relaxation (on_t in
 [0,1], start cost dropped) is solved the same way and gives a certified lower bound LB. On/off
-patterns start from all-off, all-on, the relaxed diesel use rounded, and unit-commitment rounds
-(price stored energy at the plan's dual dV/dE, decide each step off/on with a two-state Viterbi
-over start costs). They are improved by first-improvement local search (extend/shrink/shift/drop
+patterns start from a DP over (stored energy on a grid, genset on/off) with the start costs, p_min and
+on0 exact, on a tube of levels around the all-off plan's and the relaxed plan's stored-energy paths (the
+battery's exact moves along them are on the grid; commit.py), then all-off, all-on, the relaxed diesel
+use rounded, and unit-commitment rounds (price stored energy at the plan's dual dV/dE, decide each step
+off/on with a two-state Viterbi over start costs). The best start is first moved by tube DPs around its
+own exact plan's path (never worse: that plan is on the grid; coarse to fine). They are improved by first-improvement local search (extend/shrink/shift/drop
 runs, fill gaps) and a window sweep (set any window of up to SWEEP_WINDOW steps all-off or all-on:
 runs dropped, split, merged or started anywhere; the best of all of them). Every candidate is
 valued exactly, but only over the steps it changes: the cost-to-arrive C_t and cost-to-go V_t of
@@ -66,7 +69,7 @@ __all__ = ["PlanResult", "solve", "plan_kernel", "pack_instance", "pack_weighted
 
 # Bounded work: evaluations of the backward pass spent on the peak level and on genset patterns.
 PEAK_EVALS = 24
-GENSET_EVALS = 1500  # DP-pass equivalents (x H step merges) for the genset pattern search
+GENSET_EVALS = 400   # DP-pass equivalents (x H step merges) for the genset pattern search
 PEAK_ROUNDS = 2      # genset + peak: peak search, re-commitment at that level (budget / 4), peak search
 
 

@@ -7,13 +7,21 @@ import numpy as np
 from numba import njit
 
 from controller.core.mpc.layout import (
-    INF, MAX_CAND, MODE_OFF, MODE_ON, P_DT, P_E0, P_EHI, P_ON0, P_ONCOST, P_PEAK, P_PMIN, P_SF, P_START,
+    INF, MAX_CAND, MODE_OFF, MODE_ON, MODE_RELAX, P_CAP, P_DT, P_E0, P_EHI, P_ON0, P_ONCOST, P_PEAK, P_PMIN, P_SF, P_START,
     P_TV, S_FLOOR)
 from controller.core.mpc.dp import (
-    _add_floor_penalty, _backward, _clip_band, _fixed_costs, _forward, _merge, _pl_value, _push_forward, _tables)
+    _add_floor_penalty, _backward, _clip_band, _fixed_costs, _forward, _merge, _pl_value, _plan_at, _push_forward,
+    _tables)
+from controller.core.mpc.commit import grid_pattern, tube_pattern
 
 
 LAGRANGE_ROUNDS = 4
+GRID_LEVELS = (128,)  # stored-energy levels of the tube DP starts (commit.py), spanning the whole band
+GRID_PASS_LEVELS = 8  # the gridded DP costs about one DP pass per this many levels (measured)
+POLISH_STARTS = 2     # starts improved by local search, best first
+TUBE_LEVELS = 64      # levels of the tube DP around the incumbent's stored-energy path (commit.tube_pattern)
+TUBE_WIDTHS = (64, 256, 1024)  # its level spacing: ehi / each (the tube spans +-ehi/2, /8, /32)
+TUBE_ROUNDS = 4       # re-centred tube passes per width while they improve
 SWEEP_WINDOW = 96    # longest window of the window sweep (steps; longer: drop-run / fill-gap moves)
 
 
@@ -478,46 +486,105 @@ def _improve(steps, prm, tabs, extra, m, v, cap, work):
 
 
 @njit(cache=True, error_model="numpy")
+def _tube_descent(steps, prm, tabs, pcap, extra, m, v, cap, work, out):
+    """Move the pattern m (value v) by tube DPs around its exact plan's stored-energy path, coarse to
+    fine, re-centred after every improvement (commit.tube_pattern: never worse than m, any number of
+    runs moved at once). Returns (v, work, improved)."""
+    H = steps.shape[1]
+    center = np.empty(H + 1)
+    m2 = np.empty(H, np.int64)
+    improved = False
+    for wdt in TUBE_WIDTHS:
+        for _ in range(TUBE_ROUNDS):
+            if work >= cap:
+                return v, work, improved
+            res = _backward(steps, prm, m, True, tabs)
+            if res[0] == INF:
+                return v, work, improved
+            _forward(steps, prm, m, pcap, res[1], res[2], res[3], res[4], res[5], res[6], res[7], out)
+            for t in range(H + 1):
+                center[t] = out[7, t] * prm[P_CAP] / 100.0
+            center[0] = prm[P_E0]
+            tube_pattern(steps, prm, tabs, center, TUBE_LEVELS, prm[P_EHI] / wdt, m2)
+            v2 = _pattern_objective(steps, prm, m2, tabs, extra)
+            work += (3 + TUBE_LEVELS // GRID_PASS_LEVELS) * H
+            if not v2 < v - 1e-9 * (1.0 + abs(v)):
+                break
+            m[:] = m2
+            v = v2
+            improved = True
+    return v, work, improved
+
+
+@njit(cache=True, error_model="numpy")
 def _genset_patterns(steps, prm, pcap, q_relax, dual, budget, init):
-    """Bounded search over on/off patterns at peak level pcap. Starts: the pattern `init` (if
-    init[0] >= 0), all-off, the relaxation rounded at four thresholds, unit-commitment rounds
-    (_lagrange_pattern at the plan's dual, then at the dual of each re-plan) and all-on; then
-    local search (_local_search) from each distinct start, best first, while the budget lasts
-    (multi-start: one run alone stalls in a local optimum that a drop-one-run-and-grow-another
-    pair of moves would leave). budget is in DP-pass equivalents (budget * H step merges).
+    """_genset_search with the default starts (GRID_LEVELS) and polish (POLISH_STARTS)."""
+    return _genset_search(steps, prm, pcap, q_relax, dual, budget, init, np.array(GRID_LEVELS), POLISH_STARTS)
+
+
+@njit(cache=True, error_model="numpy")
+def _genset_search(steps, prm, pcap, q_relax, dual, budget, init, levels, polish):
+    """Bounded search over on/off patterns at peak level pcap. Starts: the gridded commitment DP at
+    each number of levels (commit.py: exact in on/off, p_min, starts and on0), the pattern `init` (if
+    init[0] >= 0; the previous plan's), all-off, all-on, the relaxation rounded at four thresholds and
+    unit-commitment rounds (_lagrange_pattern at the plan's dual, then at the dual of each re-plan).
+    The best start gets local search and the window sweep (_improve); the next `polish` - 1 distinct
+    ones local search, and the sweep only if they overtake it (multi-start: one run alone stalls in a
+    local optimum that a drop-one-run-and-grow-another pair of moves would leave). budget is in DP-pass
+    equivalents (budget * H step merges), the gridded DP counted at its measured cost.
     Returns (best pattern, its objective)."""
     H = steps.shape[1]
     tabs = _tables(steps, prm, np.array([MODE_OFF, MODE_ON]), pcap)
     extra = prm[P_PEAK] * pcap
-    ns = 3 + 4 + LAGRANGE_ROUNDS
+    ns = 3 + 4 + LAGRANGE_ROUNDS + 2 * levels.shape[0]
     starts = np.zeros((ns, H), np.int64)
     vals = np.full(ns, INF)
     n = 0
+    used = 0
+    out = np.zeros((10, H + 1))
+    center = np.empty(H + 1)
+    relax = np.full(H, MODE_RELAX, np.int64)
+    off = np.zeros(H, np.int64)
+    for c in range(2):  # tube DPs spanning the whole band, around the all-off plan's and the relaxed plan's paths
+        if c == 0:
+            res = _backward(steps, prm, off, True, tabs)
+            if res[0] == INF:
+                continue
+            _forward(steps, prm, off, pcap, res[1], res[2], res[3], res[4], res[5], res[6], res[7], out)
+        else:
+            _plan_at(steps, prm, relax, pcap, out)
+        for t in range(H + 1):
+            center[t] = out[7, t] * prm[P_CAP] / 100.0
+        center[0] = prm[P_E0]
+        for K in levels:  # exact in the on/off state and start costs, gridded in stored energy
+            tube_pattern(steps, prm, tabs, center, K, 2.0 * prm[P_EHI] / K, starts[n])
+            vals[n] = _pattern_objective(steps, prm, starts[n], tabs, extra)
+            used += 3 + K // GRID_PASS_LEVELS
+            n += 1
+    if H > 0 and init[0] >= 0:
+        starts[n] = init
+        vals[n] = _pattern_objective(steps, prm, starts[n], tabs, extra)
+        n += 1
     vals[n] = _pattern_objective(steps, prm, starts[n], tabs, extra)  # all off
     n += 1
     for t in range(H):  # all on where a running genset is feasible
         starts[n, t] = MODE_ON if tabs[2][1, t] >= 0 else MODE_OFF
     vals[n] = _pattern_objective(steps, prm, starts[n], tabs, extra)
     n += 1
-    if H > 0 and init[0] >= 0:
-        starts[n] = init
-        vals[n] = _pattern_objective(steps, prm, starts[n], tabs, extra)
-        n += 1
     for frac in (1e-6, 0.25, 0.5, 1.0):
         for t in range(H):
             if q_relax[t] > 1e-6 and q_relax[t] >= frac * prm[P_PMIN] and tabs[2][1, t] >= 0:
                 starts[n, t] = MODE_ON
         vals[n] = _pattern_objective(steps, prm, starts[n], tabs, extra)
         n += 1
-    used = n
+    used += n
     # unit-commitment rounds: price stored energy at the current plan's dual, re-commit, re-plan
-    out = np.zeros((10, H + 1))
     d = dual.copy()
     for _ in range(LAGRANGE_ROUNDS):
         m = starts[n]
         _lagrange_pattern(steps, prm, tabs, d, m)
         res = _backward(steps, prm, m, True, tabs)
-        used += 1
+        used += 2
         vals[n] = res[0] + _fixed_costs(m, prm) + extra
         n += 1
         if res[0] == INF:
@@ -529,9 +596,10 @@ def _genset_patterns(steps, prm, pcap, q_relax, dual, budget, init):
     best_v = vals[order[0]]
     work = used * H
     cap = budget * H
+    tried = 0
     for i in range(n):
         k = order[i]
-        if vals[k] == INF or work >= cap:
+        if vals[k] == INF or work >= cap or tried >= polish:
             break
         dup = False
         for j in range(i):
@@ -540,9 +608,17 @@ def _genset_patterns(steps, prm, pcap, q_relax, dual, budget, init):
                 break
         if dup:
             continue
+        tried += 1
         m = starts[k].copy()
-        if i == 0:  # the most promising start gets the deep move (window sweep, O(H^2) merges) first
-            v, work = _improve(steps, prm, tabs, extra, m, vals[k], cap, work)
+        if i == 0:  # the most promising start gets the deep moves (tube DP, window sweep) first
+            v, work, _ = _tube_descent(steps, prm, tabs, pcap, extra, m, vals[k], cap, work, out)
+            while True:
+                v2, work = _improve(steps, prm, tabs, extra, m, v, cap, work)
+                if not v2 < v - 1e-9 * (1.0 + abs(v)):
+                    break
+                v, work, again = _tube_descent(steps, prm, tabs, pcap, extra, m, v2, cap, work, out)
+                if not again:
+                    break
         else:  # the others: local search, and the deep move only if they overtake the best
             v, work = _local_search(steps, prm, tabs, extra, m, vals[k], cap, work,
                                     cap - work < 3 * H * min(H, SWEEP_WINDOW) // 2)
