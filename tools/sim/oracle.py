@@ -212,16 +212,19 @@ def solve_plan(scn: Scenario, inp: dict, genset: str = "mip", reserve: bool = Fa
             integrality[ix("on")] = 1
         elif genset != "lp":
             raise ValueError(f"genset must be 'mip' or 'lp', got {genset!r}")
-    job_cols = []                         # (job, start step) per binary start column, after the nv columns
+    job_cols = []                         # (job, start s) per binary start column, after the nv columns
+    step_s = dt * 3600.0
     for j, job in enumerate(jobs or ()):
         first = nv + len(job_cols)
-        for st_k in range(job["early"], job["end"] - job["dur"] + 1):
+        for a in job["starts_s"]:             # its release, then every step boundary its deadline allows
             c = nv + len(job_cols)
-            tt = np.arange(st_k, st_k + job["dur"])
+            k0, k1 = int(a // step_s), min(N, int(math.ceil((a + job["dur_s"]) / step_s - 1e-9)))
+            tt = np.arange(k0, k1)
+            share = (np.minimum((tt + 1) * step_s, a + job["dur_s"]) - np.maximum(tt * step_s, a)) / step_s
             rows.append(tt)                               # the balance rows are rows 0..N-1
             cols.append(np.full(len(tt), c))
-            vals.append(-job["kw_t"][tt])
-            job_cols.append((j, st_k))
+            vals.append(-job["kw_t"][tt] * share)         # the share of each step it runs: its energy exactly
+            job_cols.append((j, a))
         last = nv + len(job_cols)
         rows.append(np.full(last - first, nrow[0]))       # exactly one start
         cols.append(np.arange(first, last))
@@ -273,9 +276,9 @@ def solve_plan(scn: Scenario, inp: dict, genset: str = "mip", reserve: bool = Fa
         q[on < 0.5] = 0.0
     gap = getattr(res, "mip_gap", 0.0) if integrality.any() else 0.0
     job_start = {}
-    for c, (j, st_k) in enumerate(job_cols):
+    for c, (j, a) in enumerate(job_cols):
         if res.x[nv + c] > 0.5:
-            job_start[j] = st_k
+            job_start[j] = a
     return OraclePlan(grid_kw=xv[B["g"]], export_kw=xv[B["x"]], charge_kw=xv[B["c"]], discharge_kw=xv[B["d"]],
                       diesel_kw=q, curtail_kw=xv[B["u"]], unserved_kw=xv[B["l"]],
                       soc_pct=np.concatenate([[soc0], xv[B["s"]]]), diesel_on=on, peak_kw=float(res.x[iP]),
@@ -379,15 +382,15 @@ def oracle_jobs(scn: Scenario, site: SimSite, inp: dict, seed: int, hours: float
     minute_h = np.arange(n * m) / 60.0
     out = []
     for j in platform._deviated:
-        dur = int(math.ceil(j.duration_s / step_s - 1e-9))
-        early = int(math.ceil(j.release_s / step_s - 1e-9))
-        end = min(n, int(math.floor(j.deadline_s / step_s + 1e-9)))
-        if dur < 1 or early + dur > end:
+        latest = min(n * step_s, j.deadline_s) - j.duration_s
+        if latest < j.release_s:
             continue                                  # no room to move it: left where the series has it
+        starts = [j.release_s] + [k * step_s for k in range(int(j.release_s // step_s) + 1, n)
+                                  if k * step_s <= latest + 1e-6]
         s_h, e_h = j.baked
         share = ((minute_h >= s_h) & (minute_h < e_h)).reshape(n, m).mean(axis=1)
-        out.append({"id": j.id, "kw_t": j.kw * (1.0 + frac), "baked_kw": j.kw * (1.0 + frac) * share, "dur": dur,
-                    "early": early, "end": end, "job": j})
+        out.append({"id": j.id, "kw_t": j.kw * (1.0 + frac), "baked_kw": j.kw * (1.0 + frac) * share,
+                    "dur_s": j.duration_s, "starts_s": starts, "job": j})
     return platform, out
 
 
@@ -432,11 +435,10 @@ def run_oracle(scn: Scenario | str, hours: float | None = None, seed: int = 1, s
         unserved_penalty_per_kwh = scn.site["control"]["voll_per_kwh"]
     platform, jobs = oracle_jobs(scn, site, inp, seed, hours) if flex else (None, [])
     plan = solve_plan(scn, inp, genset=genset, reserve=reserve, unserved_penalty_per_kwh=unserved_penalty_per_kwh,
-                      objective=objective, jobs=jobs)
+                      objective=objective, jobs=jobs, time_limit_s=300.0 if jobs else 60.0)
     moved = {}
     if jobs:                                          # the jobs run from the chosen starts (and nowhere else)
-        step_s = inp["dt_h"] * 3600.0
-        starts = {job["id"]: plan.job_start[i] * step_s for i, job in enumerate(jobs)}
+        starts = {job["id"]: plan.job_start[i] for i, job in enumerate(jobs)}
         site.compute = ScheduledRuns(platform, starts)
         moved = {job["id"]: round((starts[job["id"]] - job["job"].release_s) / 3600.0, 3) for job in jobs}
     simulate_plan(scn, site, plan, inp, hours, sim_step_s)
