@@ -1,6 +1,6 @@
 """Benchmark: risk-aware warnings (issue 16, docs/risk.md).
 
-`python -m tools.bench.grid_risk [--seed 1] [--hours H] [--out DIR] [--no-tree] [--no-sim]`
+`python -m tools.bench.grid_risk [--seed 1] [--hours H] [--out DIR] [--no-tree] [--no-sim] [--from DIR]`
 
 1. The two-branch plan (controller/core/mpc/branch.py) against HiGHS's scenario-tree optimum
    (controller/core/mpc_tree_reference.py) on seeded instances: gap and solve times.
@@ -65,8 +65,6 @@ def sandstorm_runs(seed: int, hours: float | None, out: Path) -> list[dict]:
     rows = []
     for variant in ("holds", "trips"):
         base = load_scenario(f"mine-sandstorm-{variant}")
-        wx = next(ev for ev in base["events"] if ev["kind"] == "pv_derate")
-        trip = next((ev for ev in base["events"] if ev["kind"] == "grid_outage"), None)
         for planner in ("risk-aware", "risk-blind"):
             scn = copy.copy(base)
             scn["events"] = copy.deepcopy(base["events"])
@@ -78,23 +76,41 @@ def sandstorm_runs(seed: int, hours: float | None, out: Path) -> list[dict]:
                 setattr(scn, a, getattr(base, a))
             t0 = time.perf_counter()
             res = run_sim(scn, hours=hours, seed=seed, strategy="mpc", out_dir=out / f"{variant}-{planner}")
-            wall = time.perf_counter() - t0
-            k = res.kpis
-            log = np.asarray(res.site.meters.log)
-            ev_h, ev_end = wx["at_h"], wx["at_h"] + wx["duration_min"] / 60.0
-            in_ev = (log[:, 0] >= ev_h) & (log[:, 0] < ev_end)
-            dt_h = np.diff(log[:, 0], prepend=log[0, 0])
-            row = {"variant": variant, "planner": planner, "cost": k["cost"], "cost_adjusted": k.get("cost_adjusted"),
-                   "co2_kg": k["co2_kg"], "diesel_l": k["diesel_l"], "unserved_kwh": k["unserved_kwh"],
-                   "soc_warning": _soc_at(log, ev_h - wx["warn_min"] / 60.0), "soc_event": _soc_at(log, ev_h),
-                   "soc_min_event": float(log[in_ev, 1].min()),
-                   "diesel_kwh_event": float(np.sum(log[in_ev, 6] * dt_h[in_ev])),
-                   "unserved_kwh_event": float(np.sum(log[in_ev, 7] * dt_h[in_ev])),
-                   "soc_end": float(log[-1, 1]), "wall_s": wall}
-            if trip is not None:
-                row["soc_trip"] = _soc_at(log, trip["at_h"])
-            rows.append(row)
+            rows.append(_row(variant, planner, res.kpis, np.asarray(res.site.meters.log), base,
+                             time.perf_counter() - t0))
     return rows
+
+
+def rows_from(out: Path) -> list[dict]:
+    """The table from runs already made: OUT/{holds,trips}-{risk-aware,risk-blind}/ (kpis.json, minutes.npy)."""
+    from tools.sim.scenario import load_scenario
+
+    rows = []
+    for variant in ("holds", "trips"):
+        base = load_scenario(f"mine-sandstorm-{variant}")
+        for planner in ("risk-aware", "risk-blind"):
+            d = out / f"{variant}-{planner}"
+            k = json.loads((d / "kpis.json").read_text())
+            rows.append(_row(variant, planner, k, np.load(d / "minutes.npy"), base, float(k.get("wall_s", 0.0))))
+    return rows
+
+
+def _row(variant, planner, k, log, scn, wall) -> dict:
+    wx = next(ev for ev in scn["events"] if ev["kind"] == "pv_derate")
+    trip = next((ev for ev in scn["events"] if ev["kind"] == "grid_outage"), None)
+    ev_h, ev_end = wx["at_h"], wx["at_h"] + wx["duration_min"] / 60.0
+    in_ev = (log[:, 0] >= ev_h) & (log[:, 0] < ev_end)
+    dt_h = np.diff(log[:, 0], prepend=log[0, 0])
+    row = {"variant": variant, "planner": planner, "cost": k["cost"], "cost_adjusted": k.get("cost_adjusted"),
+           "co2_kg": k["co2_kg"], "diesel_l": k["diesel_litres"], "unserved_kwh": k["unserved_kwh"],
+           "soc_warning": _soc_at(log, ev_h - wx["warn_min"] / 60.0), "soc_event": _soc_at(log, ev_h),
+           "soc_min_event": float(log[in_ev, 1].min()),
+           "diesel_kwh_event": float(np.sum(log[in_ev, 6] * dt_h[in_ev])),
+           "unserved_kwh_event": float(np.sum(log[in_ev, 7] * dt_h[in_ev])),
+           "soc_end": float(log[-1, 1]), "wall_s": wall}
+    if trip is not None:
+        row["soc_trip"] = _soc_at(log, trip["at_h"])
+    return row
 
 
 def checks(rows: list[dict]) -> list[tuple[str, bool]]:
@@ -125,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-tree", action="store_true")
     ap.add_argument("--no-sim", action="store_true")
     ap.add_argument("--json", default=None, help="also write every row here")
+    ap.add_argument("--from", dest="from_dir", default=None,
+                    help="tabulate runs already made in DIR/{holds,trips}-{risk-aware,risk-blind}")
     a = ap.parse_args(argv)
     result = {}
     if not a.no_tree:
@@ -138,8 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         print()
     ok = True
     if not a.no_sim:
-        with tempfile.TemporaryDirectory(prefix="bench-grid-risk-") as tmp:
-            rows = sandstorm_runs(a.seed, a.hours, Path(a.out or tmp))
+        if a.from_dir:
+            rows = rows_from(Path(a.from_dir))
+        else:
+            with tempfile.TemporaryDirectory(prefix="bench-grid-risk-") as tmp:
+                rows = sandstorm_runs(a.seed, a.hours, Path(a.out or tmp))
         result["sandstorm"] = rows
         print("| variant | planner | cost | cost_adjusted | co2_kg | diesel_l | unserved_kwh | SOC warning | "
               "SOC event | SOC trip | SOC min in event | SOC end | wall s |")
