@@ -111,6 +111,22 @@ def run_point(scenario: str, strategy: str, price, hours: float, seed: int) -> d
     return json.loads(json.dumps({**meta, **{key: k.get(key) for key in KEEP}}, default=float))
 
 
+def from_table(md: Path, scenario: str, run: str) -> dict | None:
+    """A rule or none point from the six-way table of tools/bench/objectives.py as docs/objectives.md holds it
+    (48 h, seed 1: the same runs - neither strategy has an objective or a carbon price), marked with its
+    source; None when the table has no such row."""
+    for line in md.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 10 and cells[0] == scenario and cells[1] == run:
+            co2, co2_adj, cost, cost_adj, share, uns, dsl, soc = cells[2:]
+            return {"scenario": scenario, "strategy": run, "price": None, "source": f"{md} (tools.bench.objectives)",
+                    "co2_kg": float(co2), "co2_adjusted_kg": float(co2_adj), "cost": float(cost.split()[0]),
+                    "cost_adjusted": float(cost_adj), "renewable_share": float(share), "unserved_kwh": float(uns),
+                    "diesel_litres": float(dsl), "soc_end_pct": float(soc), "currency": cost.split()[1],
+                    "grid_import_kwh": None, "wall_s": None}
+    return None
+
+
 def _cache_path(out: Path, scenario: str, hours: float, seed: int, strategy: str, price) -> Path:
     return out / f"{scenario}-{hours:g}h-s{seed}" / f"{label(strategy, price)}.json"
 
@@ -147,9 +163,11 @@ def _job(args) -> dict:
 
 
 def sweep(scenarios, hours: float = 48.0, seed: int = 1, prices=PRICES, out: Path = Path("out/pareto"),
-          jobs: int = 1, fresh: bool = False, mpc_prices=None, cached_only: bool = False) -> dict:
+          jobs: int = 1, fresh: bool = False, mpc_prices=None, cached_only: bool = False,
+          table: Path | None = None) -> dict:
     """{scenario: [point dict, ...]} in points() order; cached points read, the others run (jobs processes,
-    in priority() order). cached_only: run nothing, leave the points not cached out."""
+    in priority() order). cached_only: run nothing, leave the points not cached out. table: take rule and
+    none, where not cached, from that markdown file's objectives table (from_table)."""
     todo, have = [], {}
     for scn in scenarios:
         for strategy, price in points(prices, mpc_prices):
@@ -161,6 +179,12 @@ def sweep(scenarios, hours: float = 48.0, seed: int = 1, prices=PRICES, out: Pat
     todo.sort(key=lambda t: priority(t[1], t[2]))
     if cached_only:
         todo = []
+    if table is not None:               # rule and none not run here: the objectives table's, marked
+        for scn in scenarios:
+            for run in ("rule", "none"):
+                if (scn, run, None) not in have and (k := from_table(Path(table), scn, run)) is not None:
+                    have[(scn, run, None)] = k
+        todo = [t for t in todo if (t[0], t[1], t[2]) not in have]
     if todo:
         print(f"pareto: {len(todo)} runs, {jobs} at a time", file=sys.stderr, flush=True)
         if jobs > 1:
@@ -211,7 +235,8 @@ def markdown(results: dict) -> str:
             lines.append(f"| {scn} | {p['strategy']} | {_plabel(p['price']) if p['price'] is not None else '-'} | "
                          f"{p['co2_adjusted_kg']:.1f} | {p['cost_adjusted']:.2f} {p['currency']} | "
                          f"{p['co2_kg']:.1f} | {p['cost']:.2f} | {p['unserved_kwh']:.1f} | "
-                         f"{p['diesel_litres']:.1f} | {p['soc_end_pct']:.1f} | {p['wall_s']:.0f} |")
+                         f"{p['diesel_litres']:.1f} | {p['soc_end_pct']:.1f} | "
+                         f"{'table' if p.get('source') else format(p['wall_s'], '.0f')} |")
     return "\n".join(lines)
 
 
@@ -236,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (processes); mind a shared machine")
     ap.add_argument("--fresh", action="store_true", help="rerun every point even when it is cached")
     ap.add_argument("--cached-only", action="store_true", help="run nothing: tabulate and draw what is cached")
+    ap.add_argument("--rule-none-from", default=None, metavar="MD",
+                    help="rule and none not cached: from this file's objectives table (docs/objectives.md)")
     ap.add_argument("--save", default=None, help=f"write the results file (the demo's: {RESULTS})")
     ap.add_argument("--svg-dir", default=None, help="write pareto-<scenario>.svg there")
     args = ap.parse_args(argv)
@@ -243,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     prices = tuple(float(p) for p in args.prices.split(",") if p)
     mpc_prices = tuple(float(p) for p in args.mpc_prices.split(",") if p) if args.mpc_prices else prices
     results = sweep(scenarios, args.hours, args.seed, prices, Path(args.out), max(1, args.jobs), args.fresh,
-                    mpc_prices, args.cached_only)
+                    mpc_prices, args.cached_only, args.rule_none_from)
     print(f"{args.hours:g} h, seed {args.seed}, carbon prices: oracle {', '.join(f'{p:g}' for p in prices)}, mpc "
           f"{', '.join(f'{p:g}' for p in mpc_prices)}, each + carbon mode (python -m tools.bench.pareto)\n")
     print(markdown(results))
@@ -257,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),
            "load_avg": round(os.getloadavg()[0], 2), "command": "python -m tools.bench.pareto " + " ".join(
                a for a in (argv if argv is not None else sys.argv[1:])), "scenarios": results}
-    if args.save:
+    if args.save:                       # other scenarios of the same horizon and seed already there are kept
+        old = json.loads(Path(args.save).read_text()) if Path(args.save).exists() else {}
+        if (old.get("hours"), old.get("seed")) == (args.hours, args.seed):
+            doc["scenarios"] = {**old.get("scenarios", {}), **results}
         Path(args.save).write_text(json.dumps(doc, indent=1) + "\n")
     if args.svg_dir:
         from tools.bench.pareto_chart import chart_svg

@@ -79,8 +79,9 @@ def _bounds(pts, fx=0.06, fy=0.08):
 
 def _tip(p, cur):
     name = p["strategy"] if p["price"] is None else f"{p['strategy']}, carbon price {_plabel(p['price'])}"
+    src = " (the objectives table's run)" if p.get("source") else ""
     return (f"{name}: {p['co2_adjusted_kg']:.1f} kg, {p['cost_adjusted']:.2f} {cur}, unserved "
-            f"{p.get('unserved_kwh') or 0:.1f} kWh, diesel {p.get('diesel_litres') or 0:.1f} L")
+            f"{p.get('unserved_kwh') or 0:.1f} kWh, diesel {p.get('diesel_litres') or 0:.1f} L{src}")
 
 
 def _panel(out: list, pts: list, left: float, pw: float, bounds, cur: str, heading: str, labels: bool,
@@ -114,6 +115,7 @@ def _panel(out: list, pts: list, left: float, pw: float, bounds, cur: str, headi
                f'text-anchor="middle">CO2e, credited (kg)</text>')
     out.append(f'<text x="{left - 50}" y="{MT + ph / 2:.1f}" font-size="11" fill="#333" text-anchor="middle" '
                f'transform="rotate(-90 {left - 50} {MT + ph / 2:.1f})">cost, credited ({_e(cur)})</text>')
+    placed: list[tuple[float, float]] = []          # labels already drawn, both curves
     for strategy in ("oracle", "mpc"):
         c = [p for p in _curve(pts, strategy) if inside(p)]
         if not c:
@@ -127,7 +129,6 @@ def _panel(out: list, pts: list, left: float, pw: float, bounds, cur: str, headi
                                4.5 if labels else 3.2))
         if not labels:
             continue
-        placed: list[tuple[float, float]] = []
         groups: list[list[dict]] = []
         for p in c:                         # consecutive prices closer than a label share one ("0-0.3")
             if groups and math.hypot(X(p["co2_adjusted_kg"]) - X(groups[-1][0]["co2_adjusted_kg"]),
@@ -138,7 +139,9 @@ def _panel(out: list, pts: list, left: float, pw: float, bounds, cur: str, headi
         for g in groups:
             text = _plabel(g[0]["price"]) + (f"–{_plabel(g[-1]['price'])}" if len(g) > 1 else "")
             gx, gy = X(g[0]["co2_adjusted_kg"]), Y(g[0]["cost_adjusted"])
-            for dx, dy in ((7, -7), (7, 13), (-7 - 6 * len(text), -7), (-7 - 6 * len(text), 13)):
+            right, left_ = ((7, -7), (7, 13)), ((-7 - 6 * len(text), -7), (-7 - 6 * len(text), 13))
+            near_edge = gx + 7 + 6 * len(text) > left + pw
+            for dx, dy in (left_ + right) if near_edge else (right + left_):
                 lx, ly = gx + dx, gy + dy
                 if all(abs(lx - a) > 6 * len(text) + 4 or abs(ly - b) > 11 for a, b in placed):
                     break
@@ -150,7 +153,8 @@ def _panel(out: list, pts: list, left: float, pw: float, bounds, cur: str, headi
             xx, yy = X(p["co2_adjusted_kg"]), Y(p["cost_adjusted"])
             out.append(_marker(kind, xx, yy, color, _tip(p, cur)))
             anchor, dx = ("end", -10) if xx > left + pw * 0.75 else ("start", 10)
-            out.append(f'<text x="{xx + dx:.1f}" y="{yy + 4:.1f}" font-size="11" font-weight="bold" fill="{color}" '
+            dy = -8 if p["strategy"] == "rule" else 15          # the two are often close: rule above, none below
+            out.append(f'<text x="{xx + dx:.1f}" y="{yy + dy:.1f}" font-size="11" font-weight="bold" fill="{color}" '
                        f'text-anchor="{anchor}">{_e(p["strategy"])}</text>')
     return X, Y
 
@@ -227,5 +231,5 @@ def demo_section(scenario: str, path: Path | str = RESULTS) -> str:
             f"carbon first (<code>objective = \"carbon\"</code>), "
             f"reliability weighted up with the price as the carbon mode weighs it; rule and none once. Both axes "
             f"credited for the stored energy left. Measured {_e(doc.get('date', '?'))} at commit "
-            f"{_e(doc.get('commit', '?'))} by <code>python -m tools.bench.pareto</code>, not by this demo (a sweep "
-            f"is {len(pts)} runs; docs/objectives.md#pareto).</p>")
+            f"{_e(doc.get('commit', '?'))} by <code>python -m tools.bench.pareto</code>, not by this demo, whose own "
+            f"run is not one of its points (a sweep is {len(pts)} runs; docs/objectives.md, Pareto).</p>")
