@@ -32,7 +32,7 @@ def _edge_ems(*args) -> list[str]:
 
 
 def _cloud_report(dsn: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cloud.report", "--db", dsn, "report", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "cloud.cli", "--db", dsn, "report", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
 

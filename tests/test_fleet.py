@@ -5,7 +5,8 @@ spooling; a committed 2 h one in the default run, a fresh one with --run-slow), 
 at 3600x across a month boundary. Then: every record is in the database exactly once, seqs 1..N per gateway
 without a hole; every gateway's own ledger verifies with its own key and is, line for line, what the cloud
 stored; the cloud's report of each site equals that gateway's own ledger report, and splits by month;
-every message got its receipt (confirm=cloud), so the end-to-end lag is measured for all of them.
+every message got its receipt (confirm=cloud), so the end-to-end lag is measured for all of them; a line
+altered in the database afterwards is named by the report's re-verification.
 """
 from __future__ import annotations
 
@@ -88,6 +89,14 @@ def test_fleet_end_to_end(trace_dir, tmp_path):
             for part in ("total", "months", "years", "jobs"):
                 assert rep["sites"][r["site"]][part] == own[part], (r["site"], part)
             assert verify_site(cs.conn, r["site"])["ok"]
+        # one stored line altered in the database: the end-to-end re-verification names it
+        site = rows[5]["site"]
+        assert cs.conn.execute("UPDATE intervals SET line = replace(line, '\"covered_s\":900.0', "
+                               "'\"covered_s\":899.0') WHERE site = %s AND ledger_n = 3", (site,)).rowcount == 1
+        v = verify_site(cs.conn, site)
+        (g,) = v["gateways"].values()
+        assert not v["ok"] and g["first_problem"].startswith("record n=3: signature does not verify"), v
+        assert g["verified"] == g["lines"] - 1 and g["gaps"] == [[2, 4]]
         assert sorted(rep["fleet"]["months"]) == ["2026-06", "2026-07"]
         assert rep["fleet"]["total"]["intervals"] == 12 * N
         assert rep["fleet"]["total"]["energy_kwh"]["loads"] == pytest.approx(
