@@ -99,7 +99,7 @@ def run_year(scenario: str, strategy: str, hours: float, out: Path, period_s: fl
 
 
 def _kpis_48h(scenario: str, strategy: str, period_s: float | None, replan_s: float | None, out: Path | None,
-              ref_dir: Path | None) -> dict:
+              ref_dir: Path | None, run: bool = True) -> dict | None:
     """48 h, seed 1: from ref_dir/SCENARIO-STRATEGY/kpis.json when it holds that run, else run now."""
     if ref_dir is not None:
         f = ref_dir / f"{scenario}-{strategy}" / "kpis.json"
@@ -108,6 +108,8 @@ def _kpis_48h(scenario: str, strategy: str, period_s: float | None, replan_s: fl
             want = {} if period_s is None else {"period_s": period_s, "replan_s": replan_s}
             if k.get("hours") == 48.0 and k.get("study", {}) == want:
                 return k
+    if not run:
+        return None
     from tools.sim.runner import run_sim
     from tools.sim.scenario import load_scenario
     return run_sim(load_scenario(scenario), hours=48.0, seed=1, strategy=strategy, out_dir=out,
@@ -123,15 +125,19 @@ def diff_pct(key: str, ref: dict, new: dict) -> float:
 
 
 def period_table(strategies, period_s: float, replan_s: float, out: Path, ref_dir: Path | None,
-                 scenarios=SCENARIOS, study_dir: Path | None = None) -> list[dict]:
+                 scenarios=SCENARIOS, study_dir: Path | None = None, run: bool = True) -> list[dict]:
     rows = []
     for scenario in scenarios:
         for strategy in strategies:
             t0 = time.perf_counter()
-            ref = _kpis_48h(scenario, strategy, None, None, out / f"{scenario}-{strategy}-1s", ref_dir)
+            ref = _kpis_48h(scenario, strategy, None, None, out / f"{scenario}-{strategy}-1s", ref_dir, run)
             t1 = time.perf_counter()
-            new = _kpis_48h(scenario, strategy, period_s, replan_s, out / f"{scenario}-{strategy}-study", study_dir)
+            new = _kpis_48h(scenario, strategy, period_s, replan_s, out / f"{scenario}-{strategy}-study", study_dir,
+                            run)
             t2 = time.perf_counter()
+            if ref is None or new is None:
+                print(f"| {scenario} | {strategy} | (no run in --ref-dir / --study-dir) |", flush=True)
+                continue
             d = {k: round(diff_pct(k, ref, new), 3) for k in TABLE_KPIS}
             rows.append({"scenario": scenario, "strategy": strategy, "ref": {k: ref[k] for k in TABLE_KPIS},
                          "study": {k: new[k] for k in TABLE_KPIS}, "diff_pct": d,
@@ -165,6 +171,7 @@ def main(argv=None) -> int:
     ap.add_argument("--table-scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--ref-dir", default=None, help="1 s runs already made: DIR/SCENARIO-STRATEGY/kpis.json")
     ap.add_argument("--study-dir", default=None, help="study runs already made (`edge-ems sim --study`), same layout")
+    ap.add_argument("--no-run", action="store_true", help="table: only the runs found in --ref-dir / --study-dir")
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,7 +180,7 @@ def main(argv=None) -> int:
         print(TABLE_HEAD, flush=True)
         rows = period_table(a.table_strategies.split(","), a.period_s, a.replan_s, out,
                             Path(a.ref_dir) if a.ref_dir else None, a.table_scenarios.split(","),
-                            Path(a.study_dir) if a.study_dir else None)
+                            Path(a.study_dir) if a.study_dir else None, not a.no_run)
         (out / "period-table.json").write_text(json.dumps(rows, indent=2) + "\n")
         print(f"# load average at the end {load_avg()}")
         return 0 if all(r["within_limit"] for r in rows) else 1

@@ -35,7 +35,8 @@ class RollingJobBook(JobBook):
     """The simulated platform's book as a platform fills it: each job is announced LEAD_S before it starts
     and forgotten KEEP_S after it ended. Why: a year holds ~550-730 training batches; the book keeps at most
     MAX_JOBS (it pruned the later ones at once, so their kWh went unattributed after ~3 months) and
-    `power_at` looks at every job each cycle. A 48 h run attributes exactly what the whole book did."""
+    `power_at` looks at every job each cycle. Its `power_at` is the active set, as the plain book's is
+    for a run whose jobs fit in it (48 h: a handful), tests/test_year.py."""
 
     LEAD_S = 3600.0
     KEEP_S = 86400.0
