@@ -24,6 +24,13 @@ def test_the_gateway_bundle_carries_no_cloud_package():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert "cloud" not in mod.SOURCE_ITEMS and "controller" in mod.SOURCE_ITEMS
+    # the gateway's wheel declares neither the cloud's command (it would fail on import there) nor its extra
+    import tomllib
+    source = (ROOT / "pyproject.toml").read_text()
+    assert "edge-ems-cloud" in tomllib.loads(source)["project"]["scripts"]
+    gateway = tomllib.loads(mod.gateway_pyproject(source, "9.9.9"))["project"]
+    assert gateway["version"] == "9.9.9" and set(gateway["scripts"]) == {"edge-ems"}
+    assert "cloud" not in gateway["optional-dependencies"] and "sim" in gateway["optional-dependencies"]
 
 
 def test_cloud_imports_only_pure_controller_helpers():

@@ -122,16 +122,24 @@ def _clean_copy(items, src: Path) -> None:
         (shutil.copytree(p, src / item, ignore=ignore) if p.is_dir() else shutil.copy2(p, src / item))
 
 
+def gateway_pyproject(text: str, version: str | None) -> str:
+    """The project file as the gateway's wheel declares it: without the cloud's command and extra (cloud/ is
+    not copied, so a declared `edge-ems-cloud` would be a script that fails on import on every gateway)."""
+    text = re.sub(r'^edge-ems-cloud\s*=.*\n', "", text, flags=re.M)
+    text = re.sub(r'^cloud\s*=\s*\[\n(?:[^\n]*\n)*?\]\n', "", text, flags=re.M)
+    if version:
+        text = re.sub(r'^version\s*=\s*"[^"]+"', f'version = "{version}"', text, count=1, flags=re.M)
+    return text
+
+
 def build_project_wheel(dest: Path, version: str | None) -> Path:
     """The gateway's wheel, built from a clean copy of the sources (no stale build/ or __pycache__) without
     tools/: the gateway does not ship the simulator (the lab add-on's own wheel carries it)."""
     with tempfile.TemporaryDirectory(prefix="edge-ems-src-") as tmp:
         src = Path(tmp) / "src"
         _clean_copy([i for i in SOURCE_ITEMS if i != "tools"], src)
-        if version:
-            pp = src / "pyproject.toml"
-            pp.write_text(re.sub(r'^version\s*=\s*"[^"]+"', f'version = "{version}"', pp.read_text(), count=1,
-                                 flags=re.M))
+        pp = src / "pyproject.toml"
+        pp.write_text(gateway_pyproject(pp.read_text(), version))
         _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", dest, src])
     wheels = sorted(dest.glob("edge_ems-*.whl"))
     if len(wheels) != 1:
