@@ -5,10 +5,14 @@ unit-commitment rounds at a fixed price of stored energy) see p_min and the star
 relaxation that drops them. Where those matter most (an island, p_min == p_max: a pure on/off decision, large
 start costs) the starts were far off and the moves stalled in a local optimum (1.6-2.9 % above HiGHS's MIP
 optimum). Here the on/off state is a state of the DP, so start costs, p_min and on0 are exact; only the stored
-energy is restricted to K+1 levels (0, ehi/K, ..., ehi; E0 itself at step 0). Every stage cost is read from
-the exact stage tables the convex DP uses, so the pattern found is optimal for the gridded problem, and the
-search then values it exactly and polishes it. Work: O(H * K * band) with band the grid levels one step can
-move (a few tens): ~1 DP pass-equivalent per ~4 steps of K... measured in docs/bench.md.
+energy is restricted to K+1 levels. On a uniform grid (0, ehi/K, ..., ehi) that restriction is biased:
+where the battery must serve the net load exactly (an outage at night), no grid move matches it, the
+rounding is paid as unserved load and a running genset (which absorbs it) looks better than it is. So the
+levels of step t are a tube c_t + (i - K/2) * step around a stored-energy path c (tube_pattern): along the
+path of an exact plan every move is on the grid, and deviations from it are multiples of step on top of
+its moves. Every stage cost is read from the exact stage tables the convex DP uses; the search then values
+the pattern exactly and polishes it. Work per step: two convolutions of K+1 levels with a convex kernel,
+O((K + band) log K) by the monotone argmin (about one DP pass per 8 levels, GRID_PASS_LEVELS in genset.py).
 """
 from __future__ import annotations
 
