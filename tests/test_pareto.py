@@ -117,9 +117,11 @@ def test_an_mpc_point_raises_the_reserve_and_gives_build_params_back():
 
 
 def test_demo_report_contains_the_chart(tmp_path):
+    """The shortest demo (rule: no planner kernels to load; the mpc demo's report is checked for the same
+    chart by test_demo_report)."""
     from tools.sim.demo import run_demo
     with contextlib.redirect_stdout(io.StringIO()):
-        assert run_demo(tmp_path, hours=0.1, seed=1) == 0
+        assert run_demo(tmp_path, hours=0.05, seed=1, strategy="rule") == 0
     html = (tmp_path / "report.html").read_text(encoding="utf-8")
     sec = re.search(r'<section id="pareto">(.*?)</section>', html, re.S).group(1)
     root = ET.fromstring(re.search(r"<svg\b.*?</svg>", sec, re.S).group(0))

@@ -41,7 +41,7 @@ SCENARIOS = ("inner-mongolia-mine", "gansu-edge", "nordic-wind")
 PRICES = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 from tools.bench.pareto_chart import CARBON, RESULTS    # noqa: E402  (RESULTS: what `edge-ems demo` draws)
 KEEP = ("co2_kg", "co2_adjusted_kg", "cost", "cost_adjusted", "unserved_kwh", "diesel_litres", "soc_end_pct",
-        "grid_import_kwh", "renewable_share", "currency", "wall_s")
+        "grid_import_kwh", "renewable_share", "currency", "wall_s", "battery_charge_kwh", "battery_discharge_kwh")
 
 
 # ---------------------------------------------------------------- one point
