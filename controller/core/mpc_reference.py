@@ -134,17 +134,8 @@ def _build(inst: PlanInstance):
     return cost, lo, hi, A, np.concatenate(clo), np.concatenate(chi), integrality, nb
 
 
-def solve_reference(inst: PlanInstance, mip_rel_gap: float = 1e-6, time_limit_s: float = 60.0) -> ReferenceResult:
-    """Solve the instance with HiGHS (LP when there is no genset, MILP otherwise)."""
-    t0 = time.perf_counter()
-    cost, lo, hi, A, clo, chi, integrality, nb = _build(inst)
-    t1 = time.perf_counter()
-    res = milp(cost, constraints=LinearConstraint(A, clo, chi), bounds=Bounds(lo, hi),
-               integrality=integrality if integrality.any() else None,
-               options={"mip_rel_gap": mip_rel_gap, "time_limit": time_limit_s, "presolve": True})
-    t2 = time.perf_counter()
-    if res.x is None:
-        raise RuntimeError(f"HiGHS failed: {res.message}")
+def _result(inst: PlanInstance, res, nb: int, t0: float, t1: float, t2: float) -> ReferenceResult:
+    """The plan read off HiGHS's solution (the first nb x H columns), valued by the same objective as ours."""
     H = inst.horizon
     xv = res.x[: nb * H].reshape(nb, H)
     q = xv[Q].copy()
@@ -157,6 +148,20 @@ def solve_reference(inst: PlanInstance, mip_rel_gap: float = 1e-6, time_limit_s:
     obj = plan_objective(inst, **plan)
     return ReferenceResult(objective=obj, highs_objective=float(res.fun), solve_ms=(t2 - t1) * 1e3,
                            build_ms=(t1 - t0) * 1e3, status=int(res.status), **plan)
+
+
+def solve_reference(inst: PlanInstance, mip_rel_gap: float = 1e-6, time_limit_s: float = 60.0) -> ReferenceResult:
+    """Solve the instance with HiGHS (LP when there is no genset, MILP otherwise)."""
+    t0 = time.perf_counter()
+    cost, lo, hi, A, clo, chi, integrality, nb = _build(inst)
+    t1 = time.perf_counter()
+    res = milp(cost, constraints=LinearConstraint(A, clo, chi), bounds=Bounds(lo, hi),
+               integrality=integrality if integrality.any() else None,
+               options={"mip_rel_gap": mip_rel_gap, "time_limit": time_limit_s, "presolve": True})
+    t2 = time.perf_counter()
+    if res.x is None:
+        raise RuntimeError(f"HiGHS failed: {res.message}")
+    return _result(inst, res, nb, t0, t1, t2)
 
 
 def plan_objective(inst: PlanInstance, grid_kw, export_kw, charge_kw, discharge_kw, diesel_kw,
@@ -275,17 +280,7 @@ def solve_reference_jobs(inst: PlanInstance, mip_rel_gap: float = 1e-6, time_lim
                 run[j, s:s + inst.jobs[j].duration_steps] = True
             else:
                 run[j, s] = True
-    xv = res.x[: nb * H].reshape(nb, H)
-    q = xv[Q].copy()
-    on = (xv[ON] > 0.5) if inst.diesel is not None else np.zeros(H, dtype=bool)
-    q[~on] = 0.0
-    soc = np.concatenate([[inst.battery.soc0_pct], xv[S]])
-    plan = dict(grid_kw=xv[G].copy(), export_kw=xv[X].copy(), charge_kw=xv[C].copy(),
-                discharge_kw=xv[D].copy(), diesel_kw=q, curtail_kw=xv[U].copy(),
-                unserved_kw=xv[L].copy(), soc_pct=soc, diesel_on=on)
-    obj = plan_objective(inst, **plan)
-    return ReferenceResult(objective=obj, highs_objective=float(res.fun), solve_ms=(t2 - t1) * 1e3,
-                           build_ms=(t1 - t0) * 1e3, status=int(res.status), **plan), run
+    return _result(inst, res, nb, t0, t1, t2), run
 
 
 def with_jobs_as_load(inst: PlanInstance, run) -> PlanInstance:
