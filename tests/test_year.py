@@ -118,7 +118,9 @@ def test_ledger_report_by_month_and_year(dst_run):
     assert "months" not in select(rep, "year") and "years" not in select(rep, "total")
     text = to_text(rep, "month")
     assert "2026-03" in text and "year 2026" in text and "Scope1 kg" in text
-    assert to_csv(rep, "total").count("\n") == 2
+    periods, _, jobs = to_csv(rep, "total").partition("\n\n")   # the period rows, then the per-job table
+    assert periods.count("\n") == 1 and periods.splitlines()[1].startswith("total,")
+    assert jobs.count("\n") == (len(rep["jobs"]) + 1 if rep["jobs"] else 0)
     again = build_report(iter_payloads(out / "ledger"))            # streamed, the same figures
     assert again["total"] == rep["total"]
     with pytest.raises(ValueError, match="--by"):

@@ -28,6 +28,7 @@ longer run only adds days (tools/sim/exogenous.py). pandas and windpowerlib are 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -75,13 +76,28 @@ def speed_series_ms(wind: dict, day_rng, n: int, t_h: np.ndarray, local_h: np.nd
     return np.maximum(v, 0.0)
 
 
+def library_turbines() -> list[str] | None:
+    """The turbine types of windpowerlib's shipped library that have a power curve, read from its own data
+    file with csv: importing windpowerlib loads pandas, and `edge-ems run` on a simulated site validates its
+    scenarios in the controller's process, which must not hold pandas (tests/test_memory.py)."""
+    import csv
+    from importlib.util import find_spec
+
+    spec = find_spec("windpowerlib")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "oedb" / "turbine_data.csv"
+    with open(path, newline="") as f:
+        return sorted({row["turbine_type"] for row in csv.DictReader(f)
+                       if row.get("has_power_curve", "").strip().lower() == "true"})
+
+
 def turbine_problem(turbine_type: str) -> str | None:
     """None when windpowerlib's library has a power curve for `turbine_type`, else what is wrong (the
     scenario's loader reports it at [wind] turbine_type with the names it knows)."""
-    from windpowerlib import data
-
-    types = data.get_turbine_types(print_out=False)
-    with_curve = sorted(types.loc[types["has_power_curve"], "turbine_type"])
+    with_curve = library_turbines()
+    if with_curve is None:
+        return "windpowerlib is not installed: pip install 'edge-ems[sim]'"
     if turbine_type in with_curve:
         return None
     return (f"expected a turbine of windpowerlib's library with a power curve, got {turbine_type!r} "
