@@ -86,7 +86,7 @@ def clean_queue(env):
     slurm.cancel_all()
     wait_for(lambda: not any((j["job_state"][0] if isinstance(j["job_state"], list) else j["job_state"])
                              in ("PENDING", "RUNNING", "SUSPENDED", "COMPLETING") for j in slurm.jobs()),
-             20, "the queue to drain", poll=0.2)
+             90, "the queue to drain", poll=0.2)
 
 
 def log_of(tmp, job: str) -> list[dict]:
