@@ -6,6 +6,7 @@ meter_silent) make a device say nothing, exactly as a dead RS-485 or CAN link wo
 from __future__ import annotations
 
 from drivers.base import QUALITY_OK, Sink
+from controller.points import MKT_SLOTS
 from drivers.compute import deferrable_slots
 from tools.sim.site import SimSite
 
@@ -204,10 +205,47 @@ class SimWeather(SimDevice):
                 ("warn_start_s", start), ("warn_end_s", end), ("warn_ramp_s", ramp), ("grid_risk", risk))
 
 
+class SimMarket(SimDevice):
+    """The cloud's market message (tools/sim/market_feed.py: day-ahead prices, a CO2 forecast), received
+    at each 15-minute boundary and put into the image as netinputs.MarketDevice does: written once per
+    message and held by the image builder (a full horizon is ~290 points: not re-sunk every cycle)."""
+
+    kind = "market"
+
+    def __init__(self, name, site):
+        super().__init__(name, site)
+        from tools.sim.market_feed import DayAheadFeed
+        scn = site.scn
+        self.feed = DayAheadFeed(scn, site.series, site.seed) if scn["market"]["feed"] else None
+        self._t0 = scn.start.timestamp()
+        self._slot = None
+        self._names = {s: [f"{s}_{k:02d}" for k in range(MKT_SLOTS)] for s in ("import", "export", "co2")}
+
+    def acquire(self, now_mono_s, sink):
+        if self.feed is None:
+            return
+        now = self._t0 + self.site.t_s
+        slot = int(now // 900)
+        if slot == self._slot:
+            return
+        self._slot = slot
+        msg = self.feed.message(now)
+        if msg is None:
+            return
+        valid_from, valid_until, imp, exp, co2 = msg
+        name = self.name
+        for point, v in (("t0_s", valid_from), ("valid_until_s", valid_until), ("step_s", 900.0), ("series", 7.0)):
+            sink(name, point, v, now_mono_s, QUALITY_OK)
+        for s, arr in (("import", imp), ("export", exp), ("co2", co2)):
+            names = self._names[s]
+            for k in range(min(MKT_SLOTS, len(arr))):
+                sink(name, names[k], float(arr[k]), now_mono_s, QUALITY_OK)
+
+
 SIM_DEVICE_BY_ROLE = {
     "grid_meter": SimGridMeter, "pv_meter": SimPvMeter, "pv_inverter": SimPvInverter, "pcs": SimPcs,
     "bms": SimBms, "genset": SimGenset, "compute": SimCompute, "grid": SimGrid, "weather": SimWeather,
-    "wind_meter": SimWindMeter,
+    "wind_meter": SimWindMeter, "market": SimMarket,
 }
 
 

@@ -63,6 +63,11 @@ SCENARIO_SCHEMA = Table({
         "co2_wind_coeff": F("number", default=0.0, min=0, max=2),
         "wind_mean": F("number", default=0.5, min=0, max=1),
         "wind_persistence": F("number", default=0.9, min=0, max=0.999),
+        # spot only: the day-ahead market feed a site receives (tools/sim/market_feed.py); the site
+        # profile needs a `market` device for the controller to see it
+        "feed": F("boolean", default=False),
+        "publish_hour_local": F("number", default=13.0, min=0, max=24),
+        "co2_forecast_sd": F("number", default=0.08, min=0, max=1),
     }),
     # on-site wind turbines (tools/sim/wind.py, docs/cases.md): the resource as a wind atlas gives it (mean
     # speed at a height, Weibull k), its time structure, and a turbine of windpowerlib's library scaled to
@@ -195,4 +200,11 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
         raise ProfileError([Problem(str(path), "wind", f"the turbines' output needs a meter: site {site_path} "
                                     "has no device with role 'wind_meter' (the controller and the carbon ledger "
                                     "would not see it)")])
+    market = scenario["market"]
+    if market["feed"] and market["kind"] != "spot":
+        raise ProfileError([Problem(str(path), "market.feed", "a day-ahead feed needs kind = \"spot\" (a TOU "
+                                    "tariff is already known to the controller from the site profile)")])
+    if market["feed"] and not any(d["role"] == "market" for d in scenario.site["devices"]):
+        raise ProfileError([Problem(str(path), "market.feed", f"the feed needs a receiver: site {site_path} has "
+                                    "no device with role 'market' (the MPC would not see it)")])
     return scenario

@@ -14,6 +14,7 @@ class SimSite:
 
     def __init__(self, scn: Scenario, hours: float, seed: int, series: Series | None = None):
         self.scn = scn
+        self.seed = seed
         self.series: Series = series if series is not None else build_series(scn, hours, seed)
         site = scn.site
         bat = site["battery"]
