@@ -1,7 +1,8 @@
 """The effect of deferrable jobs: each reference scenario with flexibility on (`--flex`) and off (`--no-flex`), same
 seed, same strategy, same jobs; the table of docs/compute.md.
 
-    python -m tools.bench.flex [--hours 48] [--seed 1] [--strategy mpc] [--oracle] [--jobs 2] [--out out/flex]
+    python -m tools.bench.flex [--hours 48] [--seed 1] [--strategy mpc] [--oracle] [--objective carbon]
+                               [--jobs 2] [--out out/flex]
 
 `--oracle` adds the perfect-foresight oracle (tools/sim/oracle.py) both ways: with flexibility on the
 deferrable jobs are its MILP decisions (a binary start per allowed step), off they stay at their hours.
@@ -32,12 +33,14 @@ def run(scenario: str, flex: bool, args, strategy: str | None = None) -> dict:
     out = Path(args.out) / f"{scenario}{tag}-{'flex' if flex else 'noflex'}"
     cmd = [sys.executable, "-m", "controller.cli", "sim", "--scenario", scenario, "--hours", str(args.hours),
            "--seed", str(args.seed), "--strategy", strategy, "--out", str(out), "--flex" if flex else "--no-flex"]
+    if args.objective:
+        cmd += ["--objective", args.objective]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if p.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stderr[-2000:]}")
     k = json.loads((out / "kpis.json").read_text())
     jobs = json.loads((out / "compute.json").read_text())["jobs"] if (out / "compute.json").exists() else []
-    return {"scenario": scenario, "flex": flex, "strategy": strategy, "kpis": k, "jobs": jobs, "out": str(out)}
+    return {"scenario": scenario, "flex": flex, "strategy": strategy + (f"-{args.objective}" if args.objective else ""), "kpis": k, "jobs": jobs, "out": str(out)}
 
 
 def row(r: dict) -> dict:
@@ -76,6 +79,8 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="runs side by side (each is one process)")
     ap.add_argument("--oracle", action="store_true", help="also the oracle, flex on (jobs as decisions) and off")
     ap.add_argument("--only-oracle", action="store_true", help="the oracle runs alone")
+    ap.add_argument("--objective", choices=("cost", "carbon"), default=None,
+                    help="override the profiles' [control] objective for mpc and the oracle")
     ap.add_argument("--out", default="out/flex")
     args = ap.parse_args(argv)
     strategies = ([] if args.only_oracle else [args.strategy]) + (["oracle"] if args.oracle or args.only_oracle else [])
@@ -86,10 +91,11 @@ def main(argv=None) -> int:
     for r in rows:
         print(json.dumps(r))
     print()
-    print(f"{args.hours:g} h, seed {args.seed}, {args.strategy}; flex on vs off (--no-flex)\n")
+    print(f"{args.hours:g} h, seed {args.seed}, {args.strategy}, objective {args.objective or 'of the profile'}; "
+          "flex on vs off (--no-flex)\n")
     print(table(rows))
     bad = [r for r in rows if r["jobs_deadline_missed"]]
-    by = {(r["scenario"], r["strategy"], r["flex"]): r for r in rows}
+    by = {(r["scenario"], r["strategy"].split("-")[0], r["flex"]): r for r in rows}
     unfair = [s for s in args.scenarios for g in strategies if g != "oracle"
               and abs(by[(s, g, True)]["jobs_kwh"] - by[(s, g, False)]["jobs_kwh"]) > 0.01]
     for r in bad:
