@@ -55,3 +55,6 @@ def test_wind_case_bounded_run(tmp_path):
         assert run["wall_s"] > 0
     text = C.format_case(r)
     assert "direct renewable use in the relevant periods" in text and "+35 %" in text
+    # the same table from the runs' own files (how a year, run and timed in its own process, is tabulated)
+    again = C.case_from_runs("nordic-edge-wind", tmp_path)
+    assert again["rows"] == r["rows"] and again["hours"] == 1.0 and again["study"]

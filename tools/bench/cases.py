@@ -1,6 +1,7 @@
 """The cases the product is sold on (../shared/CASES.md): each claim beside our measured figure.
 
     python -m tools.bench.cases [--hours 48] [--seed 1] [--cases nordic-dc,mine] [--out out/cases] [--study]
+    python -m tools.bench.cases --from-runs --out DIR [--cases ...]     # the table of runs made before
 
 `--study`: the study control period of a year run (tools/sim/study.py: 10 s cycles, MPC re-plan every
 300 s; its KPI effect against 1 s is measured in docs/year.md), so a year fits; the default is the field's 1 s.
@@ -145,6 +146,39 @@ def run_case(name: str, hours: float, seed: int, out: Path, strategies=("none", 
                                                             "wind_used_kwh", "wind_curtailed_kwh", "pv_used_kwh",
                                                             "pv_curtailed_kwh", "diesel_litres", "load_kwh",
                                                             "soc_end_pct", "currency")}}
+    rows = claim_rows(case, runs)
+    return {"case": name, "title": case["title"], "scenario": case["scenario"], "hours": hours, "seed": seed,
+            "study": study, "objective": objective or scn.site["control"].get("objective", "cost"),
+            "rows": rows, "runs": runs}
+
+
+def case_from_runs(name: str, out: Path) -> dict:
+    """run_case's result from runs already made (OUT/<case>/<strategy>/ as `edge-ems sim --out` writes it:
+    kpis.json, minutes.npy, wind-minutes.npy, ledger), e.g. a year run in its own process and timed apart."""
+    from tools.sim.scenario import load_scenario
+
+    case = CASES[name]
+    scn = load_scenario(case["scenario"])
+    runs = {}
+    for strategy in ("none", "mpc"):
+        d = out / name / strategy
+        if not (d / "kpis.json").exists():
+            continue
+        kpis = json.loads((d / "kpis.json").read_text())
+        log = np.load(d / "minutes.npy").reshape(-1, 12)
+        wind = d / "wind-minutes.npy"
+        wind_log = np.load(wind).reshape(-1, 2) if wind.exists() else np.zeros((len(log), 2))
+        runs[strategy] = {"metrics": run_metrics(kpis, log, wind_log, intervals_of(d / "ledger"), scn, kpis["hours"]),
+                          "wall_s": kpis["wall_s"], "loop_wall_s": kpis["wall_s"], "kpis": kpis}
+    hours = next(iter(runs.values()))["kpis"]["hours"]
+    return {"case": name, "title": case["title"], "scenario": case["scenario"], "hours": hours, "seed": None,
+            "study": bool(next(iter(runs.values()))["kpis"].get("study")),
+            "objective": next(iter(runs.values()))["kpis"].get("objective", "cost"), "rows": claim_rows(case, runs),
+            "runs": runs}
+
+
+def claim_rows(case: dict, runs: dict) -> list[dict]:
+    """Each claim of the case beside the runs' figures: our change (mpc against none) and whether it is met."""
     rows = []
     for key, label, claim in case["claims"]:
         a = runs["none"]["metrics"][key] if "none" in runs else None
@@ -158,13 +192,11 @@ def run_case(name: str, hours: float, seed: int, out: Path, strategies=("none", 
             met = bool(ours <= claim if claim < 0 else ours >= claim)
         rows.append({"metric": key, "label": label, "claim": claim, "none": a, "mpc": b,
                      "ours": None if ours is None else round(ours, 2), "absolute": absolute, "met": met})
-    return {"case": name, "title": case["title"], "scenario": case["scenario"], "hours": hours, "seed": seed,
-            "study": study, "objective": objective or scn.site["control"].get("objective", "cost"),
-            "rows": rows, "runs": runs}
+    return rows
 
 
 def format_case(r: dict) -> str:
-    lines = [f"{r['title']} ({r['scenario']}, {r['hours']:g} h, seed {r['seed']}"
+    lines = [f"{r['title']} ({r['scenario']}, {r['hours']:g} h, seed {r['seed'] if r['seed'] is not None else '?'}"
              f"{', study period 10 s' if r.get('study') else ''}, mpc objective {r.get('objective', 'cost')})",
              f"  {'metric':<58} {'claim':>8} {'none':>12} {'mpc':>12} {'ours':>9}  met"]
     for row in r["rows"]:
@@ -184,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
     ap.add_argument("--out", default="out/cases")
+    ap.add_argument("--from-runs", action="store_true", help="run nothing: read OUT/<case>/<none|mpc>/ made before "
+                    "(kpis.json, minutes.npy, wind-minutes.npy, ledger), e.g. year runs timed on their own")
     ap.add_argument("--study", action="store_true", help="10 s control period, re-plan every 300 s (a year run)")
     ap.add_argument("--objective", choices=("cost", "carbon"), default=None,
                     help="the mpc's objective (default: the site profile's, cost at every case site)")
@@ -197,13 +231,19 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     results = []
     for name in names:
+        if args.from_runs:
+            r = case_from_runs(name, out)
+            results.append(r)
+            print(format_case(r), flush=True)
+            continue
         r = run_case(name, args.hours, args.seed, out, strategies=tuple(s.strip() for s in args.strategies.split(",")),
                      study=args.study, objective=args.objective)
         results.append(r)
         print(format_case(r), flush=True)
     out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    path = out / (f"cases-{'-'.join(names)}-{args.hours:g}h{'-study' if args.study else ''}"
+    path = out / (f"cases-{'-'.join(names)}-from-runs.json" if args.from_runs else
+                  f"cases-{'-'.join(names)}-{args.hours:g}h{'-study' if args.study else ''}"
                   f"{'-' + args.objective if args.objective else ''}.json")
     path.write_text(json.dumps({"measured_utc": stamp, "results": results}, indent=1, default=float) + "\n")
     print(f"wrote {path} ({stamp})")

@@ -202,7 +202,8 @@ def run_sim(scn: Scenario, hours: float | None = None, seed: int = 1, strategy: 
 
 
 def _write_outputs(out: Path, kpis: dict, event_log, site) -> list[str]:
-    """OUT/kpis.json, events.jsonl and minutes.npy, each on its own: a full disk costs the file it hits
+    """OUT/kpis.json, events.jsonl, minutes.npy (the minute log, tools/sim/site.py) and wind-minutes.npy (on-site
+    wind available and shed per minute, for tools/bench/cases.py), each on its own: a full disk costs the file it hits
     (named in the list returned, and by `edge-ems sim` on stderr with exit 1), never the run's figures
     (printed on stdout either way) nor the other files."""
     def kpis_file(f):
@@ -215,7 +216,8 @@ def _write_outputs(out: Path, kpis: dict, event_log, site) -> list[str]:
 
     errors = []
     for name, mode, write in (("kpis.json", "w", kpis_file), ("events.jsonl", "w", events_file),
-                              ("minutes.npy", "wb", lambda f: np.save(f, np.asarray(site.meters.log)))):
+                              ("minutes.npy", "wb", lambda f: np.save(f, np.asarray(site.meters.log))),
+                              ("wind-minutes.npy", "wb", lambda f: np.save(f, np.asarray(site.meters.wind_log)))):
         tmp = out / (name + ".tmp")                # whole or absent: never a half-written file under its name
         try:
             with open(tmp, mode) as f:
