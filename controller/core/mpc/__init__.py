@@ -64,7 +64,7 @@ from controller.core.mpc.objective import OBJECTIVES, OBJ_CARBON, OBJ_COST, fold
 from controller.core.mpc.peak import _max_grid, _peak_for, _peak_search
 from controller.core.plan_instance import PlanArrays, PlanInstance
 
-__all__ = ["PlanResult", "solve", "plan_kernel", "pack_instance", "pack_weighted", "warm_up", "fold_carbon",
+__all__ = ["PlanResult", "solve", "plan_kernel", "pack_instance", "pack_weighted", "warm_up", "warm_instance", "fold_carbon",
            "PEAK_EVALS", "GENSET_EVALS", "OBJECTIVES", "OBJ_COST", "OBJ_CARBON"]
 
 # Bounded work: evaluations of the backward pass spent on the peak level and on genset patterns.
@@ -212,12 +212,19 @@ def solve(inst: PlanInstance, objective: str = "cost", kappa: float = 1.0,
                       peak_kw=float(np.max(out[0, :H])), solve_ms=solve_ms, co2_weight=float(w))
 
 
-def warm_up() -> None:
-    """Compile (or load from the cache) every kernel before the first cycle."""
-    steps = np.zeros((N_STEPS, 2))
+def warm_instance(horizon: int, gmax_kw: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """A tiny instance that takes every branch a kernel's types depend on (peak charge, genset), for
+    compiling or loading the kernels before the first cycle (this module's and deferrable.py's warm_up)."""
+    steps = np.zeros((N_STEPS, horizon))
     steps[S_LOAD] = 1.0
-    steps[S_GMAX] = 1.0
+    steps[S_GMAX] = gmax_kw
     prm = np.zeros(N_PRM)
     prm[P_DT], prm[P_CAP], prm[P_ETAC], prm[P_ETAD], prm[P_EHI] = 1.0, 1.0, 1.0, 1.0, 1.0
     prm[P_PEAK], prm[P_HASD], prm[P_PMAX], prm[P_CMAX], prm[P_DMAX] = 1.0, 1.0, 1.0, 1.0, 1.0
+    return steps, prm
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) every kernel before the first cycle."""
+    steps, prm = warm_instance(2)
     plan_kernel(steps, prm, PEAK_EVALS, GENSET_EVALS)

@@ -234,13 +234,8 @@ def plan_jobs(steps, prm, jobs, peak_evals, genset_evals, job_evals):
 
 def warm_up() -> None:
     """Compile (or load from the cache) the job kernels before the first cycle."""
-    from controller.core.mpc import N_PRM, N_STEPS, P_CAP, P_CMAX, P_DMAX, P_DT, P_EHI, P_ETAC, P_ETAD, P_PMAX
-    steps = np.zeros((N_STEPS, 4))
-    steps[S_LOAD] = 1.0
-    steps[S_GMAX] = 3.0
-    prm = np.zeros(N_PRM)
-    prm[P_DT], prm[P_CAP], prm[P_ETAC], prm[P_ETAD], prm[P_EHI] = 1.0, 1.0, 1.0, 1.0, 1.0
-    prm[P_PEAK], prm[P_HASD], prm[P_PMAX], prm[P_CMAX], prm[P_DMAX] = 1.0, 1.0, 1.0, 1.0, 1.0
+    from controller.core.mpc import warm_instance
+    steps, prm = warm_instance(4, gmax_kw=3.0)
     jobs = clip_jobs(np.array([[1.0, 2.0, 0.0, 4.0, 0.0], [1.0, 1.0, 0.0, 4.0, 1.0]]), 4)
     plan_jobs(steps, prm, jobs, 4, 4, 10)
 
