@@ -64,8 +64,8 @@ from controller.core.mpc.objective import OBJECTIVES, OBJ_CARBON, OBJ_COST, fold
 from controller.core.mpc.peak import _max_grid, _peak_for, _peak_search
 from controller.core.plan_instance import PlanArrays, PlanInstance
 
-__all__ = ["PlanResult", "solve", "plan_kernel", "pack_instance", "pack_weighted", "warm_up", "warm_instance", "fold_carbon",
-           "PEAK_EVALS", "GENSET_EVALS", "OBJECTIVES", "OBJ_COST", "OBJ_CARBON"]
+__all__ = ["PlanResult", "solve", "plan_kernel", "pack_instance", "pack_weighted", "warm_up", "warm_instance",
+           "fold_carbon", "PEAK_EVALS", "GENSET_EVALS", "OBJECTIVES", "OBJ_COST", "OBJ_CARBON"]
 
 # Bounded work: evaluations of the backward pass spent on the peak level and on genset patterns.
 PEAK_EVALS = 24
