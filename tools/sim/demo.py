@@ -105,7 +105,7 @@ class LiveView:
 
     def _spark(self, width: int):
         from rich.text import Text
-        from tools.sim.report import BLOCKS
+        from tools.sim.report_terminal import BLOCKS
         n_total = max(1, int(round(self.hours * 6)))        # one sample per 10 simulated minutes
         text = Text()
         if not self.soc:
@@ -195,7 +195,8 @@ def run_demo(out, hours: float = 24.0, seed: int = 1, strategy: str = "mpc") -> 
     `strategy` ("mpc" or "rule") against no control."""
     from rich.console import Console
     from rich.live import Live
-    from tools.sim.report import context_for, controller_name, print_terminal_report, write_report
+    from tools.sim.report import context_for, controller_name, write_report
+    from tools.sim.report_terminal import print_terminal_report
     from tools.sim.runner import run_sim
     from tools.sim.scenario import load_scenario
 
