@@ -42,7 +42,9 @@ NETWORK_ROLES = ("compute", "grid", "market", "weather")
 # PV lost at full depth per warning kind, at severity 3 (scaled by severity / 3, at most 1), when the
 # warning does not say (pv_cut_frac): a sandstorm's dust and a snow cover cut most of it.
 PV_CUT = {"sandstorm": 0.6, "snow": 0.9, "storm": 0.4, "heat": 0.05, "cold": 0.0, "wind": 0.0}
-_NAMES = {s: tuple(f"{s}_{k:02d}" for k in range(MKT_SLOTS)) for s in ("import", "export", "co2")}
+# the market device's point names per series and slot (also the simulator's, tools/sim/devices.SimMarket)
+MARKET_POINT_NAMES = {s: tuple(f"{s}_{k:02d}" for k in range(MKT_SLOTS)) for s in ("import", "export", "co2")}
+_NAMES = MARKET_POINT_NAMES
 
 
 class NetPayloadError(ValueError):

@@ -170,10 +170,11 @@ def case_from_runs(name: str, out: Path) -> dict:
         wind_log = np.load(wind).reshape(-1, 2) if wind.exists() else np.zeros((len(log), 2))
         runs[strategy] = {"metrics": run_metrics(kpis, log, wind_log, intervals_of(d / "ledger"), scn, kpis["hours"]),
                           "wall_s": kpis["wall_s"], "loop_wall_s": kpis["wall_s"], "kpis": kpis}
-    hours = next(iter(runs.values()))["kpis"]["hours"]
-    return {"case": name, "title": case["title"], "scenario": case["scenario"], "hours": hours, "seed": None,
-            "study": bool(next(iter(runs.values()))["kpis"].get("study")),
-            "objective": next(iter(runs.values()))["kpis"].get("objective", "cost"), "rows": claim_rows(case, runs),
+    if not runs:
+        raise SystemExit(f"--from-runs: no {out / name}/none/kpis.json nor {out / name}/mpc/kpis.json")
+    k = next(iter(runs.values()))["kpis"]
+    return {"case": name, "title": case["title"], "scenario": case["scenario"], "hours": k["hours"], "seed": None,
+            "study": bool(k.get("study")), "objective": k.get("objective", "cost"), "rows": claim_rows(case, runs),
             "runs": runs}
 
 

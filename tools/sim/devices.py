@@ -5,8 +5,9 @@ meter_silent) make a device say nothing, exactly as a dead RS-485 or CAN link wo
 """
 from __future__ import annotations
 
-from drivers.base import QUALITY_OK, Sink
+from controller.netinputs import MARKET_POINT_NAMES
 from controller.points import MKT_SLOTS
+from drivers.base import QUALITY_OK, Sink
 from drivers.compute import deferrable_slots
 from tools.sim.site import SimSite
 
@@ -219,7 +220,6 @@ class SimMarket(SimDevice):
         self.feed = DayAheadFeed(scn, site.series, site.seed) if scn["market"]["feed"] else None
         self._t0 = scn.start.timestamp()
         self._slot = None
-        self._names = {s: [f"{s}_{k:02d}" for k in range(MKT_SLOTS)] for s in ("import", "export", "co2")}
 
     def acquire(self, now_mono_s, sink):
         if self.feed is None:
@@ -237,7 +237,7 @@ class SimMarket(SimDevice):
         for point, v in (("t0_s", valid_from), ("valid_until_s", valid_until), ("step_s", 900.0), ("series", 7.0)):
             sink(name, point, v, now_mono_s, QUALITY_OK)
         for s, arr in (("import", imp), ("export", exp), ("co2", co2)):
-            names = self._names[s]
+            names = MARKET_POINT_NAMES[s]
             for k in range(min(MKT_SLOTS, len(arr))):
                 sink(name, names[k], float(arr[k]), now_mono_s, QUALITY_OK)
 

@@ -12,13 +12,12 @@ import math
 import uuid
 from datetime import datetime, timedelta, timezone
 
-import numpy as np
-
 from controller.uplink.topics import Topics
 from drivers.isotime import utc_iso
 from drivers.modbus.profile import load_profile
 from tools.sim.devices import SIM_DEVICE_BY_ROLE, limit_to_profiles
 from tools.sim.exogenous import build_series
+from tools.sim.market_feed import slot_means
 from tools.sim.site import SimSite
 from tools.sim.wire import RegisterEncoder, WireBms, _full_scale, _pv_profile, _sim_values
 
@@ -173,13 +172,8 @@ class Physics:
             s = self.site.series
             t0 = self.start.timestamp()
             n = MARKET_SLOTS
-            imp, co2 = [], []
-            for k in range(n):
-                a = max(0, int((valid_from + k * step_s - t0) // 60))
-                b = max(a + 1, int((valid_from + (k + 1) * step_s - t0) // 60))
-                a, b = min(a, len(s.price_per_kwh) - 1), min(b, len(s.price_per_kwh))
-                imp.append(round(float(np.mean(s.price_per_kwh[a:max(b, a + 1)])), 4))
-                co2.append(round(float(np.mean(s.co2_kg_per_kwh[a:max(b, a + 1)])), 4))
+            imp = [round(float(x), 4) for x in slot_means(s.price_per_kwh, t0, valid_from, n, step_s)]
+            co2 = [round(float(x), 4) for x in slot_means(s.co2_kg_per_kwh, t0, valid_from, n, step_s)]
             exp = [float(self.scn.site["tariff"]["export_price_per_kwh"])] * n
         if self.market_negative:
             from zoneinfo import ZoneInfo
