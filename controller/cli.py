@@ -325,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     flex.add_argument("--no-flex", dest="flex", action="store_const", const=False,
                       help="every job announced not deferrable ([compute] flex = false): the baseline")
     p.add_argument("--study", action="store_true",
-                   help="a long study (a year): control period 10 s, MPC re-plan every 300 s (field: the profile's "
+                   help="a long study (a year): control period 10 s, MPC re-plan every 900 s (field: the profile's "
                         "period, 60 s); their effect on the KPIs is measured in docs/year.md")
     p.add_argument("--period-s", type=float, default=None, help="the control period of this run (overrides --study)")
     p.add_argument("--replan-s", type=float, default=None, help="seconds between MPC plans (overrides --study)")

@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="out/cases")
     ap.add_argument("--from-runs", action="store_true", help="run nothing: read OUT/<case>/<none|mpc>/ made before "
                     "(kpis.json, minutes.npy, wind-minutes.npy, ledger), e.g. year runs timed on their own")
-    ap.add_argument("--study", action="store_true", help="10 s control period, re-plan every 300 s (a year run)")
+    ap.add_argument("--study", action="store_true", help="10 s control period, re-plan every 900 s (a year run)")
     ap.add_argument("--objective", choices=("cost", "carbon"), default=None,
                     help="the mpc's objective (default: the site profile's, cost at every case site)")
     ap.add_argument("--strategies", default="none,mpc", help="none,mpc (default) or one of them (the mine's claims "

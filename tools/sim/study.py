@@ -22,7 +22,7 @@ import numpy as np
 from controller.core import layout as L
 
 STUDY_PERIOD_S = 10.0          # `--study`: the control period of a year run
-STUDY_REPLAN_S = 300.0         # `--study`: the MPC re-plans every 5 min (the field: every 60 s) or on a change
+STUDY_REPLAN_S = 900.0         # `--study`: the MPC re-plans once per 15-min plan step (the field: every 60 s) or on a change
 PERIOD_RANGE_S = (0.1, 60.0)   # beyond 60 s the minute log and the 15-min intervals lose samples
 
 
