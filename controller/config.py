@@ -64,6 +64,9 @@ SITE_SCHEMA = Table({
         "meter_stale_cycles": F("integer", default=3, min=1, max=100),
         # mpc: on a weather warning, enter the event with at least this SOC (0: off; "storm watch")
         "storm_reserve_pct": F("number", default=0.0, min=0, max=100),
+        # mpc, cost objective, a tariff with a demand charge: the plan's soft floor, the energy kept to shave
+        # load nobody announced (docs/mpc.md "Peak reserve"); without a demand charge it is not used
+        "peak_reserve_pct": F("number", default=80.0, min=0, max=100),
         # mpc + oracle: what the plan minimises, reliability first in both: "cost" (money, carbon at
         # [emissions] carbon_price_per_kg) or "carbon" (kg CO2e first, money the tie-breaker; docs/objectives.md)
         "objective": F("string", default="cost", choices=OBJECTIVES),

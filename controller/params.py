@@ -169,6 +169,7 @@ def _put_mpc(p: np.ndarray, cfg: SiteConfig, t_ref_s: float | None) -> None:
     p[L.P_TERMINAL_FRAC] = MPC_TERMINAL_FRAC
     p[L.P_OUTAGE_ASSUME_S] = MPC_OUTAGE_ASSUME_S
     p[L.P_STORM_RESERVE_PCT] = cfg["control"]["storm_reserve_pct"]
+    p[L.P_PEAK_RESERVE_PCT] = cfg["control"]["peak_reserve_pct"]
     p[L.P_OBJECTIVE] = OBJECTIVE_CODES[cfg["control"]["objective"]]
     p[L.P_OBJECTIVE_KAPPA] = objective_kappa(cfg)
     p[L.P_PV_VECTOR:L.P_PV_VECTOR + N_PV_PARAMS] = pv_params(

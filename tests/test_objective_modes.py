@@ -106,7 +106,7 @@ def _weighted(cfg, objective):
 
 def test_strategy_builds_the_carbon_instance():
     """nordic-wind (demand charge, genset): the carbon instance is the money instance + W x kg; the
-    demand charge's 50 % peak reserve (a money hedge) is gone; reliability terms in kg at kappa."""
+    demand charge's peak reserve (a money hedge, 80 %) is gone; reliability terms in kg at kappa."""
     cfg = load_site("nordic-wind")
     params, (s_cost, p_cost, w0), legacy = _weighted(cfg, "cost")
     assert w0 == 0.0
@@ -122,10 +122,31 @@ def test_strategy_builds_the_carbon_instance():
     eta_d = params[L.P_ETA_DISCHARGE]
     assert p_c[M.P_TV] == pytest.approx(p_cost[M.P_TV] + w * np.mean(co2) * eta_d, rel=1e-9)
     cap = params[L.P_CAPACITY_KWH]
-    assert np.max(s_cost[M.S_FLOOR]) == pytest.approx(cap * 0.50)       # cost: the peak reserve
+    assert np.max(s_cost[M.S_FLOOR]) == pytest.approx(cap * 0.80)       # cost: the peak reserve
     assert np.max(s_c[M.S_FLOOR]) == pytest.approx(cap * 0.20)          # carbon: the site's reserve
     out, obj, _ = M.plan_kernel(s_c, p_c, M.PEAK_EVALS, 100)
     assert np.all(np.isfinite(out)) and np.isfinite(obj)
+
+
+def test_peak_reserve_is_the_profiles_and_only_with_a_demand_charge(tmp_path, capsys):
+    """[control] peak_reserve_pct sets the cost plan's soft floor where the tariff bills a peak (nordic-wind,
+    80 % by default); a site without a demand charge (gansu-edge) keeps its own reserve; out of 0-100 the
+    profile is refused with the key named."""
+    cfg = load_site("nordic-wind")
+    assert cfg["control"]["peak_reserve_pct"] == 80.0
+    cfg["control"]["peak_reserve_pct"] = 60.0
+    params, (s_cost, _, _), _ = _weighted(cfg, "cost")
+    assert np.max(s_cost[M.S_FLOOR]) == pytest.approx(params[L.P_CAPACITY_KWH] * 0.60)
+    g = load_site("gansu-edge")
+    assert g["tariff"].get("peak_price_per_kw", 0.0) == 0.0
+    params, (s_g, _, _), _ = _weighted(g, "cost")
+    assert np.max(s_g[M.S_FLOOR]) == pytest.approx(      # _weighted plans with a 20 % reserve
+        params[L.P_CAPACITY_KWH] * max(params[L.P_SOC_MIN_PCT], 20.0) / 100.0)
+    text = (SITES / "nordic-wind.toml").read_text()
+    text = re.sub(r'(?m)^(strategy = .*)$', r'\1\npeak_reserve_pct = 120', text, count=1)
+    (tmp_path / "bad.toml").write_text(text)
+    assert main(["check", "--site", str(tmp_path / "bad.toml")]) == 2
+    assert "control.peak_reserve_pct" in capsys.readouterr().err
 
 
 def test_stored_energy_credit_arithmetic():

@@ -43,7 +43,7 @@ MPC_PARAM_NAMES = (
     "mpc_horizon mpc_dt_h mpc_replan_s mpc_genset_evals tz_offset_s tariff_spot export_price peak_price "
     "carbon_price grid_co2 fuel_l_per_kwh fuel_l_per_h_on fuel_price diesel_co2_per_l gen_start_cost "
     "wear_cost unserved_penalty reserve_penalty terminal_frac outage_assume_s storm_reserve_pct "
-    "market_expected objective objective_kappa"
+    "market_expected objective objective_kappa peak_reserve_pct"
 ).split()
 P_PV_VECTOR = _constants("P", MPC_PARAM_NAMES, N_PARAMS)
 P_TARIFF = P_PV_VECTOR + 14

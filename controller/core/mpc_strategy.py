@@ -44,7 +44,7 @@ from controller.core.layout import (
     P_ETA_DISCHARGE, P_EXPORT_PRICE, P_FUEL_L_PER_H_ON, P_FUEL_L_PER_KWH, P_FUEL_PRICE, P_GEN_PMIN_KW,
     P_GEN_RATED_KW, P_GEN_START_COST, P_GRID_CO2, P_GRID_IMPORT_MAX_KW, P_GRID_MARGIN_KW, P_HAS_GENSET, P_MPC_DT_H, P_MPC_GENSET_EVALS, P_MPC_HORIZON,
     P_OBJECTIVE, P_OBJECTIVE_KAPPA,
-    P_MPC_REPLAN_S, P_OUTAGE_ASSUME_S, P_PEAK_PRICE, P_PV_RATED_KW, P_PV_VECTOR, P_RESERVE_PENALTY,
+    P_MPC_REPLAN_S, P_OUTAGE_ASSUME_S, P_PEAK_PRICE, P_PEAK_RESERVE_PCT, P_PV_RATED_KW, P_PV_VECTOR, P_RESERVE_PENALTY,
     P_SOC_MAX_PCT, P_SOC_MIN_PCT, P_STORM_RESERVE_PCT, P_TARIFF, P_TARIFF_SPOT, P_TERMINAL_FRAC, P_TZ_OFFSET_S,
     P_TZ_TABLE, P_MONTH_TABLE,
     P_UNSERVED_PENALTY, P_WEAR_COST, S_CO2F, S_PLAN_JOB0_S, S_DERATE, S_GEN_FAILED, S_LOADF, S_MPC_READY, S_PEAK_KW,
@@ -65,7 +65,7 @@ from controller.points import OUTAGE_GRID_RISK, WX_GRID_RISK
 
 PEAK_WINDOW_S = 900.0        # demand charges are billed on 15-minute average import
 PV_SUBSAMPLES = 3
-PEAK_RESERVE_PCT = 50.0      # with a demand charge, the plan's soft floor (see build_instance)
+PEAK_RESERVE_HOLD_H = 72.0   # with a demand charge: a kWh under the peak reserve this long costs a kW of peak
 STORM_WINDOW_S = 3600.0      # storm watch: the raised floor spans the event's start +- this
 STORM_PENALTY_FACTOR = 20.0  # and the reserve weighs this much more while a warning stands
 # On-site wind (docs/cases.md) joins the PV row as a persistence forecast fading with the lead time: the
@@ -318,11 +318,11 @@ def build_weighted(params, st, t_s, value, quality, soc_pct, load_kw, grid_up, g
     floor_pct = max(params[P_SOC_MIN_PCT], reserve_pct)
     sf = params[P_RESERVE_PENALTY]
     if params[P_PEAK_PRICE] > 0.0 and not carbon:
-        # A demand charge: keep a peak reserve for the load nobody announced (a training job), weighted
-        # so that a kWh held a day is worth a kW of billed peak; real-time shaving above the plan's
-        # peak level may still use it (see mpc_setpoints).
-        floor_pct = max(floor_pct, min(PEAK_RESERVE_PCT, params[P_SOC_MAX_PCT]))
-        sf = max(sf, params[P_PEAK_PRICE] / 24.0)
+        # A demand charge: keep a peak reserve ([control] peak_reserve_pct) for the load nobody announced
+        # (a training job), weighted so that a kWh held below it for PEAK_RESERVE_HOLD_H is worth a kW of
+        # billed peak; real-time shaving above the plan's peak level may still use it (see mpc_setpoints).
+        floor_pct = max(floor_pct, min(params[P_PEAK_RESERVE_PCT], params[P_SOC_MAX_PCT]))
+        sf = max(sf, params[P_PEAK_PRICE] / PEAK_RESERVE_HOLD_H)
     cap_kwh = params[P_CAPACITY_KWH]
     # diesel's cost per kWh at rated output (fuel and carbon), for the storm floor and the terminal value
     per_l = params[P_FUEL_PRICE] + cp * params[P_DIESEL_CO2_PER_L]

@@ -4,7 +4,7 @@
     python -m tools.bench.cases --from-runs --out DIR [--cases ...]     # the table of runs made before
 
 `--study`: the study control period of a year run (tools/sim/study.py: 10 s cycles, MPC re-plan every
-300 s; its KPI effect against 1 s is measured in docs/year.md), so a year fits; the default is the field's 1 s.
+900 s; its KPI effect against 1 s is measured in docs/year.md), so a year fits; the default is the field's 1 s.
 
 For each case scenario (profiles/scenarios/case-*.toml) it runs the real scan loop twice, `mpc` and `none`,
 and prints the case's claim, the metric it is measured by (docs/cases.md defines each), both runs' figures,
