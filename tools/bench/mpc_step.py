@@ -49,6 +49,8 @@ def time_steps(recording: Path) -> dict:
     a, p = np.array(all_ms), np.array(plan_ms)
     return {"cycles": a.size, "plans": p.size, "mismatches": mismatches, "max_at_cycle": int(a.argmax()),
             "p50_ms": percentile(a, 50), "p99_ms": percentile(a, 99), "max_ms": float(a.max()),
+            # the first step of a replay also initialises the forecasters and makes the first plan cold
+            "max_after_first_ms": float(a[1:].max()) if a.size > 1 else float("nan"),
             "plan_p50_ms": percentile(p, 50), "plan_p99_ms": percentile(p, 99),
             "plan_max_ms": float(p.max()) if p.size else float("nan")}
 
@@ -72,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     r = time_steps(recording)
     print(f"{recording}: {r['cycles']} cycles, {r['plans']} plans, replay mismatches {r['mismatches']}")
     print(f"  every cycle:   p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  max {r['max_ms']:.3f} ms (cycle {r['max_at_cycle']})")
+    print(f"  after the first cycle: max {r['max_after_first_ms']:.3f} ms")
     print(f"  planning ones: p50 {r['plan_p50_ms']:.3f} ms  p99 {r['plan_p99_ms']:.3f} ms  max {r['plan_max_ms']:.3f} ms")
     print(f"  budget {BUDGET_MS:.0f} ms / p99 = {BUDGET_MS / r['p99_ms']:.1f}x")
     return 0 if r["mismatches"] == 0 and r["p99_ms"] <= BUDGET_MS else 1
