@@ -12,6 +12,8 @@ a reading of zero, not a gap.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from drivers.compute import MAX_JOBS, ITPower, JobAnnouncement, prune_jobs
@@ -55,6 +57,12 @@ class JobBook:
         self.deferred_at: dict[str, float] = {}
         self.last_power: ITPower | None = None
         self.max_age_s = max_age_s
+        # power_at runs every scan cycle: it walks only the jobs that may still be active (not done or
+        # cancelled, not ended by _cand_t), rebuilt from the book whenever the book changes, not the up to
+        # MAX_JOBS the book keeps (a year's finished batches cost ~50 us a cycle otherwise)
+        self._cand: list[JobAnnouncement] | None = None
+        self._cand_t = -math.inf
+        self._cand_n = -1
         for j in announced or []:
             self.announce(j)
 
@@ -66,6 +74,7 @@ class JobBook:
     def announce(self, job) -> None:
         """A new announcement, or a later message about the same id (state running/done/cancelled)."""
         job = _as_job(job)
+        self._cand = None
         old = self.jobs.get(job.id)
         if job.state in ("done", "cancelled") and old is not None:
             old.state = job.state
@@ -116,7 +125,13 @@ class JobBook:
         refused or released it: the reading is what the node drew); a measured zero is left out."""
         out = JobPower()
         fresh = {job: kw for job, (kw, ts) in self.measured.items() if 0.0 <= t_s - ts <= self.max_age_s}
-        for j in self.jobs.values():
+        cand = self._cand
+        if cand is None or t_s < self._cand_t or self._cand_n != len(self.jobs):
+            cand = [j for j in self.jobs.values() if j.state not in ("done", "cancelled")]
+            self._cand_n = len(self.jobs)
+        self._cand = cand = [j for j in cand if j.end_s > t_s]     # ended: never active again (book order kept)
+        self._cand_t = t_s
+        for j in cand:
             if j.id not in fresh and self.active(j, t_s):
                 out[j.id] = j.kw
                 out.basis[j.id] = ANNOUNCED
@@ -147,11 +162,13 @@ class JobBook:
     # -- defer / resume (the policy is headroom.defer_decisions; this keeps the book) ---------------------
     def mark_deferred(self, job: str, t_s: float) -> None:
         j = self.jobs[job]
+        self._cand = None
         self.deferred[job] = max(0.0, j.end_s - max(t_s, j.start_s))
         self.deferred_at[job] = t_s
 
     def mark_resumed(self, job: str, t_s: float) -> None:
         rem = self.deferred.pop(job)
         j = self.jobs[job]
+        self._cand = None
         j.start_s, j.duration_s = t_s, rem           # runs its remaining time from now
         self.deferred_at.pop(job, None)
