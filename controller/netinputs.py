@@ -102,6 +102,7 @@ class GridUpdate:
     valid_to_s: float
     price: float | None = None
     co2: float | None = None
+    cfe_pct: float | None = None    # the grid's carbon-free share, % (the ledger's 24/7 CFE)
     outage_start_s: float = 0.0
     outage_end_s: float = 0.0
     outage_grid_risk: float = 1.0   # probability the announced outage happens (docs/risk.md); 1: certain
@@ -117,6 +118,8 @@ def parse_grid_update(payload) -> GridUpdate:
         g.price = _num(a, "price_per_kwh", -MK.PRICE_ABS_MAX, MK.PRICE_ABS_MAX, GRID_UPDATE)
     if a.get("co2_kg_per_kwh") is not None:
         g.co2 = _num(a, "co2_kg_per_kwh", 0.0, MK.CO2_MAX, GRID_UPDATE)
+    if a.get("cfe_pct") is not None:
+        g.cfe_pct = _num(a, "cfe_pct", 0.0, 100.0, GRID_UPDATE)
     if "outage_start_s" in a or "outage_end_s" in a:
         g.outage_start_s = _num(a, "outage_start_s", 0, 1e11, GRID_UPDATE)
         g.outage_end_s = _num(a, "outage_end_s", g.outage_start_s, 1e11, GRID_UPDATE)
@@ -181,8 +184,8 @@ class MarketDevice(_NetDevice):
 
 
 class GridDevice(_NetDevice):
-    """The utility side: the current price and intensity (a grid update covering now, else the market
-    feed's slot) and an announced outage. Not availability: that is the grid meter's voltage."""
+    """The utility side: the current price, intensity and carbon-free share (a grid update covering now,
+    else the market feed's slot) and an announced outage. Not availability: that is the grid meter's voltage."""
 
     kind = "grid"
 
@@ -192,17 +195,19 @@ class GridDevice(_NetDevice):
         with inp._lock:
             g, feed = inp.grid_update, inp.market
             fresh = feed is not None and utc - inp.market_recv_utc <= inp.market_max_age_s
-        price = co2 = None
+        price = co2 = cfe = None
         if feed is not None and fresh:
             k = feed.slot(utc)
             if k is not None:
                 price = feed.import_price[k]
                 co2 = feed.co2[k] if feed.co2 is not None else None
+                cfe = feed.cfe_pct[k] if feed.cfe_pct is not None else None
         o_s = o_e = 0.0
         o_risk = 1.0
         if g is not None and g.valid_from_s <= utc < g.valid_to_s:
             price = g.price if g.price is not None else price
             co2 = g.co2 if g.co2 is not None else co2
+            cfe = g.cfe_pct if g.cfe_pct is not None else cfe
         if g is not None and g.outage_end_s > utc:
             o_s, o_e, o_risk = g.outage_start_s, g.outage_end_s, g.outage_grid_risk
         name = self.name
@@ -210,6 +215,8 @@ class GridDevice(_NetDevice):
             sink(name, "price_per_kwh", price, now_mono_s, QUALITY_OK)
         if co2 is not None:
             sink(name, "co2_kg_per_kwh", co2, now_mono_s, QUALITY_OK)
+        if cfe is not None:
+            sink(name, "cfe_pct", cfe, now_mono_s, QUALITY_OK)
         sink(name, "outage_start_s", o_s, now_mono_s, QUALITY_OK)
         sink(name, "outage_end_s", o_e, now_mono_s, QUALITY_OK)
         sink(name, "outage_grid_risk", o_risk, now_mono_s, QUALITY_OK)

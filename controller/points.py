@@ -113,11 +113,16 @@ CATALOGUE = CATALOGUE + tuple(Point(f"djob{k}_{f}", unit, "compute", f"djob{k}_{
 # On-site wind (issue 16, docs/cases.md): a second renewable generation meter beside PV. Appended last so
 # every index above keeps its place; its index is looked up (WIND_KW below), not a literal.
 CATALOGUE = CATALOGUE + (Point("wind_kw", "kW", "wind_meter", "power_kw", FAST, "on-site wind turbines' AC output"),)
+# The grid's carbon-free share now (issue 17, docs/ledger.md#cfe): pushed with the intensity (a grid update's
+# or the market feed's cfe_pct, e.g. Electricity Maps' fossilFreePercentage), so the ledger's 24/7 CFE
+# follows the hour a load ran in; without it the profile's static [carbon] grid_cfe_pct. Appended last.
+CATALOGUE = CATALOGUE + (Point("grid_cfe_pct", "%", "grid", "cfe_pct", SLOW, "carbon-free share of the grid supply now"),)
 
 N_POINTS = len(CATALOGUE)
 INDEX = {p.name: i for i, p in enumerate(CATALOGUE)}
 BY_SOURCE = {(p.role, p.device_point): i for i, p in enumerate(CATALOGUE)}
 WIND_KW = INDEX["wind_kw"]
+GRID_CFE_PCT = INDEX["grid_cfe_pct"]
 
 # Compile-time indices for the kernels (numba treats module-level ints as constants).
 GRID_KW, PV_KW, PV_AVAILABLE_KW, BATTERY_KW, GENSET_KW, GENSET_RUNNING, GENSET_AVAILABLE, FUEL_PCT = range(8)
@@ -174,7 +179,7 @@ def _check_layout() -> None:
     names += [f"mkt_{s}_{k:02d}" for s in ("import", "export", "co2") for k in range(MKT_SLOTS)]
     names += ["wx_grid_risk", "outage_grid_risk"]
     names += [f"djob{k}_{f[0]}" for k in range(N_DJOB) for f in DJOB_FIELDS]
-    names += ["wind_kw"]
+    names += ["wind_kw", "grid_cfe_pct"]
     assert [p.name for p in CATALOGUE] == names, "index constants out of step with CATALOGUE"
 
 

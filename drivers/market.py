@@ -12,7 +12,8 @@ process image (mkt_* points) for the MPC. Payload::
      "step_min": 15,                                     # 15 or 60
      "import_price_per_kwh": [0.081, 0.079, ...],        # required: one per slot, site currency per kWh
      "export_price_per_kwh": [0.012, -0.004, ...],       # optional: what an exported kWh earns
-     "co2_kg_per_kwh": [0.021, 0.019, ...]}              # optional: grid intensity, kgCO2e/kWh
+     "co2_kg_per_kwh": [0.021, 0.019, ...],              # optional: grid intensity, kgCO2e/kWh
+     "cfe_pct": [96.5, 97.1, ...]}                       # optional: the grid's carbon-free share, %
 
 Slot k covers [valid_from + k * step, valid_from + (k + 1) * step); every array has exactly
 (valid_until - valid_from) / step entries, at most MAX_SLOTS (48 h of 15-minute slots). A bad message
@@ -28,13 +29,14 @@ from drivers.isotime import NoOffsetError, utc_epoch
 
 KIND = "market"
 V = 1
-MAX_BYTES = 64 * 1024           # 3 x 192 numbers at ~20 characters and the keys: well under this
+MAX_BYTES = 64 * 1024           # 4 x 192 numbers at ~20 characters and the keys: well under this
 MAX_SLOTS = 96 * 2
 STEP_MIN = (15, 60)
 PRICE_ABS_MAX = 1000.0          # per kWh, any currency (EU's harmonised day-ahead limits: -0.5..4 EUR/kWh)
 CO2_MAX = 2.0                   # kgCO2e/kWh (lignite is ~1.1)
 SERIES = {"import_price_per_kwh": (-PRICE_ABS_MAX, PRICE_ABS_MAX), "export_price_per_kwh":
-          (-PRICE_ABS_MAX, PRICE_ABS_MAX), "co2_kg_per_kwh": (0.0, CO2_MAX)}
+          (-PRICE_ABS_MAX, PRICE_ABS_MAX), "co2_kg_per_kwh": (0.0, CO2_MAX),
+          "cfe_pct": (0.0, 100.0)}
 KEYS = {"v", "t", "valid_from", "valid_until", "step_min", *SERIES}
 
 
@@ -51,6 +53,7 @@ class MarketFeed:
     import_price: tuple
     export_price: tuple | None = None
     co2: tuple | None = None
+    cfe_pct: tuple | None = None     # the grid's carbon-free share per slot (the ledger's 24/7 CFE)
 
     @property
     def n(self) -> int:
@@ -134,7 +137,7 @@ def decode(payload) -> MarketFeed:
                    f"1..{MAX_SLOTS}, got {span:g}")
     out = {key: _series(d, key, n) if d.get(key) is not None else None for key in SERIES}
     return MarketFeed(t, t0, t1, step_s, out["import_price_per_kwh"], out["export_price_per_kwh"],
-                      out["co2_kg_per_kwh"])
+                      out["co2_kg_per_kwh"], out["cfe_pct"])
 
 
 def encode(feed: MarketFeed) -> bytes:
@@ -147,4 +150,6 @@ def encode(feed: MarketFeed) -> bytes:
         d["export_price_per_kwh"] = list(feed.export_price)
     if feed.co2 is not None:
         d["co2_kg_per_kwh"] = list(feed.co2)
+    if feed.cfe_pct is not None:
+        d["cfe_pct"] = list(feed.cfe_pct)
     return json.dumps(d, separators=(",", ":"), allow_nan=False).encode()

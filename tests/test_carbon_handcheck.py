@@ -102,7 +102,7 @@ def test_interval_a_location_market_pool(ledger):
     assert a["pool"]["kg_market"] == pytest.approx(25.0 + 0.16)
     assert a["pool"]["cfe_kwh"] == pytest.approx(2.5 * 0.96)           # the PV share of the charge
     # CFE inputs: PV to loads 15, PPA volume 2 (hourly matched), load 15
-    assert a["cfe"] == {"onsite_kwh": 15.0, "contract_kwh": 2.0, "grid_kwh": 0.0, "load_kwh": 15.0}
+    assert a["cfe"] == {"onsite_kwh": 15.0, "contract_kwh": 2.0, "grid_kwh": 0.0, "load_kwh": 15.0, "grid_pushed_s": 0.0}
     assert e["closure"]["residual"] == pytest.approx(0.0, abs=1e-9)
     assert a["jobs"]["j1"]["it_kwh"] == 5.0 and a["jobs"]["j1"]["kg_location"] == 0.0
 

@@ -141,9 +141,18 @@ def test_an_older_ledger_without_the_basis_reports_it_unstated(ledger):
 
 def test_a_checkpoint_from_before_the_basis_still_resumes():
     d = dataclasses.asdict(Interval(T0))
-    del d["jobs_basis_s"], d["jobs_deferred_s"]
+    del d["jobs_basis_s"], d["jobs_deferred_s"], d["grid_cfe_kwh"], d["grid_cfe_pushed_s"]
     iv = interval_from_dict(d)
     assert iv.jobs_basis_s == {} and iv.jobs_deferred_s == {}
+    # one from before the pushed CFE share: its grid kWh so far at the profile's static share, as then counted
+    d = dataclasses.asdict(Interval(T0))
+    d["alloc"][2] = [8.0, 2.0, 0.0]
+    del d["grid_cfe_kwh"], d["grid_cfe_pushed_s"]
+    iv = interval_from_dict(d, grid_cfe_frac=0.25)
+    assert iv.grid_cfe_kwh == [2.0, 0.5, 0.0] and iv.grid_cfe_pushed_s == 0.0
+    del d["jobs_deferred_s"]                         # no release wrote this combination
+    with pytest.raises(ValueError, match="fields differ"):
+        interval_from_dict(d)
     d = dataclasses.asdict(Interval(T0))
     d["jobs_basis_s"] = {"m": ["x", 1.0]}
     with pytest.raises(ValueError, match="malformed"):

@@ -12,7 +12,7 @@ Format (every key optional; an absent table means: no contracts, residual mix = 
     residual_mix_kg_per_kwh = 0.58     # market-based factor for grid kWh no contract covers
     residual_mix_source = "..."        # where that number comes from, and its year
     residual_mix_year = 2023
-    grid_cfe_pct = 0.0                 # carbon-free share of the grid supply (24/7 CFE); 0 = count none
+    grid_cfe_pct = 0.0                 # the grid's carbon-free share when none is pushed (24/7 CFE); 0 = none
     battery_initial_kg_per_kwh = 0.6361  # intensity of the energy already in the battery at first start
                                          # (unknown history: default the location grid factor, conservative)
 

@@ -68,14 +68,25 @@ def interval_to_dict(iv: Interval) -> dict:
     return dataclasses.asdict(iv)
 
 
-_LATER_FIELDS = frozenset(("jobs_basis_s", "jobs_deferred_s"))   # absent from a checkpoint of an older release
+# the fields each later release added, oldest first: the per-job basis, then the grid's pushed CFE share
+_LATER_FIELDS = (("jobs_basis_s", "jobs_deferred_s"), ("grid_cfe_kwh", "grid_cfe_pushed_s"))
 
 
-def interval_from_dict(d: dict) -> Interval:
-    """Strict: exactly the Interval's fields, numbers where numbers belong (ValueError otherwise)."""
+def interval_from_dict(d: dict, grid_cfe_frac: float = 0.0) -> Interval:
+    """Strict: exactly the Interval's fields, numbers where numbers belong (ValueError otherwise). A
+    checkpoint from before the pushed CFE share gets its grid kWh at the profile's static share, as it
+    was then counted."""
     names = {f.name for f in dataclasses.fields(Interval)}
-    if isinstance(d, dict) and set(d) == names - _LATER_FIELDS:
-        d = {**d, **{k: {} for k in _LATER_FIELDS}}      # written before the per-job basis existed
+    if isinstance(d, dict):
+        for k in range(len(_LATER_FIELDS)):
+            later = {n for group in _LATER_FIELDS[k:] for n in group}      # a checkpoint of release k
+            if set(d) == names - later:
+                d = {**d, **{n: v for n, v in (("jobs_basis_s", {}), ("jobs_deferred_s", {}), ("grid_cfe_pushed_s", 0.0))
+                             if n in later}}
+                if "grid_cfe_kwh" in later and isinstance(d.get("alloc"), list) and len(d["alloc"]) == 4 \
+                        and isinstance(d["alloc"][2], list):
+                    d["grid_cfe_kwh"] = [x * grid_cfe_frac if isinstance(x, (int, float)) else x for x in d["alloc"][2]]
+                break
     if not isinstance(d, dict) or set(d) != names:
         raise ValueError("checkpoint fields differ from Interval's")
     iv = Interval(**d)
@@ -84,6 +95,8 @@ def interval_from_dict(d: dict) -> Interval:
           and isinstance(iv.e, dict) and all(isinstance(x, num) for x in iv.e.values())
           and len(iv.alloc) == 4 and all(len(r) == 3 and all(isinstance(x, num) for x in r) for r in iv.alloc)
           and len(iv.grid_kg_loc) == 3 and isinstance(iv.jobs_it_kwh, dict)
+          and isinstance(iv.grid_cfe_kwh, list) and len(iv.grid_cfe_kwh) == 3
+          and all(isinstance(x, num) for x in iv.grid_cfe_kwh) and isinstance(iv.grid_cfe_pushed_s, num)
           and isinstance(iv.jobs_basis_s, dict) and isinstance(iv.jobs_deferred_s, dict)
           and all(isinstance(b, list) and len(b) == 2 and all(isinstance(x, num) for x in b)
                   for b in iv.jobs_basis_s.values())
@@ -182,7 +195,7 @@ class CarbonHook:
             d = json.loads(p.read_bytes())
             if not isinstance(d, dict) or d.get("version") != CHECKPOINT_VERSION:
                 raise ValueError("not a checkpoint of this version")
-            iv = interval_from_dict(d["interval"])
+            iv = interval_from_dict(d["interval"], self.k.grid_cfe_frac)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -42,8 +42,10 @@ stored kWh is re-anchored to the BMS SOC when fresh (kg kept; clean kWh scaled w
 
 24/7 CFE (per hour, capped at 100 %, weighted by consumption over longer spans; report.py):
 clean = PV to loads + battery discharge to loads x the pool's clean share + hourly-matched carbon-free
-contract volume + the grid's carbon-free share (carbon.grid_cfe_pct) of grid import to loads not
-covered by those contracts; consumption = loads. Contract volume shifted through the battery is not
+contract volume + the grid's carbon-free share of grid import to loads not covered by those contracts;
+consumption = loads. The grid's share is the pushed one of the cycle the kWh was drawn in (grid_cfe_pct,
+the cloud's hourly figure: a load moved to a windy hour counts that hour's share) and the profile's static
+carbon.grid_cfe_pct when none is fresh; cfe.grid_pushed_s says how much import rested on the pushed one. Contract volume shifted through the battery is not
 credited (only on-site PV and grid CFE share enter the pool's clean kWh).
 """
 from __future__ import annotations
@@ -64,7 +66,7 @@ _GRID, _PV, _PVAV, _BAT, _GEN, _GRUN = (INDEX[n] for n in (
     "grid_kw", "pv_kw", "pv_available_kw", "battery_kw", "genset_kw", "genset_running"))
 _IT, _COOL, _AUX, _CO2, _SOC = (INDEX[n] for n in ("it_kw", "cooling_kw", "aux_kw", "grid_co2_kg_per_kwh",
                                                     "soc_pct"))
-_WIND = INDEX["wind_kw"]
+_WIND, _CFE = INDEX["wind_kw"], INDEX["grid_cfe_pct"]
 SRC = ("pv", "battery", "grid", "diesel")
 SNK = ("loads", "charge", "export")
 
@@ -141,6 +143,8 @@ class Interval:
     alloc: list = field(default_factory=lambda: [[0.0, 0.0, 0.0] for _ in range(4)])
     grid_kg_loc: list = field(default_factory=lambda: [0.0, 0.0, 0.0])   # by sink, pushed/profile factor
     grid_kg_total: float = 0.0                                            # all import x factor (Scope 2)
+    grid_cfe_kwh: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # by sink, carbon-free grid kWh
+    grid_cfe_pushed_s: float = 0.0                                        # import s on a pushed CFE share
     diesel_l: float = 0.0
     grid_pushed_s: float = 0.0
     grid_profile_s: float = 0.0
@@ -214,6 +218,15 @@ class Interval:
         self.grid_kg_loc[0] += g[0] * h * f
         self.grid_kg_loc[1] += g[1] * h * f
         self.grid_kg_loc[2] += g[2] * h * f
+        if q[_CFE] == Q_OK:
+            c = v[_CFE] / 100.0
+            self.grid_cfe_pushed_s += dt_s if imp > 0.0 else 0.0
+        else:
+            c = k.grid_cfe_frac
+        gc = self.grid_cfe_kwh
+        gc[0] += g[0] * h * c
+        gc[1] += g[1] * h * c
+        gc[2] += g[2] * h * c
         running = (q[_GRUN] == Q_OK and v[_GRUN] > 0.5) or gen > 0.0
         if running:
             self.diesel_l += (k.fuel_a * gen + k.fuel_b) * h
@@ -255,6 +268,11 @@ class Constants:
     capacity_kwh: float
     carbon: dict
 
+    @property
+    def grid_cfe_frac(self) -> float:
+        """The profile's static carbon-free share of the grid, for cycles without a pushed one."""
+        return self.carbon["grid_cfe_pct"] / 100.0
+
     @classmethod
     def from_site(cls, cfg: dict, carbon: dict | None = None) -> "Constants":
         em = cfg["emissions"]
@@ -282,7 +300,6 @@ def settle(iv: Interval, pool: Pool, k: Constants, remaining: dict[str, float], 
                         carbon["residual_mix_kg_per_kwh"])
     grid_int_mkt = mkt["kg"] / e["grid_import"] if e["grid_import"] > 1e-9 else 0.0
     grid_ren_frac = mkt["renewable_kwh"] / e["grid_import"] if e["grid_import"] > 1e-9 else 0.0
-    grid_cfe_frac = carbon["grid_cfe_pct"] / 100.0
     # battery discharge at the pool's intensity at the interval's start
     pool_start = pool.as_dict()
     dis = e["battery_discharge"]
@@ -305,7 +322,7 @@ def settle(iv: Interval, pool: Pool, k: Constants, remaining: dict[str, float], 
     pool.kwh += chg * k.eta_charge
     pool.kg_location += by_sink_loc[1]
     pool.kg_market += by_sink_mkt[1]
-    pool.cfe_kwh += (a[0][1] + a[2][1] * grid_cfe_frac) * k.eta_charge
+    pool.cfe_kwh += (a[0][1] + iv.grid_cfe_kwh[1]) * k.eta_charge
     pool.ren_kwh += (a[0][1] + a[2][1] * grid_ren_frac) * k.eta_charge
     soc_delta_kwh = None
     if iv.soc_end is not None:
@@ -321,7 +338,8 @@ def settle(iv: Interval, pool: Pool, k: Constants, remaining: dict[str, float], 
     cfe_onsite = a[0][0] + a[1][0] * int_b[2]
     cfe_contract = mkt["cfe_volume_kwh"]
     grid_loads = a[2][0]
-    cfe_grid = max(0.0, grid_loads - cfe_contract) * grid_cfe_frac
+    # the contracts cover the first kWh; the rest carries the grid's share, hour by hour as drawn
+    cfe_grid = max(0.0, grid_loads - cfe_contract) * (iv.grid_cfe_kwh[0] / grid_loads) if grid_loads > 1e-9 else 0.0
     ren_loads = a[0][0] + a[1][0] * int_b[3] + grid_loads * grid_ren_frac
     # closure (AC bus) and battery store
     sources = e["pv"] + dis + e["grid_import"] + e["diesel"]
@@ -374,7 +392,7 @@ def settle(iv: Interval, pool: Pool, k: Constants, remaining: dict[str, float], 
                    "residual_kwh": _r(mkt["residual_kwh"]),
                    "certificates_left_kwh": {n: _r(x) for n, x in sorted(remaining.items())}},
         "cfe": {"onsite_kwh": _r(cfe_onsite), "contract_kwh": _r(cfe_contract), "grid_kwh": _r(cfe_grid),
-                "load_kwh": _r(loads)},
+                "load_kwh": _r(loads), "grid_pushed_s": _r(iv.grid_cfe_pushed_s, 3)},
         "renewable_kwh": _r(ren_loads),
         "pool_start": pool_start, "pool": pool.as_dict(),
         "soc_pct": {"start": iv.soc_start, "end": iv.soc_end},

@@ -243,13 +243,15 @@ class CommandVerifier:
                 _num(a, "ramp_s", 0.0, 86400.0)
             if "grid_risk" in a:             # the feeder's trip probability during the event (docs/risk.md)
                 _num(a, "grid_risk", 0.0, 1.0)
-        elif kind == "grid_update":          # -> the grid device's price / intensity and announced outage
-            _only(a, {"co2_kg_per_kwh", "price_per_kwh", "valid_from_s", "valid_to_s", "outage_start_s",
+        elif kind == "grid_update":          # -> the grid device's price / intensity / CFE, announced outage
+            _only(a, {"co2_kg_per_kwh", "cfe_pct", "price_per_kwh", "valid_from_s", "valid_to_s", "outage_start_s",
                       "outage_end_s", "grid_risk"}, {"valid_from_s", "valid_to_s"})
-            if not {"co2_kg_per_kwh", "price_per_kwh", "outage_start_s"} & set(a):
-                raise Refused("malformed: grid_update needs co2_kg_per_kwh, price_per_kwh or an outage")
+            if not {"co2_kg_per_kwh", "cfe_pct", "price_per_kwh", "outage_start_s"} & set(a):
+                raise Refused("malformed: grid_update needs co2_kg_per_kwh, cfe_pct, price_per_kwh or an outage")
             if "co2_kg_per_kwh" in a:
                 _num(a, "co2_kg_per_kwh", 0.0, 2.0)
+            if "cfe_pct" in a:               # the grid's carbon-free share now (the ledger's 24/7 CFE)
+                _num(a, "cfe_pct", 0.0, 100.0)
             if "price_per_kwh" in a:
                 _num(a, "price_per_kwh", -10.0, 100.0)
             f = _num(a, "valid_from_s", now_s - 86400, now_s + 7 * 86400)

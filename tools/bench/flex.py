@@ -11,7 +11,9 @@ Each run is `edge-ems sim ... --out OUT/SCENARIO-{flex,noflex}` in its own proce
 side by side); the figures are read back from each run's kpis.json (the simulator's own meters) and
 compute.json (every job's runs, holds and deadline). Prints one JSON line per run, then a Markdown table
 of flex vs no-flex per scenario: CO2 (and CO2 credited for the energy left in the battery when kpis.json
-has it), renewable share, grid and diesel kWh, cost, jobs held, hours moved, deadlines missed. Exit 1 if
+has it), renewable share, the carbon-free share where the grid's is pushed (the simulator's meters: on-site
+renewables + import x the grid's share that minute; and the gateway ledger's 24/7 CFE, ledger-report.json),
+grid and diesel kWh, cost, jobs held, hours moved, deadlines missed. Exit 1 if
 any deadline was missed or the two runs did not do the same job energy (the comparison would be unfair).
 """
 from __future__ import annotations
@@ -40,13 +42,16 @@ def run(scenario: str, flex: bool, args, strategy: str | None = None) -> dict:
         raise SystemExit(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stderr[-2000:]}")
     k = json.loads((out / "kpis.json").read_text())
     jobs = json.loads((out / "compute.json").read_text())["jobs"] if (out / "compute.json").exists() else []
+    rep = out / "ledger-report.json"        # the oracle writes no ledger
+    k["ledger_cfe_pct"] = json.loads(rep.read_text())["total"]["kpi"]["cfe_pct"] if rep.exists() else None
     return {"scenario": scenario, "flex": flex, "strategy": strategy + (f"-{args.objective}" if args.objective else ""), "kpis": k, "jobs": jobs, "out": str(out)}
 
 
 def row(r: dict) -> dict:
     k = r["kpis"]
     return {"scenario": r["scenario"], "strategy": r["strategy"], "flex": r["flex"], "co2_kg": k["co2_kg"], "co2_adjusted_kg": k.get("co2_adjusted_kg"),
-            "renewable_share": k["renewable_share"], "grid_import_kwh": k["grid_import_kwh"],
+            "renewable_share": k["renewable_share"], "cfe_share": k.get("cfe_share"),
+            "ledger_cfe_pct": k.get("ledger_cfe_pct"), "grid_import_kwh": k["grid_import_kwh"],
             "diesel_kwh": k["diesel_kwh"], "pv_curtailed_kwh": k["pv_curtailed_kwh"], "cost": k["cost"],
             "cost_adjusted": k.get("cost_adjusted"), "currency": k["currency"],
             "jobs_deferrable": k.get("jobs_deferrable", 0), "jobs_held": k.get("jobs_held", 0),
@@ -54,15 +59,20 @@ def row(r: dict) -> dict:
             "jobs_kwh": k.get("jobs_kwh", 0.0), "unserved_kwh": k["unserved_kwh"], "wall_s": k["wall_s"]}
 
 
+def _pct(x, scale: float) -> str:
+    return "-" if x is None else f"{scale * x:.2f} %"
+
+
 def table(rows: list[dict]) -> str:
     adj = all(r["co2_adjusted_kg"] is not None for r in rows)
     head = ["scenario", "strategy", "flex", "CO2 kg"] + (["CO2 adj. kg"] if adj else []) + [
-        "renewable", "grid kWh", "diesel kWh", "curtailed kWh", "cost", "held", "moved h", "missed", "job kWh"]
+        "renewable", "CFE (sim)", "CFE (ledger)", "grid kWh", "diesel kWh", "curtailed kWh", "cost", "held", "moved h", "missed", "job kWh"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["scenario"], r["strategy"], "on" if r["flex"] else "off", f"{r['co2_kg']:.1f}"] + (
             [f"{r['co2_adjusted_kg']:.1f}"] if adj else []) + [
-            f"{100 * r['renewable_share']:.2f} %", f"{r['grid_import_kwh']:.1f}", f"{r['diesel_kwh']:.1f}",
+            f"{100 * r['renewable_share']:.2f} %", _pct(r["cfe_share"], 100.0), _pct(r["ledger_cfe_pct"], 1.0),
+            f"{r['grid_import_kwh']:.1f}", f"{r['diesel_kwh']:.1f}",
             f"{r['pv_curtailed_kwh']:.1f}", f"{r['cost']:.2f} {r['currency']}",
             f"{r['jobs_held']}/{r['jobs_deferrable']}", f"{r['jobs_moved_hours']:.2f}",
             str(r["jobs_deadline_missed"]), f"{r['jobs_kwh']:.1f}"]

@@ -186,9 +186,10 @@ class SimGrid(SimDevice):
             start = self.site.scn.start.timestamp() + start_h * 3600.0
             end = start + ev["duration_min"] * 60.0
             risk = ev["grid_risk"] if ev["grid_risk"] >= 0 else 1.0
+        cfe = (("cfe_pct", s.at("cfe_pct", t)),) if s.cfe_pct is not None else ()
         return (("available", 1.0 if self.site.grid_up() else 0.0), ("price_per_kwh", s.at("price_per_kwh", t)),
-                ("co2_kg_per_kwh", s.at("co2_kg_per_kwh", t)), ("outage_start_s", start), ("outage_end_s", end),
-                ("outage_grid_risk", risk))
+                ("co2_kg_per_kwh", s.at("co2_kg_per_kwh", t)), *cfe, ("outage_start_s", start),
+                ("outage_end_s", end), ("outage_grid_risk", risk))
 
 
 class SimWeather(SimDevice):

@@ -45,6 +45,7 @@ class Series:
     jobs: list                     # announced jobs: dicts with at_h, start_h, duration_min, kw
     wind_kw: np.ndarray | None = None        # on-site wind AC kW available (tools/sim/wind.py); None: no [wind]
     wind_speed_ms: np.ndarray | None = None  # at hub height
+    cfe_pct: np.ndarray | None = None        # the grid's carbon-free share, %; None: the profile's static one
 
     def at(self, name: str, t_s: float) -> float:
         """Linear interpolation for continuous series."""
@@ -208,6 +209,7 @@ def build_series(scn: Scenario, hours: float, seed: int) -> Series:
         from tools.sim.wind import wind_series_kw
         wind_kw, wind_speed = wind_series_kw(scn, times, local_h, ambient_c,
                                              lambda d: _day_rng(seed, "windspeed", d), market_z / 0.25)
+    cfe_pct = None
     if market["kind"] == "spot":
         daily = np.exp(-((local_h - 8.0) ** 2) / 4.0) + np.exp(-((local_h - 18.0) ** 2) / 6.0)
         hourly_idx = (t_min // 60).astype(int)
@@ -217,13 +219,16 @@ def build_series(scn: Scenario, hours: float, seed: int) -> Series:
         price = _hold_hourly(price, t_min)
         co2 = _hold_hourly(np.clip(market["co2_base_kg_per_kwh"] - market["co2_wind_coeff"] * (
             wind - market["wind_mean"]), 0.01, 2.0), t_min)
+        fossil = market["co2_fossil_kg_per_kwh"]
+        if fossil > 0.0:           # a two-part mix: fossil at that factor, the rest carbon-free
+            cfe_pct = 100.0 * np.clip(1.0 - co2 / fossil, 0.0, 1.0)
     else:
         tariff = scn.site["tariff"]["import_price_per_kwh"]
         table = np.asarray(tariff if isinstance(tariff, list) else [tariff] * 24)
         price = table[local_h.astype(int) % 24]
         co2 = np.full(n, scn.site["emissions"]["grid_kg_per_kwh"])
     return Series(t_min, pv_avail_kw, pv_clear_kw, it_kw, cooling_kw, aux_kw, ambient_c, grid_up, price,
-                  co2, bms_silent, meter_silent, cell_offset_v, genset_fail, jobs, wind_kw, wind_speed)
+                  co2, bms_silent, meter_silent, cell_offset_v, genset_fail, jobs, wind_kw, wind_speed, cfe_pct)
 
 
 def start_series_apart(scn: Scenario, hours: float, seed: int) -> Callable[[], Series]:

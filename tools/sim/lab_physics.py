@@ -168,12 +168,15 @@ class Physics:
             n = len(imp)
             exp = [float(x) for x in f.get("export_price_per_kwh", [0.0] * n)]
             co2 = [float(x) for x in f.get("co2_kg_per_kwh", [self.scn.site["emissions"]["grid_kg_per_kwh"]] * n)]
+            cfe = [float(x) for x in f["cfe_pct"]] if f.get("cfe_pct") is not None else None
         else:
             s = self.site.series
             t0 = self.start.timestamp()
             n = MARKET_SLOTS
             imp = [round(float(x), 4) for x in slot_means(s.price_per_kwh, t0, valid_from, n, step_s)]
             co2 = [round(float(x), 4) for x in slot_means(s.co2_kg_per_kwh, t0, valid_from, n, step_s)]
+            cfe = ([round(float(x), 3) for x in slot_means(s.cfe_pct, t0, valid_from, n, step_s)]
+                   if s.cfe_pct is not None else None)
             exp = [float(self.scn.site["tariff"]["export_price_per_kwh"])] * n
         if self.market_negative:
             from zoneinfo import ZoneInfo
@@ -182,9 +185,12 @@ class Physics:
                 local = datetime.fromtimestamp(valid_from + k * step_s, tz)
                 if NEGATIVE_HOURS[0] <= local.hour + local.minute / 60.0 < NEGATIVE_HOURS[1]:
                     imp[k] = NEGATIVE_PRICE
-        return {"v": 1, "t": utc_iso(now), "valid_from": utc_iso(valid_from),
-                "valid_until": utc_iso(valid_from + n * step_s), "step_min": step_s // 60,
-                "import_price_per_kwh": imp, "export_price_per_kwh": exp, "co2_kg_per_kwh": co2}
+        msg = {"v": 1, "t": utc_iso(now), "valid_from": utc_iso(valid_from),
+               "valid_until": utc_iso(valid_from + n * step_s), "step_min": step_s // 60,
+               "import_price_per_kwh": imp, "export_price_per_kwh": exp, "co2_kg_per_kwh": co2}
+        if cfe is not None:
+            msg["cfe_pct"] = cfe           # the grid's carbon-free share (the ledger's 24/7 CFE)
+        return msg
 
     def topic(self, kind: str) -> str:
         return self.topics(kind)
@@ -203,7 +209,7 @@ class Physics:
 
 
 def load_market_file(path: str) -> dict:
-    """--market FILE: a JSON object with step_min and import_price_per_kwh (export/co2 optional)."""
+    """--market FILE: a JSON object with step_min and import_price_per_kwh (export/co2/cfe_pct optional)."""
     try:
         with open(path) as fh:
             doc = json.load(fh)
@@ -213,7 +219,7 @@ def load_market_file(path: str) -> dict:
             or not doc["import_price_per_kwh"]:
         raise ValueError(f"--market {path}: key 'import_price_per_kwh': expected a non-empty list of prices")
     n = len(doc["import_price_per_kwh"])
-    for key in ("import_price_per_kwh", "export_price_per_kwh", "co2_kg_per_kwh"):
+    for key in ("import_price_per_kwh", "export_price_per_kwh", "co2_kg_per_kwh", "cfe_pct"):
         v = doc.get(key)
         if v is None and key != "import_price_per_kwh":
             continue

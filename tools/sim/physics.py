@@ -185,6 +185,7 @@ class Meters:
     wind_avail_kwh: float = 0.0
     cost: float = 0.0
     co2_kg_grid: float = 0.0
+    grid_cfe_kwh: float = 0.0      # grid import x the grid's carbon-free share at that minute
     soc_min_pct: float = 100.0
     soc_max_pct: float = 0.0
     window_import_kwh: float = 0.0   # current 15-min demand window

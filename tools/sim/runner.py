@@ -81,6 +81,11 @@ def kpis_of(site: SimSite, loop: ScanLoop, hours: float, wall_s: float) -> dict:
         "diesel_litres": round(litres, 3), "genset_starts": g.starts if g else 0,
         "wind_used_kwh": round(m.wind_used_kwh, 3), "wind_curtailed_kwh": round(m.wind_avail_kwh - m.wind_used_kwh, 3),
         "renewable_share": round((m.pv_used_kwh + m.wind_used_kwh) / supplied, 4) if supplied > 0 else 0.0,
+        # on-site renewables + the grid's carbon-free share of the kWh imported, minute by minute (None
+        # without a pushed share): what moving load to a windy grid hour raises
+        "grid_cfe_kwh": round(m.grid_cfe_kwh, 3) if site.series.cfe_pct is not None else None,
+        "cfe_share": (round((m.pv_used_kwh + m.wind_used_kwh + m.grid_cfe_kwh) / supplied, 4) if supplied > 0 else 0.0)
+        if site.series.cfe_pct is not None else None,
         "co2_kg": round(co2, 3), "cost": round(cost, 2), "unserved_kwh": round(m.unserved_kwh, 3),
         "stored_start_kwh": round(stored0, 3), "stored_end_kwh": round(stored1, 3),
         "stored_credit_kwh": round(usable, 3), "credit_grid_kg_per_kwh": round(mean_co2, 5),

@@ -61,6 +61,9 @@ SCENARIO_SCHEMA = Table({
         "spot_noise": F("number", default=0.005, min=0, max=100),
         "co2_base_kg_per_kwh": F("number", default=0.0, min=0, max=2),
         "co2_wind_coeff": F("number", default=0.0, min=0, max=2),
+        # spot only: the fossil part's factor, for the grid's carbon-free share 1 - co2 / it (pushed with the
+        # intensity, the ledger's 24/7 CFE); 0: no share pushed
+        "co2_fossil_kg_per_kwh": F("number", default=0.0, min=0, max=2),
         "wind_mean": F("number", default=0.5, min=0, max=1),
         "wind_persistence": F("number", default=0.9, min=0, max=0.999),
         # spot only: the day-ahead market feed a site receives (tools/sim/market_feed.py); the site

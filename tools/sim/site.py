@@ -128,6 +128,8 @@ class SimSite:
         m.battery_discharge_kwh += max(0.0, f.battery_kw) * h
         m.cost += imp * price - exp * self.export_price
         m.co2_kg_grid += imp * co2
+        if s.cfe_pct is not None:
+            m.grid_cfe_kwh += imp * s.at("cfe_pct", now) / 100.0
         soc = self.battery.soc_pct
         m.soc_min_pct = min(m.soc_min_pct, soc)
         m.soc_max_pct = max(m.soc_max_pct, soc)
