@@ -122,7 +122,6 @@ N_POINTS = len(CATALOGUE)
 INDEX = {p.name: i for i, p in enumerate(CATALOGUE)}
 BY_SOURCE = {(p.role, p.device_point): i for i, p in enumerate(CATALOGUE)}
 WIND_KW = INDEX["wind_kw"]
-GRID_CFE_PCT = INDEX["grid_cfe_pct"]
 
 # Compile-time indices for the kernels (numba treats module-level ints as constants).
 GRID_KW, PV_KW, PV_AVAILABLE_KW, BATTERY_KW, GENSET_KW, GENSET_RUNNING, GENSET_AVAILABLE, FUEL_PCT = range(8)

@@ -162,7 +162,7 @@ def test_stored_energy_credit_arithmetic():
     scn = {"init": {"soc_pct": 50.0}, "scenario": {"name": "constructed"}}
     site = SimpleNamespace(meters=meters, genset=None, t_s=minutes * 60.0, scn=_Scn(scn, cfg),
                            battery=SimpleNamespace(capacity_kwh=400.0, soc_pct=80.0, eta_discharge=0.95),
-                           series=SimpleNamespace(co2_kg_per_kwh=co2, price_per_kwh=price))
+                           series=SimpleNamespace(co2_kg_per_kwh=co2, price_per_kwh=price, cfe_pct=None))
     loop = SimpleNamespace(params=np.zeros(L.N_PARAMS), state=np.zeros(L.N_STATE),
                            stats=SimpleNamespace(as_dict=lambda: {"overruns": 0, "p99_ms": 0.0, "max_ms": 0.0,
                                                                   "cycles": 0}))

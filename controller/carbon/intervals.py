@@ -45,8 +45,9 @@ clean = PV to loads + battery discharge to loads x the pool's clean share + hour
 contract volume + the grid's carbon-free share of grid import to loads not covered by those contracts;
 consumption = loads. The grid's share is the pushed one of the cycle the kWh was drawn in (grid_cfe_pct,
 the cloud's hourly figure: a load moved to a windy hour counts that hour's share) and the profile's static
-carbon.grid_cfe_pct when none is fresh; cfe.grid_pushed_s says how much import rested on the pushed one. Contract volume shifted through the battery is not
-credited (only on-site PV and grid CFE share enter the pool's clean kWh).
+carbon.grid_cfe_pct when none is fresh; cfe.grid_pushed_s says how much import rested on the pushed
+one. Contract volume shifted through the battery is not credited (only on-site PV and grid CFE share enter
+the pool's clean kWh).
 """
 from __future__ import annotations
 
