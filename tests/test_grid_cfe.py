@@ -64,7 +64,7 @@ def test_each_grid_kwh_counts_the_share_of_its_cycle(records):
     assert rep["total"]["kpi"]["cfe_pct"] == pytest.approx(100 * 28.5 / 60, abs=0.01)
 
 
-def test_the_same_load_an_hour_later_is_cleaner_when_the_share_is():
+def test_the_same_load_an_hour_later_is_cleaner_when_the_share_is(tmp_path):
     """A 30 kW batch moved from a 20 % hour to an 85 % hour: same energy, more carbon-free kWh."""
     def cfe_kwh(batch_hour, tmp):
         hook = make_carbon_hook(CFG, tmp / f"l{batch_hour}", tmp / f"k{batch_hour}", carbon=CARBON,
@@ -78,11 +78,8 @@ def test_the_same_load_an_hour_later_is_cleaner_when_the_share_is():
         hook.close()
         ivs = [p for p in verify(tmp / f"l{batch_hour}", keep=True).payloads if p["kind"] == "interval"]
         return sum(p["cfe"]["grid_kwh"] for p in ivs), sum(p["cfe"]["load_kwh"] for p in ivs)
-    import tempfile
-    from pathlib import Path
-    with tempfile.TemporaryDirectory() as d:
-        early, load_early = cfe_kwh(0, Path(d))
-        late, load_late = cfe_kwh(1, Path(d))
+    early, load_early = cfe_kwh(0, tmp_path)
+    late, load_late = cfe_kwh(1, tmp_path)
     assert load_early == pytest.approx(load_late) == pytest.approx(2 * 60.0 + 30.0)
     assert late - early == pytest.approx(30.0 * (0.85 - 0.20))
 

@@ -68,25 +68,26 @@ def interval_to_dict(iv: Interval) -> dict:
     return dataclasses.asdict(iv)
 
 
-# the fields each later release added, oldest first: the per-job basis, then the grid's pushed CFE share
-_LATER_FIELDS = (("jobs_basis_s", "jobs_deferred_s"), ("grid_cfe_kwh", "grid_cfe_pushed_s"))
+# the fields each later release added, oldest first, and what a checkpoint of an older release means by
+# them (d: its fields, f: the profile's static grid CFE share): no per-job basis; grid kWh at the static share
+_LATER_FIELDS = (
+    {"jobs_basis_s": lambda d, f: {}, "jobs_deferred_s": lambda d, f: {}},
+    {"grid_cfe_kwh": lambda d, f: [x * f for x in d["alloc"][2]], "grid_cfe_pushed_s": lambda d, f: 0.0},
+)
 
 
 def interval_from_dict(d: dict, grid_cfe_frac: float = 0.0) -> Interval:
-    """Strict: exactly the Interval's fields, numbers where numbers belong (ValueError otherwise). A
-    checkpoint from before the pushed CFE share gets its grid kWh at the profile's static share, as it
-    was then counted."""
+    """Strict: exactly the Interval's fields (or an older release's), numbers where numbers belong
+    (ValueError otherwise)."""
     names = {f.name for f in dataclasses.fields(Interval)}
-    if isinstance(d, dict):
-        for k in range(len(_LATER_FIELDS)):
-            later = {n for group in _LATER_FIELDS[k:] for n in group}      # a checkpoint of release k
-            if set(d) == names - later:
-                d = {**d, **{n: v for n, v in (("jobs_basis_s", {}), ("jobs_deferred_s", {}), ("grid_cfe_pushed_s", 0.0))
-                             if n in later}}
-                if "grid_cfe_kwh" in later and isinstance(d.get("alloc"), list) and len(d["alloc"]) == 4 \
-                        and isinstance(d["alloc"][2], list):
-                    d["grid_cfe_kwh"] = [x * grid_cfe_frac if isinstance(x, (int, float)) else x for x in d["alloc"][2]]
-                break
+    for k in range(len(_LATER_FIELDS)):
+        later = {n: make for group in _LATER_FIELDS[k:] for n, make in group.items()}   # release k's
+        if isinstance(d, dict) and set(d) == names - set(later):
+            try:
+                d = {**d, **{n: make(d, grid_cfe_frac) for n, make in later.items()}}
+            except (TypeError, KeyError, IndexError):
+                raise ValueError("checkpoint values malformed") from None
+            break
     if not isinstance(d, dict) or set(d) != names:
         raise ValueError("checkpoint fields differ from Interval's")
     iv = Interval(**d)

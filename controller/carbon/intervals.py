@@ -268,11 +268,10 @@ class Constants:
     eta_discharge: float
     capacity_kwh: float
     carbon: dict
+    grid_cfe_frac: float = field(init=False)   # the static carbon-free share, for cycles without a pushed one
 
-    @property
-    def grid_cfe_frac(self) -> float:
-        """The profile's static carbon-free share of the grid, for cycles without a pushed one."""
-        return self.carbon["grid_cfe_pct"] / 100.0
+    def __post_init__(self):
+        self.grid_cfe_frac = self.carbon["grid_cfe_pct"] / 100.0
 
     @classmethod
     def from_site(cls, cfg: dict, carbon: dict | None = None) -> "Constants":
