@@ -269,9 +269,10 @@ class ScanLoop:
     def run(self, cycles: int | None = None) -> None:
         """Run on period boundaries of the monotonic clock until `cycles` are done or stop() is called."""
         start = self.clock.monotonic()
-        k = 0
-        while not self.stop_requested and (cycles is None or k < cycles):
+        k = done = 0                                 # k: the period slot, done: cycles run (k skips slots)
+        while not self.stop_requested and (cycles is None or done < cycles):
             self.cycle()
+            done += 1
             k += 1
             boundary = start + k * self.period_s
             now = self.clock.monotonic()

@@ -15,11 +15,12 @@ import json
 import os
 import select
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tools.netport import free_port  # noqa: F401 - the tests take it from here with the peers
 
 
 PEER = Path(__file__).resolve().parent / "modbus_peer.py"
@@ -47,12 +48,6 @@ def socat_pair(tmp_path: Path):
     finally:
         proc.terminate()
         proc.wait(timeout=5)
-
-
-def free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ModbusPeer:

@@ -17,11 +17,12 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from tools.netport import free_port
 
 PG_USER = "postgres"
 _TEMPLATE: Path | None = None         # this process's initdb'd cluster, copied for each Postgres()
@@ -43,12 +44,6 @@ def pg_bindir() -> Path:
                        "`make deps-debian` installs the Debian package postgresql")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Postgres:
     """``with Postgres() as pg: psycopg.connect(pg.dsn)``; ``pg.kill()`` SIGKILLs the server, ``start()``."""
 
@@ -58,7 +53,7 @@ class Postgres:
         self.base = Path(tempfile.mkdtemp(prefix="edge-ems-pg-"))
         self.data = self.base / "data"
         self.log = self.base / "postgres.log"
-        self.port = _free_port()
+        self.port = free_port()
         self.fsync = fsync
         self.proc: subprocess.Popen | None = None
         if self.as_root:

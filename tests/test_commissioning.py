@@ -7,7 +7,7 @@ import json
 import pytest
 
 from controller.cli import main
-from field_peers import ModbusPeer, free_tcp_port, socat_pair
+from field_peers import ModbusPeer, free_port, socat_pair
 
 UNITS = {1: {"profile": "eastron_sdm630", "values": {"power_kw": 7.5}},
          4: {"profile": "deepsea_gencomm", "values": {"fuel_pct": 80.0}}}
@@ -43,7 +43,7 @@ def test_read_and_scan_over_rtu(tmp_path, capsys):
 
 
 def test_scan_over_a_tcp_gateway_lists_only_units_with_data(capsys):
-    port = free_tcp_port()
+    port = free_port()
     with ModbusPeer(UNITS, tcp=port, gateway=True):       # absent units get exception 0x0B, as from a gateway
         rc, out, err = run(capsys, "scan", "--port", f"tcp://127.0.0.1:{port}", "--units", "1-8")
         assert rc == 0 and json.loads(out) == [1, 4], err
@@ -68,6 +68,6 @@ def test_ports_that_cannot_work_are_one_line(capsys, port, rc, expect):
 
 
 def test_tcp_nobody_listening_is_not_answering(capsys):
-    port = free_tcp_port()
+    port = free_port()
     got, _out, err = run(capsys, "scan", "--port", f"tcp://127.0.0.1:{port}", "--units", "1-2")
     assert got == 1 and "cannot connect" in one_line(err)

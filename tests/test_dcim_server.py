@@ -22,15 +22,10 @@ import pytest
 
 from controller.core import layout as L
 from controller.points import INDEX, Q_OK, Q_STALE
+from tools.netport import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ILLEGAL_FUNCTION, ILLEGAL_ADDRESS, ILLEGAL_VALUE, GATEWAY_NO_RESPONSE = 1, 2, 3, 0x0B
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def client(port: int, *args: str) -> tuple[int, dict | None, str]:

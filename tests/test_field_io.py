@@ -23,7 +23,7 @@ from drivers.modbus import ModbusBus, ModbusDevice, load_profile
 from drivers.modbus.backoff import Backoff
 from drivers.modbus.errors import DEVICE_ANSWERED, LINE_FAULTS, ExceptionReply, NoAnswer, NotConnected
 from drivers.modbus.tcp import ModbusTcpBus
-from field_peers import ModbusPeer, free_tcp_port, socat_pair
+from field_peers import ModbusPeer, free_port, socat_pair
 
 METER, GENSET, BMS = 1, 4, 6
 TIMEOUT_S = 0.1
@@ -38,7 +38,7 @@ def acquire(dev, now):
 # --- Modbus TCP -----------------------------------------------------------------------------------------
 @pytest.fixture
 def tcp_peer():
-    port = free_tcp_port()
+    port = free_port()
     units = {METER: {"profile": "eastron_sdm630", "values": {"power_kw": 12.5}},
              BMS: {"profile": "byd_battery_box_c130", "values": {"voltage_v": 787.6, "soc_pct": 64}}}
     with ModbusPeer(units, tcp=port) as peer:
@@ -75,7 +75,7 @@ def test_tcp_exception_reply_is_an_answer_and_a_gateway_0x0b_is_not(tcp_peer):
         assert bus.read(METER, 4, 0x34, 2, timeout_s=TIMEOUT_S, retries=0)   # the late-reply guard reconnected
     finally:
         bus.close()
-    port2 = free_tcp_port()
+    port2 = free_port()
     with ModbusPeer({METER: {"profile": "eastron_sdm630"}}, tcp=port2, gateway=True):
         gw = ModbusTcpBus("127.0.0.1", port2)
         try:
@@ -86,7 +86,7 @@ def test_tcp_exception_reply_is_an_answer_and_a_gateway_0x0b_is_not(tcp_peer):
 
 
 def test_tcp_server_gone_then_back_reconnects_with_backoff(tmp_path):
-    port = free_tcp_port()
+    port = free_port()
     units = {METER: {"profile": "eastron_sdm630", "values": {"power_kw": 3.0}}}
     bus = ModbusTcpBus("127.0.0.1", port, connect_timeout_s=0.5, reopen=Backoff(base_s=0.2, cap_s=0.4, threshold=1))
     meter = ModbusDevice("grid_meter", load_profile("eastron_sdm630"), bus, METER, timeout_s=TIMEOUT_S,
@@ -201,7 +201,7 @@ bus = "net"
 
 def test_factory_builds_every_field_bus_and_survives_a_missing_adapter(tmp_path):
     channel = f"edge-ems-test-{uuid.uuid4().hex[:8]}"
-    tcp_port = free_tcp_port()
+    tcp_port = free_port()
     buses = f'''
 [buses.rs485_1]
 kind = "modbus_rtu"

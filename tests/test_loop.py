@@ -59,7 +59,55 @@ class SlowDevice:
         pass
 
 
+class VirtualClock:
+    """Monotonic time that moves only when the loop sleeps or a device's read takes time: the schedule
+    exactly, free of the machine's load."""
+    speed = 1.0
+
+    def __init__(self):
+        self.t = 1000.0
+
+    def monotonic(self):
+        return self.t
+
+    def utc_s(self):
+        return 1.7e9 + self.t
+
+    def sleep_until(self, t_mono):
+        self.t = max(self.t, t_mono)
+
+
+class VirtualSlowDevice(SlowDevice):
+    """Every 5th read takes 2.5 periods of the virtual clock."""
+
+    def __init__(self, period_s, clock):
+        super().__init__(period_s)
+        self.clock = clock
+
+    def acquire(self, now, sink):
+        self.t.append(now)
+        self.n += 1
+        if self.n % 5 == 0:
+            self.clock.t += self.period_s * 2.5
+        sink(self.name, "power_kw", 1.0, now, QUALITY_OK)
+
+
+def test_an_overrun_skips_to_the_next_boundary_and_never_catches_up():
+    cfg = load_site("inner-mongolia-mine")
+    params = build_params(cfg)
+    params[0] = period = 1.0
+    clock = VirtualClock()
+    dev = VirtualSlowDevice(period, clock)
+    ScanLoop(params, {"slow": dev}, {"grid_meter": "slow"}, cfg["limits"], clock).run(cycles=12)
+    slots = [round((t - 1000.0) / period, 9) for t in dev.t]
+    # every 5th read runs 2.5 periods: from slot 4 to 6.5, from slot 11 to 13.5; the slots it overran are
+    # skipped, not run back to back
+    assert slots == [0, 1, 2, 3, 4, 7, 8, 9, 10, 11, 14, 15], slots
+
+
 def test_real_clock_keeps_period_counts_overruns_and_never_bursts():
+    """The same on the real clock, tolerant of a shared machine: a cycle the OS starts late is not the
+    loop's fault, but two cycles inside one period would be a catch-up burst."""
     cfg = load_site("inner-mongolia-mine")
     params = build_params(cfg)
     period = 0.02
@@ -69,7 +117,8 @@ def test_real_clock_keeps_period_counts_overruns_and_never_bursts():
     loop.run(cycles=20)
     starts = np.array(dev.t)
     phase = ((starts - starts[0]) / period) % 1.0
-    assert np.all((phase < 0.5) | (phase > 0.95)), "cycles start on period boundaries"
-    gaps = np.diff(starts)
-    assert gaps.min() > period * 0.5, "no catch-up burst after an overrun"
+    on_boundary = (phase < 0.5) | (phase > 0.95)
+    assert on_boundary.sum() >= len(starts) - 3, ("cycles start on period boundaries", phase)
+    slots = np.floor((starts - starts[0]) / period + 0.05)
+    assert np.all(np.diff(slots) >= 1), ("no two cycles in one period: no catch-up burst", slots)
     assert loop.stats.overruns >= 2

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from controller.uplink.drain import decode_message
+from tools.netport import free_port
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 USER, PASSWORD = "gw", "s3cret-pass"
@@ -47,12 +48,6 @@ def lower_autogroup(pid: int) -> None:
             f.write("19")
     except OSError:
         pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _write_key(key, path: Path) -> None:

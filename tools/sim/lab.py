@@ -34,6 +34,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tools.netport import free_port
+
 log = logging.getLogger("lab")
 DEFAULT_DIR = "/tmp/edge-ems-lab"
 DEFAULT_MQTT_PORT = 18830
@@ -60,12 +62,6 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
     except OSError:
         pass
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _atomic_json(path: Path, doc: dict) -> None:
@@ -174,7 +170,7 @@ class Lab:
         for stale in ("ctl.sock", "state.json"):
             (self.dir / stale).unlink(missing_ok=True)
         scn = load_scenario(a.scenario)
-        tcp_port = _free_port() if a.tcp_port == 0 else a.tcp_port
+        tcp_port = free_port() if a.tcp_port == 0 else a.tcp_port
         self.plan = load_plan(a.site, self.dir, tcp_port, fallback_site=scn.site)
         if not self.plan.validated:
             log.warning("%s does not validate against controller/config.py yet (%s); the physics uses the "
@@ -234,7 +230,7 @@ class Lab:
             parse_url(a.mqtt)
             self.mqtt_url = a.mqtt
         else:
-            port = _free_port() if a.mqtt_port == 0 else a.mqtt_port
+            port = free_port() if a.mqtt_port == 0 else a.mqtt_port
             self.helpers["mosquitto"] = start_mosquitto(self.dir / "procs", port, preexec_fn=_die_with_parent)
             self.mqtt_url = f"mqtt://127.0.0.1:{port}"
         for name in ("compute", "market"):
