@@ -20,8 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-from tools.netport import free_port  # noqa: F401 - the tests take it from here with the peers
-
 
 PEER = Path(__file__).resolve().parent / "modbus_peer.py"
 REPO = PEER.parents[1]

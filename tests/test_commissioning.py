@@ -7,7 +7,8 @@ import json
 import pytest
 
 from controller.cli import main
-from field_peers import ModbusPeer, free_port, socat_pair
+from field_peers import ModbusPeer, socat_pair
+from tools.netport import free_port
 
 UNITS = {1: {"profile": "eastron_sdm630", "values": {"power_kw": 7.5}},
          4: {"profile": "deepsea_gencomm", "values": {"fuel_pct": 80.0}}}

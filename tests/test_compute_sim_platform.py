@@ -100,6 +100,24 @@ def test_the_platforms_guard_starts_a_held_job_at_its_latest_start_and_it_meets_
     assert r.p.jobs["a"].done_s <= deadline and k["jobs_deadline_missed"] == 0 and k["jobs_guard_releases"] == 1
 
 
+def test_a_hold_the_guard_ends_before_the_job_may_start_waits_for_its_release():
+    """Held while only announced, with a latest start before its release time (seen at nordic-wind seed 4:
+    the platform crashed on the running time of a job that was not running): released then, started at its
+    release time, done by its deadline."""
+    r = Run([job(release_s=600.0)])
+    r.to(100)
+    r.ask("a", "defer", resume_by_s=T0 + 300)
+    r.to(240)                                          # resume_by less guard_s: released, not yet startable
+    j = r.p.jobs["a"]
+    assert not j.held and not j.running and r.p.log[-1]["source"] == "guard"
+    r.to(599)
+    assert r.p.running_kw() == {}
+    r.to(600)
+    assert r.p.running_kw() == {"a": 20.0}
+    r.to(600 + 3600 + 1)
+    assert j.done_s == pytest.approx(4200.0, abs=1.0) and r.p.kpis(r.t)["jobs_deadline_missed"] == 0
+
+
 def test_a_resume_by_earlier_than_the_deadline_is_kept():
     r = Run([job()])
     r.to(700)

@@ -114,6 +114,9 @@ def test_the_block_encodes_every_entry_as_the_reference(rmap):
     co2 = float(v[INDEX["grid_co2_kg_per_kwh"]])
     want["grid_intensity"] = 1000 * (co2 if co2 > 0 else cfg["emissions"]["grid_kg_per_kwh"])
     want["grid_intensity_source"] = 1 if co2 > 0 else 0
+    cfe_ok = image["quality"][INDEX["grid_cfe_pct"]] == Q_OK
+    want["grid_cfe"] = float(v[INDEX["grid_cfe_pct"]]) if cfe_ok else cfg.get("carbon", {}).get("grid_cfe_pct", 0.0)
+    want["grid_cfe_source"] = 1 if cfe_ok else 0
     n_na = 0
     for r in rmap.registers:
         if r.kind == "point":

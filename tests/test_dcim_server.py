@@ -123,6 +123,7 @@ def expected(s, dcim) -> dict:
     supplied = iv.e["grid_import"] + iv.e["pv"] + iv.e["diesel"]
     co2 = iv.grid_kg_total + iv.diesel_l * acc.k.diesel_kg_per_l
     pushed = q[INDEX["grid_co2_kg_per_kwh"]] == Q_OK and v[INDEX["grid_co2_kg_per_kwh"]] > 0
+    cfe_pushed = q[INDEX["grid_cfe_pct"]] == Q_OK
     op_res = float(v[INDEX["op_reserve_pct"]])
     reserve = min(max(op_res, bat["soc_min_pct"]), bat["soc_max_pct"]) if op_res > 0 else bat["reserve_pct"]
     status = 1 | (2 if dcim.gate.enabled else 0) | (4 if cmd[L.C_ALARMS_ACTIVE] else 0) \
@@ -154,6 +155,9 @@ def expected(s, dcim) -> dict:
         "grid_intensity": f32(1000 * (float(v[INDEX["grid_co2_kg_per_kwh"]]) if pushed
                                       else cfg["emissions"]["grid_kg_per_kwh"])),
         "grid_intensity_source": 1 if pushed else 0,
+        "grid_cfe": (round(10 * float(v[INDEX["grid_cfe_pct"]])) / 10 if cfe_pushed
+                     else round(1000 * acc.k.grid_cfe_frac) / 10),
+        "grid_cfe_source": 1 if cfe_pushed else 0,
         "mode": cmd[L.C_MODE], "strategy": L.STRATEGY_CODES[cfg["control"]["strategy"]], "reserve": round(reserve * 10) / 10,
         "battery_setpoint_kw": f32(cmd[L.C_BATTERY_KW]), "charge_limit_kw": f32(cmd[L.C_CHARGE_LIMIT_KW]),
         "discharge_limit_kw": f32(cmd[L.C_DISCHARGE_LIMIT_KW]), "charge_limit_reason": cmd[L.C_CHARGE_REASON],

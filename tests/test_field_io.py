@@ -23,7 +23,8 @@ from drivers.modbus import ModbusBus, ModbusDevice, load_profile
 from drivers.modbus.backoff import Backoff
 from drivers.modbus.errors import DEVICE_ANSWERED, LINE_FAULTS, ExceptionReply, NoAnswer, NotConnected
 from drivers.modbus.tcp import ModbusTcpBus
-from field_peers import ModbusPeer, free_port, socat_pair
+from field_peers import ModbusPeer, socat_pair
+from tools.netport import free_port
 
 METER, GENSET, BMS = 1, 4, 6
 TIMEOUT_S = 0.1

@@ -6,7 +6,10 @@ share the profile's static `[carbon] grid_cfe_pct` counts, as before. Figures wo
 from __future__ import annotations
 
 import json
+import re
+import struct
 
+import numpy as np
 import pytest
 
 from controller.carbon.hook import make_carbon_hook
@@ -154,3 +157,40 @@ def test_a_simulated_spot_grid_pushes_its_share_and_the_ledger_counts_it(tmp_pat
     assert len(shares) >= 2 and max(shares) - min(shares) > 0.01            # it varies by the hour
     flat = run_sim(load_scenario("gansu-edge"), hours=0.5, seed=1, out_dir=tmp_path / "flat").kpis
     assert flat["cfe_share"] is None                           # a flat tariff pushes no share
+
+
+def test_the_technician_and_the_dcim_see_the_share_the_ledger_counts():
+    """The TUI's carbon screen and the DCIM block show the grid's carbon-free share in force: the pushed one
+    while fresh, else it says none is pushed (TUI) / the profile's share with source 0 (DCIM)."""
+    from types import SimpleNamespace
+
+    from controller.carbon.account import EnergyAccount
+    from controller.config import load_site
+    from controller.core import layout as L
+    from controller.dcim.block import BlockBuilder, Headroom
+    from controller.dcim.regmap import decode, load_map
+    from controller.params import build_params
+    from controller.tui.screens import carbon
+
+    def screen(points):
+        return carbon({}, {"points": points, "carbon": {}}, None, True).plain
+    assert re.search(r"carbon-free\s+62\.5 %", screen({"grid_cfe_pct": [62.5, 0], "grid_co2_kg_per_kwh": [0.1, 0]}))
+    assert "carbon-free - (none pushed)" in screen({"grid_cfe_pct": [62.5, 1]})
+
+    cfg = load_site("nordic-wind")
+    cfg["carbon"] = {**cfg.get("carbon", {}), "grid_cfe_pct": 40.0}
+    rmap = load_map()
+    regs = {r.name: r for r in rmap.registers}
+    img = new_image()
+    img["t_s"] = 1.7e9
+    b = BlockBuilder(rmap, writes_enabled=False, account=EnergyAccount(cfg), alarms=None, headroom=Headroom())
+    loop = SimpleNamespace(params=build_params(cfg, None, t_ref_s=1.7e9), state=L.new_state(1.7e9), period_s=1.0)
+
+    def read(name):
+        r = regs[name]
+        words = struct.unpack(f">{rmap.size}H", b.build(loop, img, np.zeros(L.N_COMMANDS))[0])
+        return decode(r, list(words[r.address:r.address + r.words]))
+    img["value"][CFE], img["quality"][CFE] = 73.4, Q_OK
+    assert read("grid_cfe") == pytest.approx(73.4) and read("grid_cfe_source") == 1
+    img["quality"][CFE] = Q_STALE
+    assert read("grid_cfe") == pytest.approx(40.0) and read("grid_cfe_source") == 0

@@ -5,12 +5,13 @@ import sqlite3
 import time
 
 from controller.uplink import spool as S
+from controller.uplink import spool_writer as W
 from controller.uplink.reserve import MIN_RESERVE
 from controller.uplink.topics import EVENT
 
 
 def test_retry_list_is_bounded_once_the_reserve_is_full_too(tmp_path, monkeypatch):
-    monkeypatch.setattr(S, "MAX_RETRY_RECORDS", 50)
+    monkeypatch.setattr(W, "MAX_RETRY_RECORDS", 50)
     sp = S.Spool(tmp_path / "spool", "site", "gw", reserve_bytes=MIN_RESERVE)
 
     def refuse(*_):

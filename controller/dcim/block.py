@@ -30,6 +30,9 @@ Derived values (`derived:NAME` in the map):
                        seconds covered; not available before anything was integrated / supplied
   grid_intensity       the grid factor the ledger applies now (pushed intensity when fresh, else the profile's)
   grid_intensity_source  1 pushed, 0 profile
+  grid_cfe             the grid's carbon-free share (%) the ledger applies now (pushed `cfe_pct` when fresh, else
+                       the profile's [carbon] grid_cfe_pct)
+  grid_cfe_source      1 pushed, 0 profile
 """
 from __future__ import annotations
 
@@ -46,15 +49,15 @@ from controller.points import INDEX, Q_OK
 DERIVED = ("heartbeat", "t_s", "age", "status", "not_available_count", "host_alarms", "load_kw", "reserve",
            "headroom_now_kw", "headroom_1h_kw", "headroom_4h_kw", "short_kw", "headroom_state", "headroom_age",
            "interval_intensity", "interval_renewable_share", "interval_start_s", "interval_covered",
-           "grid_intensity", "grid_intensity_source")
+           "grid_intensity", "grid_intensity_source", "grid_cfe", "grid_cfe_source")
 KEEP_WHEN_STALE = ("const", "param", "derived:heartbeat", "derived:t_s")   # true whatever the loop does
 HEADROOM_VALID_PERIODS = 2.0        # drivers/compute.encode_headroom: valid_until = t + 2 x period
 GAP_WORD = 0xFFFF                   # an address between entries (OpenEMS: a reserved uint16 reads undefined)
 
 ST_FRESH, ST_WRITES, ST_ALARM, ST_UNACKED, ST_HOST = (1 << i for i in range(5))
 
-_GRID, _PV, _BAT, _IT, _COOL, _CO2, _OPRES = (INDEX[n] for n in (
-    "grid_kw", "pv_kw", "battery_kw", "it_kw", "cooling_kw", "grid_co2_kg_per_kwh", "op_reserve_pct"))
+_GRID, _PV, _BAT, _IT, _COOL, _CO2, _OPRES, _CFE = (INDEX[n] for n in (
+    "grid_kw", "pv_kw", "battery_kw", "it_kw", "cooling_kw", "grid_co2_kg_per_kwh", "op_reserve_pct", "grid_cfe_pct"))
 
 
 def _slot(module_prefix: str, name: str, names: list[str], where: str) -> int:
@@ -208,7 +211,7 @@ class BlockBuilder:
         acc = self.account
         if acc is None:
             for name in ("interval_intensity", "interval_renewable_share", "interval_start_s", "interval_covered",
-                         "grid_intensity", "grid_intensity_source"):
+                         "grid_intensity", "grid_intensity_source", "grid_cfe", "grid_cfe_source"):
                 der[name] = None
             return
         acc.update(image, loop.period_s)           # idempotent per image: the ledger's call already counted it
@@ -216,6 +219,9 @@ class BlockBuilder:
         pushed = q[_CO2] == Q_OK and v[_CO2] > 0.0
         der["grid_intensity"] = 1000.0 * (v[_CO2] if pushed else k.grid_kg_per_kwh)
         der["grid_intensity_source"] = 1.0 if pushed else 0.0
+        cfe_pushed = q[_CFE] == Q_OK                 # the ledger's test (intervals.py): any fresh share counts
+        der["grid_cfe"] = v[_CFE] if cfe_pushed else 100.0 * k.grid_cfe_frac
+        der["grid_cfe_source"] = 1.0 if cfe_pushed else 0.0
         iv = acc.iv
         if iv is None or iv.covered_s <= 0.0:
             der["interval_start_s"] = der["interval_covered"] = None

@@ -321,6 +321,9 @@ def carbon(hello, snap, hist, ascii: bool, ui: dict | None = None) -> Text:
     g = lambda k, w=8, p=1: fnum(d.get(k), w, p)  # noqa: E731
     share = d.get("renewable_share")
     intensity, ok = val(snap, "grid_co2_kg_per_kwh")
+    cfe_pct, cfe_ok = val(snap, "grid_cfe_pct")
+    # the grid's share the ledger counts imports at: pushed (market feed / grid update), else the profile's
+    cfe = f"{fnum(cfe_pct, 5)} %" if cfe_ok else "- (none pushed)"
     out = [Text.assemble(("CARBON TODAY", "bold"), f"  local day {d.get('day')}  covered {fnum(d.get('covered_s', 0) / 3600.0, 5)} h"),
            Text(f"PV            {g('pv_kwh')} kWh     Load          {g('load_kwh')} kWh"),
            Text(f"Grid import   {g('grid_import_kwh')} kWh     IT            {g('it_kwh')} kWh"),
@@ -332,7 +335,8 @@ def carbon(hello, snap, hist, ascii: bool, ui: dict | None = None) -> Text:
            Text.assemble("CO2 total     ", (g("co2_kg"), "bold"), " kg      per kWh load  ",
                          fnum(d.get("kg_per_kwh_load"), 8, 3), " kg"),
            Text(f"Renewable share (PV / supplied) {fnum(share * 100 if share is not None else None, 6)} %"),
-           Text(f"Grid intensity now {fnum(intensity, 6, 3)}{'' if ok else '?'} kgCO2e/kWh"),
+           Text(f"Grid intensity now {fnum(intensity, 6, 3)}{'' if ok else '?'} kgCO2e/kWh"
+                f"   carbon-free {cfe}"),
            Text("")]
     led = cb.get("ledger")
     if led:

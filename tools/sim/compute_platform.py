@@ -275,7 +275,8 @@ class SimPlatform:
                 self._release(j, t, "guard", f"latest start {utc_iso(self.t0 + latest)} (deadline "
                               f"{utc_iso(self.t0 + j.deadline_s) if j.deadline_s is not None else 'none'}, "
                               f"{j.remaining_s(t) / 60.0:.1f} min to run)")
-                return j.running_since + (j.duration_s - j.ran_s)
+                # released before its release time (a window that barely fits its run): it starts then
+                return j.running_since + (j.duration_s - j.ran_s) if j.running else j.release_s
             return latest - self.guard_s if latest is not None else math.inf
         if t >= j.release_s:
             self._start(j, t)
