@@ -109,7 +109,7 @@ def test_windowed_dp_values_patterns_exactly():
     stored cost-to-arrive / cost-to-go, and the window sweep prices every window at once: both must
     equal a full backward pass on the new pattern."""
     from controller.core import mpc as M
-    from controller.core.mpc import dp, genset
+    from controller.core.mpc import dp, genset, window
     rng = np.random.default_rng(5)
     for seed, kind in ((0, "genset"), (3, "genset_peak"), (7, "genset")):
         steps, prm = M.pack_instance(instance_from_dict(make_instance_dict(seed, 48, kind)))
@@ -117,14 +117,14 @@ def test_windowed_dp_values_patterns_exactly():
         H = steps.shape[1]
         tabs = dp._tables(steps, prm, np.array([M.MODE_OFF, M.MODE_ON]), 0.7 * steps[M.S_GMAX].max())
         base = np.repeat((rng.random(H // 6 + 1) < 0.5).astype(np.int64), 6)[:H].copy()
-        vst, cst = genset._stores(steps, prm, base, tabs)
+        vst, cst = window._stores(steps, prm, base, tabs)
         cap = H * (M.MAX_CAND + 2) + 8
         bufs = (np.empty(cap), np.empty(cap), np.empty(cap + M.MAX_CAND), np.empty(cap + M.MAX_CAND))
         for a, b in ((0, 1), (0, H), (5, 17), (H - 3, H), (20, 21)):
             m = base.copy()
             m[a:b] = 1 - m[a:b]
             full = dp._backward(steps, prm, m, False, tabs)[0]
-            win = genset._window_value(steps, prm, m, tabs, a, b, vst, cst, *bufs)
+            win = window._window_value(steps, prm, m, tabs, a, b, vst, cst, *bufs)
             assert win == pytest.approx(full, rel=1e-9, abs=1e-9), (seed, a, b)
         v0 = genset._pattern_objective(steps, prm, base, tabs, 0.0)
         m = base.copy()
@@ -308,7 +308,7 @@ def test_a_full_store_is_reported_and_the_pass_rerun_with_room():
     is too small the pass must say so (not write past it), and the caller's retry must give the same
     plan as a store that was big enough from the start."""
     import controller.core.mpc as M
-    from controller.core.mpc import dp, genset
+    from controller.core.mpc import dp, window
 
     steps, prm = M.pack_instance(instance_from_dict(make_instance_dict(3, 96, "genset_peak")))
     H = steps.shape[1]
@@ -326,12 +326,12 @@ def test_a_full_store_is_reported_and_the_pass_rerun_with_room():
     assert used > 10 and v == np.inf           # overflow signalled, nothing written past the store
     assert full[0] == dp._backward(steps, prm, sel, False, tabs)[0] < np.inf
     # the stores of the genset search: a tiny store is refused the same way
-    vst, cst = genset._stores(steps, prm, mode, tabs)
+    vst, cst = window._stores(steps, prm, mode, tabs)
     bufs = [np.empty(wcap) for _ in range(4)] + [np.empty(M.MAX_CAND), np.empty(M.MAX_CAND)]
     tiny_v = [np.empty(5), np.empty(5), np.zeros(H + 2, np.int64), np.zeros(H + 1, np.int64), np.zeros(H + 1),
               np.zeros(H + 1)]
     tiny_c = [np.empty(5), np.empty(5), np.zeros(H + 2, np.int64), np.zeros(H + 1, np.int64), np.zeros(H + 1),
               np.zeros(H + 1)]
-    need = genset._stores_run(steps, prm, mode, tabs, *bufs, *tiny_v, *tiny_c)
+    need = window._stores_run(steps, prm, mode, tabs, *bufs, *tiny_v, *tiny_c)
     assert need[0] > 5
     assert vst[3][1] >= 0 and cst[3][H] >= 0     # the real stores are complete

@@ -30,6 +30,9 @@ Contract
   asks SQLite and the reserve how far the dead one got, so a batch it committed is not written again and
   one it did not is. ``writer_restarts`` and ``writer_errors`` are what the hook's
   ``uplink_writer_fault`` alarm watches.
+
+This module is the spool's API (put, pending, ack, meta, flush, supervision, stats); the writer thread's
+methods (commit, the reserve path, eviction, recovery) are in spool_writer.py, mixed in.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ prices it exactly; the placement is the outer, discrete decision.
 Why coordinate descent over exact window values, not a MILP. For one job, and the genset pattern and the
 peak level of the incumbent plan held fixed, every candidate placement differs from "job j absent" only on
 the steps it runs: with the cost-to-arrive C_t and cost-to-go V_t of the plan without job j stored
-(genset.py's `_stores`), a start s is valued exactly by the backward pass over [s, s + dur) alone from
+(window.py's `_stores`), a start s is valued exactly by the backward pass over [s, s + dur) alone from
 V_{s+dur}, met with C_s (`_window_value`): O(dur) merges per start, O(window x dur) for all of them, the
 same machinery genset.py values a pattern change with. The stage tables exist twice (without and with
 the job's kW) and the selector picks per step. The best start is then re-planned in full (plan_kernel:
@@ -40,7 +40,7 @@ from numba import njit
 
 from controller.core.mpc import PlanResult, plan_kernel
 from controller.core.mpc.dp import _backward, _tables
-from controller.core.mpc.genset import _stores, _window_buffers, _window_value
+from controller.core.mpc.window import _stores, _window_buffers, _window_value
 from controller.core.mpc.layout import INF, MODE_OFF, MODE_ON, P_HASD, P_PEAK, S_GMAX, S_LOAD
 
 J_KW, J_DUR, J_EARLY, J_END, J_SPLIT = range(5)
