@@ -208,22 +208,19 @@ class Interval:
             ai[0] += mi[0] * h
             ai[1] += mi[1] * h
             ai[2] += mi[2] * h
-        if q[_CO2] == Q_OK and v[_CO2] > 0.0:
-            f = v[_CO2]
+        f, pushed = k.grid_factor(v, q)
+        if pushed:
             self.grid_pushed_s += dt_s if imp > 0.0 else 0.0
         else:
-            f = k.grid_kg_per_kwh
             self.grid_profile_s += dt_s if imp > 0.0 else 0.0
         g = m[2]
         self.grid_kg_total += imp * h * f
         self.grid_kg_loc[0] += g[0] * h * f
         self.grid_kg_loc[1] += g[1] * h * f
         self.grid_kg_loc[2] += g[2] * h * f
-        if q[_CFE] == Q_OK:
-            c = v[_CFE] / 100.0
+        c, pushed = k.grid_cfe(v, q)
+        if pushed:
             self.grid_cfe_pushed_s += dt_s if imp > 0.0 else 0.0
-        else:
-            c = k.grid_cfe_frac
         gc = self.grid_cfe_kwh
         gc[0] += g[0] * h * c
         gc[1] += g[1] * h * c
@@ -272,6 +269,18 @@ class Constants:
 
     def __post_init__(self):
         self.grid_cfe_frac = self.carbon["grid_cfe_pct"] / 100.0
+
+    # The grid's figures in force this cycle, for the ledger and for what the DCIM block shows of it: the
+    # pushed one while fresh (an intensity must be positive), else the profile's. (value, pushed)
+    def grid_factor(self, v, q) -> tuple[float, bool]:
+        if q[_CO2] == Q_OK and v[_CO2] > 0.0:
+            return v[_CO2], True
+        return self.grid_kg_per_kwh, False
+
+    def grid_cfe(self, v, q) -> tuple[float, bool]:
+        if q[_CFE] == Q_OK:
+            return v[_CFE] / 100.0, True
+        return self.grid_cfe_frac, False
 
     @classmethod
     def from_site(cls, cfg: dict, carbon: dict | None = None) -> "Constants":

@@ -56,8 +56,8 @@ GAP_WORD = 0xFFFF                   # an address between entries (OpenEMS: a res
 
 ST_FRESH, ST_WRITES, ST_ALARM, ST_UNACKED, ST_HOST = (1 << i for i in range(5))
 
-_GRID, _PV, _BAT, _IT, _COOL, _CO2, _OPRES, _CFE = (INDEX[n] for n in (
-    "grid_kw", "pv_kw", "battery_kw", "it_kw", "cooling_kw", "grid_co2_kg_per_kwh", "op_reserve_pct", "grid_cfe_pct"))
+_GRID, _PV, _BAT, _IT, _COOL, _OPRES = (INDEX[n] for n in (
+    "grid_kw", "pv_kw", "battery_kw", "it_kw", "cooling_kw", "op_reserve_pct"))
 
 
 def _slot(module_prefix: str, name: str, names: list[str], where: str) -> int:
@@ -216,12 +216,10 @@ class BlockBuilder:
             return
         acc.update(image, loop.period_s)           # idempotent per image: the ledger's call already counted it
         k = acc.k
-        pushed = q[_CO2] == Q_OK and v[_CO2] > 0.0
-        der["grid_intensity"] = 1000.0 * (v[_CO2] if pushed else k.grid_kg_per_kwh)
-        der["grid_intensity_source"] = 1.0 if pushed else 0.0
-        cfe_pushed = q[_CFE] == Q_OK                 # the ledger's test (intervals.py): any fresh share counts
-        der["grid_cfe"] = v[_CFE] if cfe_pushed else 100.0 * k.grid_cfe_frac
-        der["grid_cfe_source"] = 1.0 if cfe_pushed else 0.0
+        f, pushed = k.grid_factor(v, q)                # what the ledger counts this cycle's import at
+        der["grid_intensity"], der["grid_intensity_source"] = 1000.0 * f, 1.0 if pushed else 0.0
+        c, pushed = k.grid_cfe(v, q)
+        der["grid_cfe"], der["grid_cfe_source"] = 100.0 * c, 1.0 if pushed else 0.0
         iv = acc.iv
         if iv is None or iv.covered_s <= 0.0:
             der["interval_start_s"] = der["interval_covered"] = None

@@ -99,8 +99,9 @@ def _seeds(text: str) -> list[int]:
     return list(range(first, last + 1))
 
 
-EFFECT = (("CO2 adj. kg", "co2_adjusted_kg", 1.0, "{:+.2f}"), ("CFE (sim) pts", "cfe_share", 100.0, "{:+.3f}"),
-          ("CFE (ledger) pts", "ledger_cfe_pct", 1.0, "{:+.2f}"), ("cost", "cost", 1.0, "{:+.2f}"))
+# (header, row key, scale, format, +1 when higher is better / -1 when lower is)
+EFFECT = (("CO2 adj. kg", "co2_adjusted_kg", 1.0, "{:+.2f}", -1), ("CFE (sim) pts", "cfe_share", 100.0, "{:+.3f}", 1),
+          ("CFE (ledger) pts", "ledger_cfe_pct", 1.0, "{:+.2f}", 1), ("cost", "cost", 1.0, "{:+.2f}", -1))
 
 
 def effect_table(rows: list[dict]) -> str:
@@ -117,7 +118,7 @@ def effect_table(rows: list[dict]) -> str:
         for seed in seeds:
             on, off = by[(scn, strat, seed, True)], by[(scn, strat, seed, False)]
             cells = [scn, strat, str(seed)]
-            for h, key, scale, fmt in EFFECT:
+            for h, key, scale, fmt, _ in EFFECT:
                 if on[key] is None or off[key] is None:
                     cells.append("-")
                     continue
@@ -128,9 +129,9 @@ def effect_table(rows: list[dict]) -> str:
             missed += m
             lines.append("| " + " | ".join(cells + [str(m)]) + " |")
         cells = [scn, strat, f"mean of {len(seeds)}"]
-        for h, key, scale, fmt in EFFECT:
+        for h, key, scale, fmt, sign in EFFECT:
             d = deltas[h]
-            better = sum(1 for x in d if (x > 0) == h.startswith("CFE") and x != 0)
+            better = sum(1 for x in d if sign * x > 0)
             cells.append("-" if not d else f"{fmt.format(sum(d) / len(d))} ({better}/{len(d)} better)")
         lines.append("| " + " | ".join(cells + [str(missed)]) + " |")
     return "\n".join(lines)

@@ -173,6 +173,12 @@ class Arrivals:
             self.received += 1
 
 
+def _due(j: SimJob) -> float:
+    """When a job not held next needs looking at: its end while it runs, else its release time (a guard may
+    release a hold before the job may start, when its window barely fits its run)."""
+    return j.running_since + (j.duration_s - j.ran_s) if j.running else j.release_s
+
+
 class SimPlatform:
     """The scheduler. `advance(t)` from the physics each cycle, `request(kind, payload, retain)` as the
     cabinet's ComputeHook publish, `delta_kw(t)` for the physics, `kpis(t)` at the end."""
@@ -268,19 +274,18 @@ class SimPlatform:
             if j.remaining_s(t) <= 1e-9:
                 self._finish(j, t)
                 return math.inf
-            return j.running_since + (j.duration_s - j.ran_s)
+            return _due(j)
         if j.held:
             latest = j.latest_start_s(t)
             if latest is not None and t >= latest - self.guard_s:
                 self._release(j, t, "guard", f"latest start {utc_iso(self.t0 + latest)} (deadline "
                               f"{utc_iso(self.t0 + j.deadline_s) if j.deadline_s is not None else 'none'}, "
                               f"{j.remaining_s(t) / 60.0:.1f} min to run)")
-                # released before its release time (a window that barely fits its run): it starts then
-                return j.running_since + (j.duration_s - j.ran_s) if j.running else j.release_s
+                return _due(j)
             return latest - self.guard_s if latest is not None else math.inf
         if t >= j.release_s:
             self._start(j, t)
-            return j.running_since + (j.duration_s - j.ran_s)
+            return _due(j)
         return j.release_s
 
     def delta_kw(self, t: float) -> tuple[float, float]:

@@ -210,6 +210,7 @@ class Lab:
         a, plan, ph = self.args, self.plan, self.physics
         (self.dir / "procs").mkdir(exist_ok=True)
         applied = str(self.dir / "applied.jsonl")
+        Path(applied).touch()             # lab.json names it: it exists (empty) before the first write lands
         for name, seg in plan.segments.items():
             units = [u.config() for u in ph.units[name].values()]
             for u in ph.units[name].values():
